@@ -1,0 +1,85 @@
+# dsv3.c - DeepSeek-V3 in plain C.
+#   make            build ./run (release, -O2)
+#   make run        install missing Debian packages (root or sudo), build, run the bundled model
+#   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
+#   make test-asan  only the sanitizer pass
+#   make cuda       build kernels.cu (needs nvcc)     make bench   print the speed figures
+#   make clean
+
+CC      ?= cc
+CSTD    := -std=c11 -D_GNU_SOURCE
+OPT     ?= -O2
+WARN    := -Wall -Wextra
+PKGS    := openblas cmocka libcjson libpcre2-8
+# Debian package that provides each pkg-config module, in the same order as PKGS.
+DEBS    := libopenblas-dev libcmocka-dev libcjson-dev libpcre2-dev
+
+# --- dependencies: found with pkg-config; installed with apt-get when we can ----------------------
+DEPS_STAMP := build/.deps-ok
+$(DEPS_STAMP):
+	@mkdir -p build
+	@missing=""; set -- $(DEBS); for m in $(PKGS); do \
+	  pkg-config --exists $$m 2>/dev/null || missing="$$missing $$1"; shift; done; \
+	command -v pkg-config >/dev/null || missing="pkg-config $$missing"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "missing packages:$$missing"; echo "install them with: sudo apt-get install -y$$missing"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	    || { echo "apt-get failed; run: sudo apt-get install -y$$missing"; exit 1; }; \
+	fi; touch $@
+deps: $(DEPS_STAMP)
+
+PKG_CFLAGS = $(shell pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs openblas libcjson libpcre2-8 2>/dev/null) -lm -lpthread
+TEST_LIBS  = $(shell pkg-config --libs cmocka 2>/dev/null)
+
+LIB_SRC  := $(sort $(filter-out run.c,$(wildcard *.c)))
+HDRS     := $(wildcard *.h)
+TESTS    := $(sort $(wildcard tests/test_*.c))
+
+# --- release build -------------------------------------------------------------------------------
+# The binary is called `run` (as in llama2.c) and `make run` is also the main job, so the rule for
+# the file is swapped for a phony one that builds and then runs it when `run` is a goal.
+.DEFAULT_GOAL := all
+all: run
+BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run run.c $(LIB_SRC) $(PKG_LIBS)
+RUN_ARGS ?= inspect tests/fixtures/v3_yarn
+ifeq ($(filter run,$(MAKECMDGOALS)),run)
+.PHONY: run
+run: $(DEPS_STAMP)
+	$(BUILD_RUN)
+	./run $(RUN_ARGS)
+else
+run: $(DEPS_STAMP) $(LIB_SRC) run.c $(HDRS)
+	$(BUILD_RUN)
+endif
+
+# --- tests ---------------------------------------------------------------------------------------
+# Two builds of every test: build/test (-O2 -Werror) and build/asan (ASan + UBSan, -O1 -g).
+TEST_FLAGS := $(CSTD) -O2 -g $(WARN) -Werror -I.
+ASAN_FLAGS := $(CSTD) -O1 -g $(WARN) -Werror -I. -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+build/test/%: tests/%.c tests/testutil.h $(LIB_SRC) $(HDRS) run | $(DEPS_STAMP)
+	@mkdir -p build/test
+	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(TEST_LIBS) $(PKG_LIBS)
+
+build/asan/%: tests/%.c tests/testutil.h $(LIB_SRC) $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/asan
+	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(TEST_LIBS) $(PKG_LIBS)
+
+TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
+ASAN_BINS := $(patsubst tests/%.c,build/asan/%,$(TESTS))
+
+test: $(TEST_BINS) $(ASAN_BINS) run
+	@OPENBLAS_NUM_THREADS=1 tests/run_tests.sh build/test $(TEST_BINS)
+	@$(MAKE) --no-print-directory test-asan
+
+test-asan: $(ASAN_BINS) run
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 \
+	  tests/run_tests.sh build/asan $(ASAN_BINS)
+
+clean:
+	rm -rf build run
+
+.PHONY: all deps test test-asan clean cuda cuda-test bench

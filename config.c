@@ -1,0 +1,274 @@
+/* config.c - Config from a Hugging Face config.json (model_type deepseek_v2, deepseek_v3, kimi_k2).
+ *
+ * Both spellings of the rope settings load:
+ *   DeepSeek's own files:  "rope_theta": 10000, "rope_scaling": {"type": "yarn", "factor": 40, ...}
+ *   transformers 5:        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000, ...}
+ * Absent optional fields take the defaults of HF's DeepseekV3Config / DeepseekV2Config, which
+ * differ by model_type (see DEFAULTS below). `"q_lora_rank": null` (DeepSeek-V2-Lite) means no query
+ * compression. A missing required field or a field of the wrong type is an error naming the file
+ * and the field.
+ */
+#include "model.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const cJSON *root;
+    const char *src;
+    Error *e;
+    int failed;
+} Reader;
+
+/* An integer field: absent or null -> dflt (or an error if dflt is REQUIRED). */
+#define REQUIRED INT32_MIN
+static int get_int(Reader *r, const cJSON *obj, const char *key, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (dflt == REQUIRED && !r->failed) {
+            r->failed = 1;
+            error_set(r->e, "%s: required field \"%s\" is missing", r->src, key);
+        }
+        return dflt == REQUIRED ? 0 : dflt;
+    }
+    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0) v = cJSON_GetArrayItem(v, 0); /* eos lists */
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 2e9) {
+        if (!r->failed) {
+            r->failed = 1;
+            error_set(r->e, "%s: field \"%s\": expected an integer, found %s", r->src, key,
+                      cJSON_IsString(v) ? "a string" : cJSON_IsNumber(v) ? "a fraction" : "another type");
+        }
+        return 0;
+    }
+    return (int)v->valuedouble;
+}
+
+static float get_float(Reader *r, const cJSON *obj, const char *key, float dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) return dflt;
+    if (!cJSON_IsNumber(v)) {
+        if (!r->failed) {
+            r->failed = 1;
+            error_set(r->e, "%s: field \"%s\": expected a number", r->src, key);
+        }
+        return dflt;
+    }
+    return (float)v->valuedouble;
+}
+
+static int get_bool(Reader *r, const cJSON *obj, const char *key, int dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v || cJSON_IsNull(v)) return dflt;
+    if (!cJSON_IsBool(v)) {
+        if (!r->failed) {
+            r->failed = 1;
+            error_set(r->e, "%s: field \"%s\": expected true or false", r->src, key);
+        }
+        return dflt;
+    }
+    return cJSON_IsTrue(v);
+}
+
+static const char *get_string(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* rope_parameters (transformers 5) or rope_scaling + rope_theta (DeepSeek's files). */
+static void parse_rope(Reader *r, Config *c, int is_v2) {
+    const cJSON *root = r->root;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (!cJSON_IsObject(rp)) rp = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    RopeConfig *rc = &c->rope;
+    memset(rc, 0, sizeof *rc);
+    rc->theta = get_float(r, root, "rope_theta", 10000.0f);
+    if (cJSON_IsObject(rp)) rc->theta = get_float(r, rp, "rope_theta", rc->theta);
+    const char *type = cJSON_IsObject(rp) ? get_string(rp, "rope_type") : NULL;
+    if (!type && cJSON_IsObject(rp)) type = get_string(rp, "type");
+    rc->type = ROPE_DEFAULT;
+    if (type && strcmp(type, "yarn") == 0) {
+        rc->type = ROPE_YARN;
+        rc->factor = get_float(r, rp, "factor", 0.0f);
+        rc->original_max_pos = get_int(r, rp, "original_max_position_embeddings", 0);
+        if (rc->factor <= 0 && rc->original_max_pos > 0) /* HF: factor defaults to the length ratio */
+            rc->factor = (float)c->max_position_embeddings / (float)rc->original_max_pos;
+        if (rc->original_max_pos <= 0) rc->original_max_pos = c->max_position_embeddings;
+        rc->beta_fast = get_float(r, rp, "beta_fast", 32.0f);
+        rc->beta_slow = get_float(r, rp, "beta_slow", 1.0f);
+        rc->mscale = get_float(r, rp, "mscale", 0.0f);
+        rc->mscale_all_dim = get_float(r, rp, "mscale_all_dim", 0.0f);
+        rc->attention_factor = get_float(r, rp, "attention_factor", 0.0f);
+        if (rc->factor <= 0 && !r->failed) {
+            r->failed = 1;
+            error_set(r->e, "%s: rope scaling \"yarn\" needs \"factor\" (or original_max_position_embeddings)", r->src);
+        }
+    } else if (type && strcmp(type, "default") != 0 && !r->failed) {
+        r->failed = 1;
+        error_set(r->e, "%s: rope type \"%s\" is not supported (expected \"yarn\" or \"default\")", r->src, type);
+    }
+    /* V2 in HF rotates adjacent pairs (complex multiply); V3 follows rope_interleave (default true) */
+    rc->interleaved = is_v2 ? 1 : get_bool(r, root, "rope_interleave", 1);
+}
+
+int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = cJSON_Parse(json_text);
+    if (!root || !cJSON_IsObject(root)) {
+        const char *at = cJSON_GetErrorPtr();
+        error_set(e, "%s: not a JSON object%s%.20s%s", src, at ? " (error near \"" : "", at ? at : "", at ? "\")" : "");
+        cJSON_Delete(root);
+        return -1;
+    }
+    Reader r = {root, src, e, 0};
+    const char *mt = get_string(root, "model_type");
+    if (!mt) {
+        cJSON_Delete(root);
+        return error_set(e, "%s: required field \"model_type\" is missing (expected deepseek_v2, deepseek_v3 or kimi_k2)", src);
+    }
+    int is_v2 = strcmp(mt, "deepseek_v2") == 0;
+    if (!is_v2 && strcmp(mt, "deepseek_v3") != 0 && strcmp(mt, "kimi_k2") != 0) {
+        error_set(e, "%s: model_type \"%s\" is not supported (expected deepseek_v2, deepseek_v3 or kimi_k2)", src, mt);
+        cJSON_Delete(root);
+        return -1;
+    }
+    snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+
+    /* DEFAULTS: HF DeepseekV3Config (V3, Kimi K2) and DeepseekV2Config when a field is absent */
+    c->vocab_size = get_int(&r, root, "vocab_size", REQUIRED);
+    c->hidden_size = get_int(&r, root, "hidden_size", REQUIRED);
+    c->intermediate_size = get_int(&r, root, "intermediate_size", REQUIRED);
+    c->n_layers = get_int(&r, root, "num_hidden_layers", REQUIRED);
+    c->n_heads = get_int(&r, root, "num_attention_heads", REQUIRED);
+    c->kv_lora_rank = get_int(&r, root, "kv_lora_rank", 512);
+    c->q_lora_rank = get_int(&r, root, "q_lora_rank", cJSON_IsNull(cJSON_GetObjectItem(root, "q_lora_rank")) ? 0 : 1536);
+    c->qk_nope_head_dim = get_int(&r, root, "qk_nope_head_dim", 128);
+    c->qk_rope_head_dim = get_int(&r, root, "qk_rope_head_dim", 64);
+    c->v_head_dim = get_int(&r, root, "v_head_dim", 128);
+    c->moe_intermediate_size = get_int(&r, root, "moe_intermediate_size", is_v2 ? 1407 : 2048);
+    c->n_routed_experts = get_int(&r, root, "n_routed_experts", is_v2 ? 64 : 256);
+    c->n_shared_experts = get_int(&r, root, "n_shared_experts", is_v2 ? 2 : 1);
+    c->num_experts_per_tok = get_int(&r, root, "num_experts_per_tok", is_v2 ? 0 : 8);
+    c->n_group = get_int(&r, root, "n_group", is_v2 ? 1 : 8);
+    c->topk_group = get_int(&r, root, "topk_group", is_v2 ? 1 : 4);
+    c->routed_scaling_factor = get_float(&r, root, "routed_scaling_factor", is_v2 ? 1.0f : 2.5f);
+    c->norm_topk_prob = get_bool(&r, root, "norm_topk_prob", is_v2 ? 0 : 1);
+    c->first_k_dense_replace = get_int(&r, root, "first_k_dense_replace", is_v2 ? 0 : 3);
+    c->moe_layer_freq = get_int(&r, root, "moe_layer_freq", 1);
+    c->rms_norm_eps = get_float(&r, root, "rms_norm_eps", 1e-6f);
+    c->max_position_embeddings = get_int(&r, root, "max_position_embeddings", is_v2 ? 2048 : 4096);
+    c->num_nextn_predict_layers = get_int(&r, root, "num_nextn_predict_layers", 0);
+    c->tie_word_embeddings = get_bool(&r, root, "tie_word_embeddings", 0);
+    c->bos_token_id = get_int(&r, root, "bos_token_id", -1);
+    c->eos_token_id = get_int(&r, root, "eos_token_id", -1);
+
+    const char *sf = get_string(root, "scoring_func");
+    c->scoring_func = sf ? (strcmp(sf, "softmax") == 0 ? SCORE_SOFTMAX : SCORE_SIGMOID)
+                         : (is_v2 ? SCORE_SOFTMAX : SCORE_SIGMOID);
+    const char *tm = get_string(root, "topk_method");
+    if (!tm) tm = is_v2 ? "greedy" : "noaux_tc";
+    if (strcmp(tm, "greedy") == 0) c->topk_method = TOPK_GREEDY;
+    else if (strcmp(tm, "group_limited_greedy") == 0) c->topk_method = TOPK_GROUP_LIMITED_GREEDY;
+    else if (strcmp(tm, "noaux_tc") == 0) c->topk_method = TOPK_NOAUX_TC;
+    else if (!r.failed) {
+        r.failed = 1;
+        error_set(e, "%s: topk_method \"%s\" is not supported (expected greedy, group_limited_greedy or noaux_tc)", src, tm);
+    }
+    if (sf && strcmp(sf, "softmax") != 0 && strcmp(sf, "sigmoid") != 0 && !r.failed) {
+        r.failed = 1;
+        error_set(e, "%s: scoring_func \"%s\" is not supported (expected sigmoid or softmax)", src, sf);
+    }
+    parse_rope(&r, c, is_v2);
+
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (cJSON_IsObject(q)) {
+        const char *method = get_string(q, "quant_method");
+        if (!method || strcmp(method, "fp8") != 0) {
+            if (!r.failed) error_set(e, "%s: quantization_config.quant_method \"%s\" is not supported (expected fp8)", src, method ? method : "(missing)");
+            r.failed = 1;
+        }
+        c->fp8 = 1;
+        const char *fmt = get_string(q, "fmt");
+        snprintf(c->fp8_fmt, sizeof c->fp8_fmt, "%s", fmt ? fmt : "e4m3");
+        const cJSON *bs = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+        c->fp8_block[0] = c->fp8_block[1] = 128;
+        if (cJSON_IsArray(bs) && cJSON_GetArraySize(bs) == 2) {
+            c->fp8_block[0] = (int)cJSON_GetArrayItem(bs, 0)->valuedouble;
+            c->fp8_block[1] = (int)cJSON_GetArrayItem(bs, 1)->valuedouble;
+        }
+    }
+    cJSON_Delete(root);
+    if (r.failed) return -1;
+
+    /* consistency: things the forward pass divides by or indexes with */
+    const char *bad = NULL;
+    if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0) bad = "vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive";
+    else if (c->qk_rope_head_dim <= 0 || c->qk_rope_head_dim % 2) bad = "qk_rope_head_dim must be positive and even";
+    else if (c->kv_lora_rank <= 0 || c->qk_nope_head_dim < 0 || c->v_head_dim <= 0) bad = "kv_lora_rank and v_head_dim must be positive";
+    else if (c->n_routed_experts > 0 && (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->n_routed_experts || c->num_experts_per_tok > MOE_MAX_TOPK)) bad = "num_experts_per_tok must be in 1..n_routed_experts (and <= 64)";
+    else if (c->n_routed_experts > MOE_MAX_EXPERTS) bad = "n_routed_experts must be <= 1024";
+    else if (c->n_routed_experts > 0 && (c->n_group < 1 || c->n_routed_experts % c->n_group || c->topk_group < 1 || c->topk_group > c->n_group)) bad = "n_group must divide n_routed_experts and topk_group must be in 1..n_group";
+    else if (c->moe_layer_freq < 1) bad = "moe_layer_freq must be >= 1";
+    else if (c->fp8 && (c->fp8_block[0] <= 0 || c->fp8_block[1] <= 0)) bad = "quantization_config.weight_block_size must be two positive integers";
+    if (bad) return error_set(e, "%s: %s", src, bad);
+    return 0;
+}
+
+int config_load(Config *c, const char *path, Error *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return error_set(e, "%s: cannot open (does the directory hold a config.json?)", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)n + 1);
+    size_t got = fread(text, 1, (size_t)n, f);
+    fclose(f);
+    text[got] = 0;
+    int rc = config_parse(c, text, path, e);
+    free(text);
+    return rc;
+}
+
+int config_is_moe_layer(const Config *c, int l) {
+    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
+}
+
+/* Parameters of one decoder layer: all of them, and those one token touches. */
+static void layer_params(const Config *c, int l, double *all, double *active) {
+    double d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    double attn = c->q_lora_rank ? d * c->q_lora_rank + c->q_lora_rank + (double)c->q_lora_rank * nh * qk
+                                 : d * nh * qk;
+    attn += d * (c->kv_lora_rank + c->qk_rope_head_dim) + c->kv_lora_rank;
+    attn += (double)c->kv_lora_rank * nh * (c->qk_nope_head_dim + c->v_head_dim);
+    attn += nh * c->v_head_dim * d + 2 * d; /* o_proj, the two layer norms */
+    if (!config_is_moe_layer(c, l)) {
+        *all = *active = attn + 3 * d * c->intermediate_size;
+        return;
+    }
+    double expert = 3 * d * c->moe_intermediate_size, router = c->n_routed_experts * (d + 1);
+    double shared = expert * c->n_shared_experts;
+    *all = attn + router + shared + expert * c->n_routed_experts;
+    *active = attn + router + shared + expert * c->num_experts_per_tok;
+}
+
+void config_param_counts(const Config *c, double *total, double *activated, double *mtp_extra) {
+    double emb = (double)c->vocab_size * c->hidden_size, d = c->hidden_size;
+    /* activated: what one token multiplies with; the input embedding is a row lookup, which is how
+     * DeepSeek counts "37B activated" (V3) and "2.4B" (V2-Lite) */
+    double all = emb + (c->tie_word_embeddings ? 0 : emb) + d, act = all - (c->tie_word_embeddings ? 0 : emb);
+    for (int l = 0; l < c->n_layers; l++) {
+        double a, b;
+        layer_params(c, l, &a, &b);
+        all += a;
+        act += b;
+    }
+    *total = all;
+    *activated = act;
+    /* MTP module: enorm, hnorm, eh_proj [d, 2d], one MoE decoder layer, shared_head.norm
+     * (embedding and head shared with the main model) */
+    double a, b;
+    layer_params(c, c->n_layers > c->first_k_dense_replace ? c->n_layers : c->first_k_dense_replace, &a, &b);
+    *mtp_extra = c->num_nextn_predict_layers * (3 * d + 2 * d * d + a);
+}

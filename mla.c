@@ -1,0 +1,118 @@
+/* mla.c - Multi-head Latent Attention (DeepSeek-V2 report section 2.1; V3 keeps it unchanged).
+ *
+ * Standard attention caches K and V: 2 * n_h * d_h floats per token per layer (V3 sizes: 2 * 128 *
+ * 128 = 32768). MLA caches one low-rank latent instead and rebuilds K and V from it:
+ *
+ *   c_kv = RMSNorm(W_DKV x)               [d_c = 512]     the latent, cached
+ *   k_pe = RoPE(W_KR x)                   [d_R = 64]      one rope key shared by all heads, cached
+ *   k_h  = [W_UK[h] c_kv ; k_pe]          [nope + d_R]    W_UK[h]: [nope, d_c]
+ *   v_h  =  W_UV[h] c_kv                  [v]             W_UV[h]: [v, d_c]
+ * (W_DKV and W_KR together are kv_a_proj_with_mqa; W_UK and W_UV interleaved per head are kv_b_proj.)
+ * The query is compressed too, to save activation memory in training:
+ *   q = W_UQ RMSNorm(W_DQ x)  -> per head [q_nope (nope) ; q_pe (d_R)], q_pe rotated.
+ *
+ * score[h][t][s] = (q_nope[h,t] . W_UK[h] c_s + q_pe[h,t] . k_pe[s]) * scale,  causal (s <= t)
+ * out[h][t]      = W_UV[h] sum_s p[h][t][s] c_s
+ *
+ * Naive form: build k_nope and v for every cached token and head, then ordinary attention.
+ * Absorbed form: by associativity q_nope . (W_UK c) = (W_UK^T q_nope) . c, so fold W_UK into the
+ * query once (q_lat [d_c] per head) and W_UV after the weighted sum: attention runs directly on the
+ * cached latents and no per-head K/V is ever materialized. Decode reads 576 floats per cached token
+ * once for all heads; the naive form would expand 2 * 128 * 128 per token per step.
+ * Both forms give the same numbers up to FP32 rounding; tests check them against each other and
+ * against HF transformers (which computes the naive form).
+ *
+ * Shapes in comments use T = tokens in this call, L = cached length (pos0 + T).
+ */
+#include "mla.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mla_query(float *q, float *scratch, const float *x, int T, const MlaWeights *w, const MlaDims *m) {
+    if (m->q_lora_rank == 0) {
+        matmul(q, x, &w->q, T);                                   /* [T, n_h*(nope+rope)] */
+        return;
+    }
+    matmul(scratch, x, &w->q_a, T);                               /* [T, d_c'] */
+    rmsnorm(scratch, scratch, w->q_a_norm, T, m->q_lora_rank, m->eps);
+    matmul(q, scratch, &w->q_b, T);                               /* [T, n_h*(nope+rope)] */
+}
+
+void mla_latent(float *latent, const float *x, int T, const MlaWeights *w, const MlaDims *m) {
+    int width = mla_cache_width(m);
+    matmul(latent, x, &w->kv_a, T);                               /* [T, d_c + d_R] */
+    for (int t = 0; t < T; t++) {                                 /* norm the latent, not k_pe */
+        float *c = latent + (size_t)t * width;
+        rmsnorm(c, c, w->kv_a_norm, 1, m->kv_lora_rank, m->eps);
+    }
+}
+
+/* scores [T, L] *= scale, entries s > pos0 + t set to -inf, then softmax per row. */
+static void causal_softmax(float *scores, int T, int L, int pos0, float scale) {
+    for (int t = 0; t < T; t++) {
+        float *row = scores + (size_t)t * L;
+        int visible = pos0 + t + 1;
+        for (int s = 0; s < visible; s++) row[s] *= scale;
+        for (int s = visible; s < L; s++) row[s] = -INFINITY;
+        softmax(row, L);
+    }
+}
+
+void mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,
+                         const MlaWeights *w, const MlaDims *m) {
+    int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
+    int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
+    float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
+    float *q_lat = malloc(sizeof(float) * (size_t)T * d_c);              /* [T, d_c] */
+    float *scores = malloc(sizeof(float) * (size_t)T * L);               /* [T, L] */
+    float *o_lat = malloc(sizeof(float) * (size_t)T * d_c);              /* [T, d_c] */
+    for (int h = 0; h < m->n_heads; h++) {
+        tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
+        const float *w_uk = w_h, *w_uv = w_h + (size_t)m->nope * d_c;
+        const float *q_nope = q + (size_t)h * qk, *q_pe = q_nope + m->nope;
+        /* q_lat [T, d_c] = q_nope [T, nope] . W_UK [nope, d_c] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d_c, m->nope, 1.0f, q_nope, q_stride,
+                    w_uk, d_c, 0.0f, q_lat, d_c);
+        /* scores [T, L] = q_lat . C^T + q_pe . K_pe^T, C = cache[:, :d_c], K_pe = cache[:, d_c:] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, d_c, 1.0f, q_lat, d_c, cache, width,
+                    0.0f, scores, L);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, m->rope, 1.0f, q_pe, q_stride,
+                    cache + d_c, width, 1.0f, scores, L);
+        causal_softmax(scores, T, L, pos0, m->softmax_scale);
+        /* o_lat [T, d_c] = P [T, L] . C [L, d_c];  out_h [T, v] = o_lat . W_UV^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, d_c, L, 1.0f, scores, L, cache, width,
+                    0.0f, o_lat, d_c);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, m->v, d_c, 1.0f, o_lat, d_c, w_uv, d_c,
+                    0.0f, out + (size_t)h * m->v, out_stride);
+    }
+    free(w_h); free(q_lat); free(scores); free(o_lat);
+}
+
+void mla_attend_naive(float *out, const float *q, const float *cache, int T, int pos0,
+                      const MlaWeights *w, const MlaDims *m) {
+    int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
+    int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
+    float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
+    float *kv = malloc(sizeof(float) * (size_t)L * (m->nope + m->v));    /* [L, nope+v] */
+    float *scores = malloc(sizeof(float) * (size_t)T * L);               /* [T, L] */
+    for (int h = 0; h < m->n_heads; h++) {
+        tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
+        /* [k_nope | v] for every cached token: kv [L, nope+v] = C [L, d_c] . W_h^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, m->nope + m->v, d_c, 1.0f, cache, width,
+                    w_h, d_c, 0.0f, kv, m->nope + m->v);
+        const float *q_nope = q + (size_t)h * qk, *q_pe = q_nope + m->nope;
+        /* scores = q_nope . K_nope^T + q_pe . K_pe^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, m->nope, 1.0f, q_nope, q_stride, kv,
+                    m->nope + m->v, 0.0f, scores, L);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, m->rope, 1.0f, q_pe, q_stride,
+                    cache + d_c, width, 1.0f, scores, L);
+        causal_softmax(scores, T, L, pos0, m->softmax_scale);
+        /* out_h [T, v] = P [T, L] . V [L, v] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, m->v, L, 1.0f, scores, L, kv + m->nope,
+                    m->nope + m->v, 0.0f, out + (size_t)h * m->v, out_stride);
+    }
+    free(w_h); free(kv); free(scores);
+}

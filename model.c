@@ -1,0 +1,248 @@
+/* model.c - the whole DeepSeek-V3 forward pass: embedding, pre-norm decoder layers (MLA, then MoE
+ * or dense FFN), final norm, lm_head. Weights are views into the mmapped safetensors.
+ *
+ *   h = embed[token]
+ *   for each layer:  h += o_proj(MLA(rmsnorm(h)))        (mla.c; RoPE from rope.c)
+ *                    h += FFN(rmsnorm(h))                 (moe.c: MoE, or dense for l < first_k_dense)
+ *   logits = lm_head(rmsnorm(h))
+ *
+ * One MLA step as this file wires it (T tokens at positions pos .. pos+T-1):
+ *   q      = mla_query(h)                 [T, n_h*(nope+rope)]   then rotate each head's q_pe
+ *   latent = mla_latent(h)                [T, d_c + d_R]         then rotate k_pe, append to cache
+ *   attn   = mla_attend_absorbed(q, cache[0 .. pos+T))           or the naive form (--naive)
+ * Prefill and decode are the same call: decode is T = 1.
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *own(Model *m, void *p) {
+    m->owned = realloc(m->owned, sizeof(void *) * (size_t)(m->n_owned + 1));
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+/* A vector [n] widened to FP32 (norm weights, correction bias). */
+static const float *load_vector(Model *m, const char *name, int n, Error *e) {
+    int64_t shape[1] = {n};
+    const StTensor *t = st_expect(&m->st, name, 1, shape, e);
+    if (!t) return NULL;
+    float *v = st_to_f32(t);
+    if (!v) {
+        error_set(e, "%s: dtype %s cannot be used as a float vector", name, dtype_name(t->dtype));
+        return NULL;
+    }
+    return own(m, v);
+}
+
+/* A matrix [rows, cols] as stored; FP8 brings its weight_scale_inv (block scales) along. */
+static int load_matrix(Model *m, Tensor *out, const char *name, int rows, int cols, Error *e) {
+    int64_t shape[2] = {rows, cols};
+    const StTensor *t = st_expect(&m->st, name, 2, shape, e);
+    if (!t) return -1;
+    DType dt = t->dtype;
+    if (dt != DT_F32 && dt != DT_BF16 && dt != DT_F16 && dt != DT_F8_E4M3 && dt != DT_F8_E5M2)
+        return error_set(e, "%s: dtype %s is not a weight type (expected F32, BF16, F16 or F8)", name, dtype_name(dt));
+    *out = (Tensor){.data = t->data, .dtype = dt, .rows = rows, .cols = cols};
+    if (dt != DT_F8_E4M3 && dt != DT_F8_E5M2) return 0;
+    int br = m->cfg.fp8 ? m->cfg.fp8_block[0] : 128, bc = m->cfg.fp8 ? m->cfg.fp8_block[1] : 128;
+    char sname[256];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    int64_t sshape[2] = {(rows + br - 1) / br, (cols + bc - 1) / bc};
+    const StTensor *s = st_expect(&m->st, sname, 2, sshape, e);
+    if (!s) return -1;
+    out->scale_inv = own(m, st_to_f32(s));
+    out->block_r = br;
+    out->block_c = bc;
+    return 0;
+}
+
+static int load_ffn(Model *m, Ffn *f, const char *prefix, int d, int inter, Error *e) {
+    char n[256];
+    snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
+    if (load_matrix(m, &f->gate, n, inter, d, e)) return -1;
+    snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
+    if (load_matrix(m, &f->up, n, inter, d, e)) return -1;
+    snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
+    return load_matrix(m, &f->down, n, d, inter, e);
+}
+
+static int load_attention(Model *m, MlaWeights *w, const char *p, Error *e) {
+    const Config *c = &m->cfg;
+    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    char n[256];
+#define NAME(s) (snprintf(n, sizeof n, "%s.self_attn.%s", p, s), n)
+    if (c->q_lora_rank) {
+        if (load_matrix(m, &w->q_a, NAME("q_a_proj.weight"), c->q_lora_rank, d, e)) return -1;
+        if (!(w->q_a_norm = load_vector(m, NAME("q_a_layernorm.weight"), c->q_lora_rank, e))) return -1;
+        if (load_matrix(m, &w->q_b, NAME("q_b_proj.weight"), nh * qk, c->q_lora_rank, e)) return -1;
+    } else if (load_matrix(m, &w->q, NAME("q_proj.weight"), nh * qk, d, e)) return -1;
+    if (load_matrix(m, &w->kv_a, NAME("kv_a_proj_with_mqa.weight"), c->kv_lora_rank + c->qk_rope_head_dim, d, e)) return -1;
+    if (!(w->kv_a_norm = load_vector(m, NAME("kv_a_layernorm.weight"), c->kv_lora_rank, e))) return -1;
+    if (load_matrix(m, &w->kv_b, NAME("kv_b_proj.weight"), nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, e)) return -1;
+    return load_matrix(m, &w->o, NAME("o_proj.weight"), d, nh * c->v_head_dim, e);
+#undef NAME
+}
+
+static int load_layer(Model *m, Layer *L, int l, Error *e) {
+    const Config *c = &m->cfg;
+    int d = c->hidden_size;
+    char p[64], n[256];
+    snprintf(p, sizeof p, "model.layers.%d", l);
+    snprintf(n, sizeof n, "%s.input_layernorm.weight", p);
+    if (!(L->attn_norm = load_vector(m, n, d, e))) return -1;
+    snprintf(n, sizeof n, "%s.post_attention_layernorm.weight", p);
+    if (!(L->ffn_norm = load_vector(m, n, d, e))) return -1;
+    if (load_attention(m, &L->attn, p, e)) return -1;
+    L->is_moe = config_is_moe_layer(c, l);
+    if (!L->is_moe) {
+        snprintf(n, sizeof n, "%s.mlp", p);
+        return load_ffn(m, &L->dense, n, d, c->intermediate_size, e);
+    }
+    Moe *moe = &L->moe;
+    moe->gate = (MoeGate){.n_experts = c->n_routed_experts, .top_k = c->num_experts_per_tok,
+                          .n_group = c->n_group, .topk_group = c->topk_group, .scoring = c->scoring_func,
+                          .method = c->topk_method, .norm_topk_prob = c->norm_topk_prob,
+                          .routed_scaling_factor = c->routed_scaling_factor};
+    snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
+    if (load_matrix(m, &moe->router, n, c->n_routed_experts, d, e)) return -1;
+    snprintf(n, sizeof n, "%s.mlp.gate.e_score_correction_bias", p);
+    moe->bias = NULL;
+    if (c->topk_method == TOPK_NOAUX_TC && !(moe->bias = load_vector(m, n, c->n_routed_experts, e))) return -1;
+    L->experts = own(m, calloc((size_t)c->n_routed_experts, sizeof(Ffn)));
+    for (int x = 0; x < c->n_routed_experts; x++) {
+        snprintf(n, sizeof n, "%s.mlp.experts.%d", p, x);
+        if (load_ffn(m, &L->experts[x], n, d, c->moe_intermediate_size, e)) return -1;
+    }
+    moe->experts = L->experts;
+    memset(&moe->shared, 0, sizeof moe->shared);
+    snprintf(n, sizeof n, "%s.mlp.shared_experts", p);
+    if (c->n_shared_experts > 0 && load_ffn(m, &moe->shared, n, d, c->n_shared_experts * c->moe_intermediate_size, e)) return -1;
+    return 0;
+}
+
+int model_load(Model *m, const char *dir, Error *e) {
+    memset(m, 0, sizeof *m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (config_load(&m->cfg, path, e)) return -1;
+    if (st_open_dir(&m->st, dir, e)) return -1;
+    const Config *c = &m->cfg;
+    int d = c->hidden_size;
+    if (load_matrix(m, &m->embed, "model.embed_tokens.weight", c->vocab_size, d, e)) goto fail;
+    if (c->tie_word_embeddings && !st_find(&m->st, "lm_head.weight")) m->lm_head = m->embed;
+    else if (load_matrix(m, &m->lm_head, "lm_head.weight", c->vocab_size, d, e)) goto fail;
+    if (!(m->final_norm = load_vector(m, "model.norm.weight", d, e))) goto fail;
+    m->layers = own(m, calloc((size_t)c->n_layers, sizeof(Layer)));
+    for (int l = 0; l < c->n_layers; l++)
+        if (load_layer(m, &m->layers[l], l, e)) goto fail;
+
+    int qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    m->mla = (MlaDims){.d = d, .n_heads = c->n_heads, .q_lora_rank = c->q_lora_rank,
+                       .kv_lora_rank = c->kv_lora_rank, .nope = c->qk_nope_head_dim,
+                       .rope = c->qk_rope_head_dim, .v = c->v_head_dim, .eps = c->rms_norm_eps,
+                       .softmax_scale = (float)(pow(qk, -0.5) * rope_softmax_mscale(&c->rope))};
+    m->inv_freq = own(m, malloc(sizeof(float) * (size_t)c->qk_rope_head_dim / 2));
+    m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
+    snprintf(path, sizeof path, "model.layers.%d.eh_proj.weight", c->n_layers);
+    m->has_mtp = st_find(&m->st, path) != NULL;
+    return 0;
+fail:
+    model_free(m);
+    return -1;
+}
+
+void model_free(Model *m) {
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    st_close(&m->st);
+    memset(m, 0, sizeof *m);
+}
+
+int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
+    const Config *c = &m->cfg;
+    memset(s, 0, sizeof *s);
+    if (ctx <= 0 || max_T <= 0) return error_set(e, "context length %d and chunk %d must be positive", ctx, max_T);
+    size_t width = (size_t)mla_cache_width(&m->mla), d = (size_t)c->hidden_size, T = (size_t)max_T;
+    size_t nh = (size_t)c->n_heads, qk = (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+    s->ctx = ctx;
+    s->max_T = max_T;
+    s->cache = calloc((size_t)c->n_layers * ctx * width, sizeof(float));
+    s->x = malloc(sizeof(float) * T * d);
+    s->h = malloc(sizeof(float) * T * d);
+    s->out = malloc(sizeof(float) * T * d);
+    s->q = malloc(sizeof(float) * T * nh * qk);
+    s->q_scratch = malloc(sizeof(float) * T * (size_t)(c->q_lora_rank ? c->q_lora_rank : 1));
+    s->latent = malloc(sizeof(float) * T * width);
+    s->attn = malloc(sizeof(float) * T * nh * (size_t)c->v_head_dim);
+    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->latent || !s->attn) {
+        state_free(s);
+        return error_set(e, "out of memory for a %d-token latent cache (%.1f MB)", ctx,
+                         (double)c->n_layers * ctx * width * 4 / 1e6);
+    }
+    return 0;
+}
+
+void state_free(State *s) {
+    free(s->cache); free(s->x); free(s->h); free(s->out); free(s->q); free(s->q_scratch);
+    free(s->latent); free(s->attn);
+    memset(s, 0, sizeof *s);
+}
+
+/* One chunk of T <= max_T tokens; the final hidden states (normed) are left in s->h. */
+static void forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form) {
+    const Config *c = &m->cfg;
+    const MlaDims *md = &m->mla;
+    int d = c->hidden_size, width = mla_cache_width(md), d_R = md->rope;
+    int qk = md->nope + md->rope, q_stride = md->n_heads * qk;
+    for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        float *cache = s->cache + (size_t)l * s->ctx * width;
+        /* attention */
+        rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
+        mla_query(s->q, s->q_scratch, s->h, T, &L->attn, md);
+        mla_latent(s->latent, s->h, T, &L->attn, md);
+        for (int t = 0; t < T; t++) {
+            rope_rotate(s->q + (size_t)t * q_stride + md->nope, md->n_heads, qk, d_R, pos + t, m->inv_freq,
+                        m->rope_attn_factor, c->rope.interleaved);
+            rope_rotate(s->latent + (size_t)t * width + md->kv_lora_rank, 1, width, d_R, pos + t,
+                        m->inv_freq, m->rope_attn_factor, c->rope.interleaved);
+        }
+        memcpy(cache + (size_t)pos * width, s->latent, sizeof(float) * (size_t)T * width);
+        if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos, &L->attn, md);
+        else mla_attend_absorbed(s->attn, s->q, cache, T, pos, &L->attn, md);
+        matmul(s->out, s->attn, &L->attn.o, T);
+        for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+        /* feed-forward */
+        rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
+        if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
+        else ffn_swiglu(s->out, s->h, T, &L->dense);
+        for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    }
+    rmsnorm(s->h, s->x, m->final_norm, T, d, c->rms_norm_eps);
+}
+
+int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
+                  int last_only, AttnForm form, Error *e) {
+    const Config *c = &m->cfg;
+    if (T <= 0) return error_set(e, "no tokens to run");
+    if (pos < 0 || pos + T > s->ctx)
+        return error_set(e, "positions %d..%d do not fit the %d-token cache (raise --ctx)", pos, pos + T - 1, s->ctx);
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
+            return error_set(e, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, c->vocab_size);
+    for (int done = 0; done < T; done += s->max_T) {
+        int n = T - done < s->max_T ? T - done : s->max_T;
+        forward_chunk(m, s, tokens + done, n, pos + done, form);
+        if (!last_only)
+            matmul(logits + (size_t)done * c->vocab_size, s->h, &m->lm_head, n);
+        else if (done + n == T)
+            matmul(logits, s->h + (size_t)(n - 1) * c->hidden_size, &m->lm_head, 1);
+    }
+    return 0;
+}

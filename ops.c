@@ -1,0 +1,185 @@
+/* ops.c - the small shared pieces: errors, dtypes, rmsnorm, matmul, softmax, silu, argmax.
+ *
+ * Everything computes in FP32. Weights may be stored in BF16, F16 or FP8 (with block scales);
+ * matmul widens them TILE_ROWS rows at a time into a scratch buffer and hands the tile to
+ * cblas_sgemm, so a weight stays 1 or 2 bytes per element in memory.
+ *
+ * Determinism: OpenBLAS splits sgemm over the output (rows of W, rows of x), never over the
+ * summation index, for these shapes, and with OPENBLAS_NUM_THREADS=1 every result is bit-identical
+ * run to run. With more threads the kernel choice can change the summation order of a dot product.
+ */
+#include "ops.h"
+#include "fp8.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int error_set(Error *e, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * dtypes
+ */
+static const struct { const char *name; size_t size; } DTYPES[DT_COUNT] = {
+    [DT_F32] = {"F32", 4},  [DT_F16] = {"F16", 2},   [DT_BF16] = {"BF16", 2},
+    [DT_F8_E4M3] = {"F8_E4M3", 1}, [DT_F8_E5M2] = {"F8_E5M2", 1}, [DT_F64] = {"F64", 8},
+    [DT_I8] = {"I8", 1},    [DT_U8] = {"U8", 1},     [DT_I16] = {"I16", 2},
+    [DT_I32] = {"I32", 4},  [DT_I64] = {"I64", 8},   [DT_BOOL] = {"BOOL", 1},
+};
+
+const char *dtype_name(DType t) { return (unsigned)t < DT_COUNT ? DTYPES[t].name : "?"; }
+size_t dtype_size(DType t) { return (unsigned)t < DT_COUNT ? DTYPES[t].size : 0; }
+
+int dtype_from_name(const char *s) {
+    for (int t = 0; t < DT_COUNT; t++)
+        if (strcmp(s, DTYPES[t].name) == 0) return t;
+    return -1;
+}
+
+/* BF16 is the top half of an FP32: widening is a shift. */
+float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE half: 1 sign, 5 exponent (bias 15), 10 mantissa. */
+float f16_to_f32(uint16_t h) {
+    int sign = h >> 15, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    float v;
+    if (exp == 0) v = ldexpf((float)man, -24);                      /* subnormal: man * 2^-24 */
+    else if (exp == 31) v = man ? NAN : INFINITY;
+    else v = ldexpf((float)(man | 0x400), exp - 25);                /* 1.man * 2^(exp-15) */
+    return sign ? -v : v;
+}
+
+float dtype_load_f32(DType t, const void *p, size_t i) {
+    const unsigned char *b = (const unsigned char *)p;
+    switch (t) {
+    case DT_F32: { float f; memcpy(&f, b + 4 * i, 4); return f; }
+    case DT_BF16: { uint16_t h; memcpy(&h, b + 2 * i, 2); return bf16_to_f32(h); }
+    case DT_F16: { uint16_t h; memcpy(&h, b + 2 * i, 2); return f16_to_f32(h); }
+    case DT_F8_E4M3: return fp8_e4m3_decode(b[i]);
+    case DT_F8_E5M2: return fp8_e5m2_decode(b[i]);
+    case DT_F64: { double d; memcpy(&d, b + 8 * i, 8); return (float)d; }
+    case DT_I8: return (float)(int8_t)b[i];
+    case DT_U8: case DT_BOOL: return (float)b[i];
+    case DT_I16: { int16_t v; memcpy(&v, b + 2 * i, 2); return (float)v; }
+    case DT_I32: { int32_t v; memcpy(&v, b + 4 * i, 4); return (float)v; }
+    case DT_I64: { int64_t v; memcpy(&v, b + 8 * i, 8); return (float)v; }
+    default: return NAN;
+    }
+}
+
+void dtype_to_f32(float *out, DType t, const void *src, size_t i0, size_t n) {
+    if (t == DT_F32) {
+        memcpy(out, (const char *)src + 4 * i0, 4 * n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) out[i] = dtype_load_f32(t, src, i0 + i);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensors
+ */
+void tensor_rows_f32(float *out, const Tensor *W, int r0, int n) {
+    size_t cols = (size_t)W->cols;
+    dtype_to_f32(out, W->dtype, W->data, (size_t)r0 * cols, (size_t)n * cols);
+    if (!W->scale_inv) return;
+    /* FP8 block scales: W[r][c] = q[r][c] * scale_inv[r / block_r][c / block_c] */
+    int n_cb = (W->cols + W->block_c - 1) / W->block_c;
+    for (int i = 0; i < n; i++) {
+        const float *s = W->scale_inv + (size_t)((r0 + i) / W->block_r) * n_cb;
+        float *row = out + (size_t)i * cols;
+        for (int c = 0; c < W->cols; c++) row[c] *= s[c / W->block_c];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Numerics
+ */
+void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps) {
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * d;
+        float *ot = out + (size_t)t * d;
+        float ss = 0.0f;
+        for (int i = 0; i < d; i++) ss += xt[i] * xt[i];
+        float r = 1.0f / sqrtf(ss / (float)d + eps);
+        for (int i = 0; i < d; i++) ot[i] = w[i] * (xt[i] * r);
+    }
+}
+
+#define TILE_ROWS 256
+
+void matmul(float *out, const float *x, const Tensor *W, int n) {
+    int rows = W->rows, cols = W->cols;
+    int aligned = ((uintptr_t)W->data % sizeof(float)) == 0;
+    if (W->dtype == DT_F32 && aligned) {
+        /* out [n, rows] = x [n, cols] . W^T, W used in place from the mapping */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols,
+                    (const float *)W->data, cols, 0.0f, out, rows);
+        return;
+    }
+    int tile = rows < TILE_ROWS ? rows : TILE_ROWS;
+    float *buf = malloc(sizeof(float) * (size_t)tile * cols);
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        int nr = rows - r0 < tile ? rows - r0 : tile;
+        tensor_rows_f32(buf, W, r0, nr);
+        /* out[:, r0:r0+nr] = x . tile^T  (ldc = rows writes into the column slice) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, cols, 1.0f, x, cols, buf, cols,
+                    0.0f, out + r0, rows);
+    }
+    free(buf);
+}
+
+void matmul_naive(float *out, const float *x, const float *W, int n, int rows, int cols) {
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < rows; r++) {
+            float acc = 0.0f;
+            for (int c = 0; c < cols; c++) acc += x[(size_t)t * cols + c] * W[(size_t)r * cols + c];
+            out[(size_t)t * rows + r] = acc;
+        }
+}
+
+void softmax(float *x, int n) {
+    float max = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > max) max = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = x[i] == -INFINITY ? 0.0f : expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+void silu(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}

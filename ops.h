@@ -1,0 +1,76 @@
+/* ops.h - the small shared pieces every component uses.
+ *
+ * Error     one-line error message filled by any function that can fail (returns -1).
+ * DType     element types of checkpoint tensors (the safetensors dtype strings).
+ * Tensor    a 2-D weight view [rows, cols], row-major, in its stored dtype (F32, BF16, F16, F8),
+ *           with 128x128 block scales when it is FP8 (DeepSeek's weight_scale_inv).
+ * rmsnorm, matmul, softmax, silu, argmax: the numerics, FP32 throughout.
+ *
+ * Library code never exits: it returns -1 and leaves one line in Error naming the file, field or
+ * tensor, what was expected and what was found. run.c prints it and exits non-zero.
+ */
+#ifndef OPS_H
+#define OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    char msg[512];
+} Error;
+
+/* Writes a printf-style message into e (if not NULL) and returns -1, so `return error_set(...)`. */
+int error_set(Error *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+typedef enum {
+    DT_F32, DT_F16, DT_BF16, DT_F8_E4M3, DT_F8_E5M2, DT_F64, DT_I8, DT_U8, DT_I16, DT_I32, DT_I64,
+    DT_BOOL, DT_COUNT
+} DType;
+
+const char *dtype_name(DType t);       /* "F32", "BF16", "F8_E4M3", ... (safetensors spelling) */
+int dtype_from_name(const char *s);    /* -1 when unknown */
+size_t dtype_size(DType t);            /* bytes per element */
+
+/* Exact widening of one element to float (BF16/F16/FP8 are exact in FP32). p may be unaligned. */
+float dtype_load_f32(DType t, const void *p, size_t i);
+/* Widen n elements starting at element index i0 of src (any float dtype) into out. */
+void dtype_to_f32(float *out, DType t, const void *src, size_t i0, size_t n);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f); /* round to nearest even, NaN kept NaN */
+float f16_to_f32(uint16_t h);
+
+/* A weight matrix W [rows, cols] as stored: y = W x maps cols -> rows (PyTorch's Linear layout).
+ * For FP8 weights, scale_inv [ceil(rows/block_r), ceil(cols/block_c)] multiplies each block:
+ * W[r][c] = fp8(W_q[r][c]) * scale_inv[r / block_r][c / block_c]. */
+typedef struct {
+    const void *data;
+    DType dtype;
+    int rows, cols;
+    const float *scale_inv; /* NULL unless dtype is FP8 */
+    int block_r, block_c;   /* 128, 128 in DeepSeek-V3 */
+} Tensor;
+
+/* Widen rows [r0, r0+n) of W into out [n, cols] as FP32, applying block scales. */
+void tensor_rows_f32(float *out, const Tensor *W, int r0, int n);
+
+/* out [n, d] = x [n, d] / rms(x) * w,  rms = sqrt(mean(x^2) + eps); row by row. out may be x. */
+void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps);
+
+/* out [n, rows] = x [n, cols] . W^T. W in any dtype; FP8/BF16 are widened tile by tile
+ * (TILE_ROWS rows at a time) into a scratch buffer and multiplied with cblas_sgemm. */
+void matmul(float *out, const float *x, const Tensor *W, int n);
+
+/* The readable reference for matmul on FP32 arrays: out [n, rows] = x [n, cols] . W [rows, cols]^T,
+ * one dot product at a time, accumulated in float in index order. Tests compare matmul to it. */
+void matmul_naive(float *out, const float *x, const float *W, int n, int rows, int cols);
+
+/* In place: x [n] -> exp(x - max) / sum. Entries equal to -INFINITY get exactly 0. */
+void softmax(float *x, int n);
+
+/* x * sigmoid(x), elementwise, in place. */
+void silu(float *x, int n);
+
+/* Index of the largest entry; the first one on ties (as torch.argmax). */
+int argmax(const float *x, int n);
+
+#endif

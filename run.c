@@ -1,0 +1,307 @@
+/* run.c - the command line. Every subcommand is a small function; all errors end here: library
+ * code returns -1 with a one-line message, and this file prints it and exits non-zero.
+ *
+ *   run inspect DIR                                     config summary, parameters, bytes by dtype
+ *   run logits DIR --tokens 5,17,42 --out F.safetensors [--decode] [--naive] [--ctx N]
+ *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
+ */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *USAGE =
+    "usage: run <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  inspect DIR          print the config summary, parameter counts (total and activated per\n"
+    "                       token), checkpoint bytes by dtype, and whether an MTP module is present.\n"
+    "                       DIR holds config.json and the safetensors (a config.json alone is enough\n"
+    "                       for the summary and the counts)\n"
+    "  logits DIR --tokens IDS --out F.safetensors [--decode] [--naive] [--ctx N]\n"
+    "                       write tensor `logits` (F32, [T, vocab]) for every position of the\n"
+    "                       comma-separated token ids. Default: one prefill over all T tokens.\n"
+    "                       --decode feeds them one at a time through the latent cache; --naive uses\n"
+    "                       the naive attention form (K and V expanded from the latent) instead of the\n"
+    "                       absorbed one\n"
+    "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos] [--ctx N]\n"
+    "                       greedy continuation of the prompt ids: the N new ids (default 16) on one\n"
+    "                       line of stdout, space-separated; speed and notes go to stderr. Stops at\n"
+    "                       the config's eos_token_id unless --ignore-eos\n"
+    "\n"
+    "common options:\n"
+    "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
+    "  -h, --help           this text\n";
+
+static void die(const char *msg) {
+    fprintf(stderr, "run: %s\n", msg);
+    exit(1);
+}
+
+static void die_usage(const char *msg) {
+    fprintf(stderr, "run: %s\n(see run --help)\n", msg);
+    exit(2);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* "5,17,42" -> ids; exits with a message on anything else. */
+static int *parse_ids(const char *s, int *n) {
+    int cap = 16, *ids = malloc(sizeof(int) * cap);
+    *n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > 2147483647L) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "--tokens: expected comma-separated non-negative integers, found \"%.40s\"", p);
+            die_usage(msg);
+        }
+        if (*n == cap) ids = realloc(ids, sizeof(int) * (cap *= 2));
+        ids[(*n)++] = (int)v;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) die_usage("--tokens: expected comma-separated integers like 5,17,42");
+    }
+    if (*n == 0) die_usage("--tokens: no token ids given");
+    return ids;
+}
+
+typedef struct {
+    const char *dir, *tokens, *out;
+    int decode, naive, ids, ignore_eos, n_new, ctx;
+    float temp;
+} Args;
+
+static int parse_int(const char *flag, const char *v) {
+    char *end;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || *end || x < 0 || x > 1 << 30) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: expected a non-negative integer, found \"%s\"", flag, v ? v : "(nothing)");
+        die_usage(msg);
+    }
+    return (int)x;
+}
+
+static Args parse_args(int argc, char **argv) {
+    Args a = {.n_new = 16, .ctx = 0, .temp = 0.0f};
+    for (int i = 0; i < argc; i++) {
+        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(s, "-h") || !strcmp(s, "--help")) { fputs(USAGE, stdout); exit(0); }
+        else if (!strcmp(s, "--tokens")) { if (!v) die_usage("--tokens needs a value"); a.tokens = v; i++; }
+        else if (!strcmp(s, "--out")) { if (!v) die_usage("--out needs a file name"); a.out = v; i++; }
+        else if (!strcmp(s, "-n")) { a.n_new = parse_int(s, v); i++; }
+        else if (!strcmp(s, "--ctx")) { a.ctx = parse_int(s, v); i++; }
+        else if (!strcmp(s, "--temp")) {
+            char *end;
+            if (!v || (a.temp = strtof(v, &end), *end) || a.temp < 0) die_usage("--temp: expected a number >= 0");
+            i++;
+        }
+        else if (!strcmp(s, "--decode")) a.decode = 1;
+        else if (!strcmp(s, "--naive")) a.naive = 1;
+        else if (!strcmp(s, "--ids")) a.ids = 1;
+        else if (!strcmp(s, "--ignore-eos")) a.ignore_eos = 1;
+        else if (s[0] == '-') {
+            char msg[128];
+            snprintf(msg, sizeof msg, "unknown option \"%s\"", s);
+            die_usage(msg);
+        } else if (!a.dir) a.dir = s;
+        else {
+            char msg[128];
+            snprintf(msg, sizeof msg, "unexpected argument \"%s\"", s);
+            die_usage(msg);
+        }
+    }
+    return a;
+}
+
+static void load_or_die(Model *m, const char *dir) {
+    Error e;
+    if (!dir) die_usage("missing the checkpoint directory");
+    if (model_load(m, dir, &e)) die(e.msg);
+}
+
+
+static void state_or_die(State *s, const Model *m, int ctx, int need) {
+    Error e;
+    int max_pos = m->cfg.max_position_embeddings;
+    if (ctx == 0) ctx = max_pos < 4096 ? max_pos : 4096;
+    if (need > ctx) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "%d tokens (prompt + new) do not fit a %d-token context; raise --ctx", need, ctx);
+        die(msg);
+    }
+    if (ctx > max_pos)
+        fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
+    if (state_init(s, m, ctx, 64, &e)) die(e.msg);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * run inspect
+ */
+static const char *ROPE_NAMES[] = {"default", "yarn"};
+static const char *TOPK_NAMES[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+
+static void print_config(const Config *c) {
+    printf("model_type      %s\n", c->model_type);
+    printf("layers          %d (%d dense first, then MoE every %d)\n", c->n_layers,
+           c->n_routed_experts ? c->first_k_dense_replace : c->n_layers, c->moe_layer_freq);
+    printf("hidden          d = %d, vocab %d, dense FFN %d\n", c->hidden_size, c->vocab_size, c->intermediate_size);
+    char qr[32];
+    snprintf(qr, sizeof qr, c->q_lora_rank ? "%d" : "none (q_proj)", c->q_lora_rank);
+    printf("attention       MLA, %d heads; q_lora_rank %s, kv_lora_rank d_c = %d, head dims nope %d + rope %d, v %d\n",
+           c->n_heads, qr, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim);
+    printf("latent cache    %d floats per token per layer (d_c + d_R)\n", c->kv_lora_rank + c->qk_rope_head_dim);
+    if (c->n_routed_experts)
+        printf("experts         %d routed (top %d, %d groups keep %d, %s, %s, scale %.3g%s) + %d shared, width %d\n",
+               c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
+               c->scoring_func == SCORE_SIGMOID ? "sigmoid" : "softmax", TOPK_NAMES[c->topk_method],
+               c->routed_scaling_factor, c->norm_topk_prob ? ", renormalized" : "", c->n_shared_experts,
+               c->moe_intermediate_size);
+    else
+        printf("experts         none (dense model)\n");
+    const RopeConfig *r = &c->rope;
+    printf("rope            %s, theta %g, %s pairs", ROPE_NAMES[r->type], r->theta, r->interleaved ? "adjacent" : "half-split");
+    if (r->type == ROPE_YARN)
+        printf(", factor %g over %d positions, beta %g/%g, mscale %g/%g", r->factor, r->original_max_pos,
+               r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
+    printf("; max positions %d\n", c->max_position_embeddings);
+    if (c->fp8) printf("quantization    fp8 %s, weight blocks %dx%d\n", c->fp8_fmt, c->fp8_block[0], c->fp8_block[1]);
+    double total, active, mtp;
+    config_param_counts(c, &total, &active, &mtp);
+    printf("parameters      %.4g total, %.4g activated per token (%.2f%%)", total, active, 100 * active / total);
+    if (c->num_nextn_predict_layers) printf("; MTP module(s) per config: +%.4g", mtp);
+    printf("\n");
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.dir) die_usage("inspect: missing the checkpoint directory");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", a.dir);
+    Config c;
+    Error e;
+    if (config_load(&c, path, &e)) die(e.msg);
+    print_config(&c);
+    StFile st;
+    if (st_open_dir(&st, a.dir, &e)) {
+        printf("checkpoint      no weights read: %s\n", e.msg);
+        return 0;
+    }
+    size_t bytes[DT_COUNT] = {0}, count[DT_COUNT] = {0}, total = 0;
+    for (int i = 0; i < st.n_tensors; i++) {
+        bytes[st.tensors[i].dtype] += st.tensors[i].nbytes;
+        count[st.tensors[i].dtype]++;
+        total += st.tensors[i].nbytes;
+    }
+    printf("checkpoint      %d tensors in %d file(s), %.2f MB:", st.n_tensors, st.n_files, total / 1e6);
+    for (int t = 0; t < DT_COUNT; t++)
+        if (count[t]) printf(" %s %zu (%.2f MB)", dtype_name((DType)t), count[t], bytes[t] / 1e6);
+    printf("\n");
+    snprintf(path, sizeof path, "model.layers.%d.eh_proj.weight", c.n_layers);
+    printf("mtp             %s\n", st_find(&st, path) ? "present (layer index num_hidden_layers)" : "absent");
+    st_close(&st);
+    Model m;
+    if (model_load(&m, a.dir, &e)) die(e.msg);
+    printf("check           every tensor the forward pass needs is present with the right shape\n");
+    model_free(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * run logits
+ */
+static int cmd_logits(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.tokens) die_usage("logits: --tokens is required");
+    if (!a.out) die_usage("logits: --out is required");
+    int T;
+    int *ids = parse_ids(a.tokens, &T);
+    Model m;
+    State s;
+    Error e;
+    load_or_die(&m, a.dir);
+    state_or_die(&s, &m, a.ctx, T);
+    int V = m.cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)T * V);
+    AttnForm form = a.naive ? ATTN_NAIVE : ATTN_ABSORBED;
+    double t0 = now_s();
+    if (a.decode) {
+        for (int t = 0; t < T; t++)
+            if (model_forward(&m, &s, ids + t, 1, t, logits + (size_t)t * V, 1, form, &e)) die(e.msg);
+    } else if (model_forward(&m, &s, ids, T, 0, logits, 0, form, &e)) die(e.msg);
+    double dt = now_s() - t0;
+    StWriteTensor out = {.name = "logits", .dtype = DT_F32, .ndim = 2, .shape = {T, V}, .data = logits};
+    const char *keys[] = {"mode", "attention"}, *vals[] = {a.decode ? "decode" : "prefill", a.naive ? "naive" : "absorbed"};
+    if (st_write(a.out, &out, 1, keys, vals, 2, &e)) die(e.msg);
+    fprintf(stderr, "run: %d tokens (%s, %s attention) in %.3f s, logits [%d, %d] -> %s\n", T,
+            vals[0], vals[1], dt, T, V, a.out);
+    free(logits);
+    free(ids);
+    state_free(&s);
+    model_free(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * run generate (ids in, ids out)
+ */
+static int cmd_generate(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.tokens) die_usage("generate: --tokens is required (text prompts come with the tokenizer)");
+    if (!a.ids) die_usage("generate: only --ids output is available so far");
+    if (a.temp != 0.0f) die_usage("generate: only greedy decoding (--temp 0) is available so far");
+    int T;
+    int *ids = parse_ids(a.tokens, &T);
+    Model m;
+    State s;
+    Error e;
+    load_or_die(&m, a.dir);
+    state_or_die(&s, &m, a.ctx, T + a.n_new);
+    int V = m.cfg.vocab_size;
+    float *logits = malloc(sizeof(float) * V);
+    int *out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
+    double t0 = now_s();
+    if (model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
+    double t1 = now_s();
+    int n = 0;
+    while (n < a.n_new) {
+        int next = argmax(logits, V);
+        out[n++] = next;
+        if (!a.ignore_eos && next == m.cfg.eos_token_id) break;
+        if (n == a.n_new) break;
+        if (model_forward(&m, &s, &next, 1, T + n - 1, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
+    }
+    double t2 = now_s();
+    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", out[i]);
+    printf("\n");
+    fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)\n", T,
+            t1 - t0, T / (t1 - t0), n, t2 - t1, n > 1 ? (n - 1) / (t2 - t1) : 0.0);
+    free(out);
+    free(logits);
+    free(ids);
+    state_free(&s);
+    model_free(&m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        fputs(USAGE, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "logits")) return cmd_logits(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    fprintf(stderr, "run: unknown command \"%s\"\n(see run --help)\n", cmd);
+    return 2;
+}

@@ -1,0 +1,148 @@
+/* test_cli.c - the command line as scripts use it: `run logits` and `run generate --ids` against
+ * the HF fixtures, `run inspect`, and the errors a user meets (exit status and one-line message). */
+#include "safetensors.h"
+#include "testutil.h"
+
+#include <sys/wait.h>
+
+/* Runs a shell command; returns its exit status and its stdout+stderr in out (caller frees). */
+static int sh(const char *cmd, char **out) {
+    char full[2048];
+    snprintf(full, sizeof full, strstr(cmd, "2>") ? "%s" : "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    assert_non_null(p);
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while ((got = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+        n += got;
+        if (cap - n < 2) buf = realloc(buf, cap *= 2);
+    }
+    buf[n] = 0;
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Reads the fixture's prompt as "5,17,42" and its greedy ids as "1 2 3". */
+static void fixture_ids(const char *name, char *prompt, char *greedy, float **logits, int *T, int *V) {
+    char path[256];
+    StFile f;
+    Error e;
+    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
+    assert_int_equal(st_open(&f, path, &e), 0);
+    const StTensor *p = st_find(&f, "prompt"), *g = st_find(&f, "greedy"), *l = st_find(&f, "logits");
+    prompt[0] = greedy[0] = 0;
+    for (int i = 0; i < p->numel; i++)
+        sprintf(prompt + strlen(prompt), "%s%d", i ? "," : "", (int)dtype_load_f32(p->dtype, p->data, i));
+    for (int i = 0; i < g->numel; i++)
+        sprintf(greedy + strlen(greedy), "%s%d", i ? " " : "", (int)dtype_load_f32(g->dtype, g->data, i));
+    *logits = st_to_f32(l);
+    *T = (int)l->shape[0];
+    *V = (int)l->shape[1];
+    st_close(&f);
+}
+
+static void test_logits_modes(void **st) {
+    (void)st;
+    char prompt[4096], greedy[1024], cmd[8192], *out;
+    float *want;
+    int T, V;
+    fixture_ids("v3_fp8", prompt, greedy, &want, &T, &V);
+    char *dir = make_tmpdir();
+    const char *modes[] = {"", "--decode", "--naive"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(cmd, sizeof cmd, "./run logits " FIXTURES "/v3_fp8 --tokens %s --out %s/l.safetensors %s", prompt, dir, modes[i]);
+        int rc = sh(cmd, &out);
+        printf("%s", out);
+        assert_int_equal(rc, 0);
+        free(out);
+        StFile f;
+        Error e;
+        snprintf(cmd, sizeof cmd, "%s/l.safetensors", dir);
+        assert_int_equal(st_open(&f, cmd, &e), 0);
+        const StTensor *l = st_find(&f, "logits");
+        assert_non_null(l);
+        assert_int_equal(l->shape[0], T);
+        assert_int_equal(l->shape[1], V);
+        float *got = st_to_f32(l);
+        check_close(i == 0 ? "run logits (prefill)" : modes[i], got, want, (size_t)T * V, 1e-4);
+        free(got);
+        st_close(&f);
+    }
+    rm_rf(dir);
+    free(dir);
+    free(want);
+}
+
+static void test_generate_ids(void **st) {
+    (void)st;
+    const char *names[] = {"v3_yarn", "v2_lite", "v3_sharded"};
+    for (int i = 0; i < 3; i++) {
+        char prompt[4096], greedy[1024], cmd[8192], *out;
+        float *want;
+        int T, V;
+        fixture_ids(names[i], prompt, greedy, &want, &T, &V);
+        snprintf(cmd, sizeof cmd, "./run generate " FIXTURES "/%s --tokens %s -n 16 --temp 0 --ids --ignore-eos 2>/dev/null",
+                 names[i], prompt);
+        assert_int_equal(sh(cmd, &out), 0);
+        printf("%s: %s", names[i], out);
+        assert_int_equal(strncmp(out, greedy, strlen(greedy)), 0);
+        assert_int_equal(out[strlen(greedy)], '\n');
+        free(out);
+        free(want);
+    }
+}
+
+static void test_inspect(void **st) {
+    (void)st;
+    char *out;
+    assert_int_equal(sh("./run inspect " FIXTURES "/v3_sharded", &out), 0);
+    printf("%s", out);
+    assert_non_null(strstr(out, "in 3 file(s)"));
+    assert_non_null(strstr(out, "BF16 79"));
+    assert_non_null(strstr(out, "mtp             absent"));
+    assert_non_null(strstr(out, "half-split pairs"));
+    free(out);
+    assert_int_equal(sh("./run inspect " FIXTURES "/v3_fp8", &out), 0);
+    assert_non_null(strstr(out, "fp8 e4m3, weight blocks 128x128"));
+    assert_non_null(strstr(out, "F8_E4M3 28"));
+    free(out);
+    assert_int_equal(sh("./run inspect " FIXTURES "/configs/deepseek_v3", &out), 0);
+    assert_non_null(strstr(out, "6.71e+11 total"));
+    free(out);
+}
+
+static void expect_fail(const char *cmd, int status, const char *needle) {
+    char *out;
+    int rc = sh(cmd, &out);
+    printf("$ %s\n%s", cmd, out);
+    assert_int_equal(rc, status);
+    assert_non_null(strstr(out, needle));
+    free(out);
+}
+
+static void test_errors(void **st) {
+    (void)st;
+    expect_fail("./run", 2, "usage: run");
+    expect_fail("./run frobnicate", 2, "unknown command \"frobnicate\"");
+    expect_fail("./run logits /nonexistent --tokens 1 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
+    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,x --out /tmp/x", 2, "--tokens");
+    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,2", 2, "--out is required");
+    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,999 --out /tmp/x", 1, "token id 999 at index 1 is outside the vocabulary [0, 256)");
+    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 100 --ids", 1, "do not fit a 64-token context");
+    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
+    expect_fail("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
+    char *out;
+    assert_int_equal(sh("./run --help", &out), 0);
+    assert_non_null(strstr(out, "logits DIR --tokens IDS --out F.safetensors"));
+    free(out);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_logits_modes), cmocka_unit_test(test_generate_ids),
+        cmocka_unit_test(test_inspect),      cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,167 @@
+/* test_model.c - the whole forward pass against HF transformers (fixtures made by
+ * tests/fixtures/make_fixtures.py): logits of every position from one prefill, from token-by-token
+ * decode through the latent cache, and from the naive attention form, each within 1e-4 relative
+ * (max abs difference over max abs logit); and HF's greedy continuation reproduced exactly.
+ * Also the load errors: missing tensors, wrong shapes, FP8 weights without their scales. */
+#include "model.h"
+#include "testutil.h"
+
+#include <unistd.h>
+
+#define TOL_LOGITS 1e-4
+
+typedef struct {
+    StFile exp;
+    int T, V, n_greedy;
+    int *prompt, *greedy;
+    const float *logits; /* [T, V] view */
+    float *owned_logits;
+} Expected;
+
+static void load_expected(Expected *x, const char *name) {
+    char path[512];
+    Error e;
+    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
+    if (st_open(&x->exp, path, &e)) fail_msg("%s", e.msg);
+    const StTensor *p = st_find(&x->exp, "prompt"), *g = st_find(&x->exp, "greedy"), *l = st_find(&x->exp, "logits");
+    assert_non_null(p); assert_non_null(g); assert_non_null(l);
+    x->T = (int)p->numel;
+    x->n_greedy = (int)g->numel;
+    x->V = (int)l->shape[1];
+    x->prompt = malloc(sizeof(int) * x->T);
+    x->greedy = malloc(sizeof(int) * x->n_greedy);
+    for (int i = 0; i < x->T; i++) x->prompt[i] = (int)dtype_load_f32(p->dtype, p->data, i);
+    for (int i = 0; i < x->n_greedy; i++) x->greedy[i] = (int)dtype_load_f32(g->dtype, g->data, i);
+    x->owned_logits = st_to_f32(l);
+    x->logits = x->owned_logits;
+}
+
+static void free_expected(Expected *x) {
+    free(x->prompt); free(x->greedy); free(x->owned_logits);
+    st_close(&x->exp);
+}
+
+static void check_fixture(const char *name) {
+    Expected x;
+    Model m;
+    State s;
+    Error e;
+    char dir[256], what[256];
+    load_expected(&x, name);
+    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
+    if (model_load(&m, dir, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(m.cfg.vocab_size, x.V);
+    float *logits = malloc(sizeof(float) * (size_t)x.T * x.V);
+
+    /* prefill, absorbed; chunked at 16 tokens so the chunk boundary is crossed too */
+    assert_int_equal(state_init(&s, &m, x.T + x.n_greedy, 16, &e), 0);
+    assert_int_equal(model_forward(&m, &s, x.prompt, x.T, 0, logits, 0, ATTN_ABSORBED, &e), 0);
+    snprintf(what, sizeof what, "%s prefill logits [%d, %d]", name, x.T, x.V);
+    check_close(what, logits, x.logits, (size_t)x.T * x.V, TOL_LOGITS);
+
+    /* naive attention form */
+    State sn;
+    assert_int_equal(state_init(&sn, &m, x.T, 64, &e), 0);
+    assert_int_equal(model_forward(&m, &sn, x.prompt, x.T, 0, logits, 0, ATTN_NAIVE, &e), 0);
+    snprintf(what, sizeof what, "%s naive-attention logits", name);
+    check_close(what, logits, x.logits, (size_t)x.T * x.V, TOL_LOGITS);
+    state_free(&sn);
+
+    /* decode: one token at a time through the latent cache */
+    State sd;
+    assert_int_equal(state_init(&sd, &m, x.T, 1, &e), 0);
+    for (int t = 0; t < x.T; t++)
+        assert_int_equal(model_forward(&m, &sd, x.prompt + t, 1, t, logits + (size_t)t * x.V, 1, ATTN_ABSORBED, &e), 0);
+    snprintf(what, sizeof what, "%s decode logits", name);
+    check_close(what, logits, x.logits, (size_t)x.T * x.V, TOL_LOGITS);
+    state_free(&sd);
+
+    /* greedy continuation with our cache: identical ids */
+    float *last = malloc(sizeof(float) * x.V);
+    assert_int_equal(model_forward(&m, &s, x.prompt, x.T, 0, last, 1, ATTN_ABSORBED, &e), 0);
+    int ok = 1;
+    printf("%s greedy:", name);
+    for (int i = 0; i < x.n_greedy; i++) {
+        int next = argmax(last, x.V);
+        printf(" %d", next);
+        ok &= next == x.greedy[i];
+        if (i + 1 < x.n_greedy)
+            assert_int_equal(model_forward(&m, &s, &next, 1, x.T + i, last, 1, ATTN_ABSORBED, &e), 0);
+    }
+    printf(ok ? "  (= HF)\n" : "  (HF differs)\n");
+    assert_true(ok);
+    free(last);
+    free(logits);
+    state_free(&s);
+    model_free(&m);
+    free_expected(&x);
+}
+
+static void test_v3_yarn(void **st) { (void)st; check_fixture("v3_yarn"); }
+static void test_v3_fp8(void **st) { (void)st; check_fixture("v3_fp8"); }
+static void test_v2_lite(void **st) { (void)st; check_fixture("v2_lite"); }
+static void test_v2_group(void **st) { (void)st; check_fixture("v2_group"); }
+static void test_v3_sharded(void **st) { (void)st; check_fixture("v3_sharded"); }
+
+/* A checkpoint directory whose config.json is the fixture's with one substitution, and whose
+ * weights are the fixture's (symlinked). */
+static char *variant(const char *fixture, const char *from, const char *to) {
+    char *dir = make_tmpdir(), path[512], src[512];
+    snprintf(src, sizeof src, FIXTURES "/%s/config.json", fixture);
+    FILE *f = fopen(src, "rb");
+    assert_non_null(f);
+    char text[8192];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    char *at = strstr(text, from), out[8192];
+    assert_non_null(at);
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, out);
+    char cwd[1024], cmd[2048];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(cmd, sizeof cmd, "for f in %s/" FIXTURES "/%s/*.safetensors*; do ln -s \"$f\" %s/; done", cwd, fixture, dir);
+    assert_int_equal(system(cmd), 0);
+    return dir;
+}
+
+static void expect_load_error(char *dir, const char *needle) {
+    Model m;
+    Error e = {{0}};
+    assert_int_equal(model_load(&m, dir, &e), -1);
+    printf("error: %s\n", e.msg);
+    assert_non_null(strstr(e.msg, needle));
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_load_errors(void **st) {
+    (void)st;
+    /* a tensor the model needs that no shard holds: one layer more than the checkpoint has */
+    expect_load_error(variant("v3_yarn", "\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4"),
+                      "model.layers.3.input_layernorm.weight");
+    /* a tensor whose shape disagrees with the config */
+    expect_load_error(variant("v3_yarn", "\"kv_lora_rank\": 32", "\"kv_lora_rank\": 30"),
+                      "model.layers.0.self_attn.kv_a_proj_with_mqa.weight");
+    expect_load_error(variant("v2_lite", "\"vocab_size\": 256", "\"vocab_size\": 300"),
+                      "[300, 64]");
+    /* sharded: the same through the index */
+    expect_load_error(variant("v3_sharded", "\"moe_intermediate_size\": 32", "\"moe_intermediate_size\": 16"),
+                      "mlp.experts.0.gate_proj.weight");
+    /* an FP8 weight without its block scales */
+    expect_load_error(variant("v3_fp8", "\"weight_block_size\": [\n      128,\n      128\n    ]", "\"weight_block_size\": [64, 128]"),
+                      "weight_scale_inv");
+    Model m;
+    Error e;
+    assert_int_equal(model_load(&m, "/nonexistent/ckpt", &e), -1);
+    assert_non_null(strstr(e.msg, "/nonexistent/ckpt/config.json"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_v3_yarn),   cmocka_unit_test(test_v3_fp8),    cmocka_unit_test(test_v2_lite),
+        cmocka_unit_test(test_v2_group),  cmocka_unit_test(test_v3_sharded), cmocka_unit_test(test_load_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,143 @@
+/* test_ops.c - rmsnorm, matmul (every weight dtype, FP8 block scales), softmax, silu, argmax,
+ * against hand-computed values and the naive reference loops. */
+#include "fp8.h"
+#include "ops.h"
+#include "testutil.h"
+
+static void test_rmsnorm_hand(void **st) {
+    (void)st;
+    /* x = [3, 4]: mean(x^2) = 12.5, rms = 3.5355339; w = [1, 2] -> [0.8485281, 2.2627417] */
+    float x[2] = {3, 4}, w[2] = {1, 2}, out[2];
+    rmsnorm(out, x, w, 1, 2, 0.0f);
+    assert_float_equal(out[0], 0.84852814f, 1e-6);
+    assert_float_equal(out[1], 2.2627417f, 1e-6);
+    /* eps matters for tiny inputs: x = [1e-3, 0], eps = 1e-6 -> rms = sqrt(5e-7 + 1e-6) */
+    float y[2] = {1e-3f, 0}, one[2] = {1, 1};
+    rmsnorm(out, y, one, 1, 2, 1e-6f);
+    assert_float_equal(out[0], 1e-3f / sqrtf(1.5e-6f), 1e-6);
+}
+
+static void test_softmax_silu_argmax(void **st) {
+    (void)st;
+    float x[3] = {1, 2, 3};
+    softmax(x, 3); /* e^-2, e^-1, 1 over their sum 1.5032147 */
+    assert_float_equal(x[0], 0.09003057f, 1e-7);
+    assert_float_equal(x[1], 0.24472847f, 1e-7);
+    assert_float_equal(x[2], 0.66524096f, 1e-7);
+    float m[3] = {0.5f, -INFINITY, 0.5f};
+    softmax(m, 3);
+    assert_true(m[1] == 0.0f);
+    assert_float_equal(m[0], 0.5f, 1e-7);
+    float s[3] = {0, 1, -2};
+    silu(s, 3); /* x / (1 + e^-x) */
+    assert_float_equal(s[0], 0.0f, 0);
+    assert_float_equal(s[1], 0.7310586f, 1e-7);
+    assert_float_equal(s[2], -0.23840584f, 1e-7);
+    float a[4] = {1, 5, 5, 2};
+    assert_int_equal(argmax(a, 4), 1); /* first of ties, as torch.argmax */
+}
+
+static void test_matmul_hand(void **st) {
+    (void)st;
+    /* W [2, 3], x [1, 3]: y = W x */
+    float W[6] = {1, 2, 3, 4, 5, 6}, x[3] = {1, 0, -1}, y[2];
+    Tensor t = {.data = W, .dtype = DT_F32, .rows = 2, .cols = 3};
+    matmul(y, x, &t, 1);
+    assert_float_equal(y[0], -2.0f, 0);
+    assert_float_equal(y[1], -2.0f, 0);
+}
+
+static float frand(unsigned *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return ((*s >> 8) / 16777216.0f) * 2.0f - 1.0f;
+}
+
+/* matmul against matmul_naive for every stored dtype: the widened weights are the same numbers,
+ * so only FP32 summation order differs. */
+static void test_matmul_dtypes(void **st) {
+    (void)st;
+    enum { N = 3, R = 300, C = 200 }; /* 300 rows: two tiles of the widening loop */
+    unsigned seed = 1;
+    float *w = malloc(sizeof(float) * R * C), *x = malloc(sizeof(float) * N * C);
+    float *ref = malloc(sizeof(float) * N * R), *got = malloc(sizeof(float) * N * R);
+    float *wq = malloc(sizeof(float) * R * C);
+    uint16_t *bf = malloc(2 * R * C);
+    uint8_t *q8 = malloc(R * C);
+    for (int i = 0; i < R * C; i++) w[i] = frand(&seed);
+    for (int i = 0; i < N * C; i++) x[i] = frand(&seed);
+
+    Tensor f32 = {.data = w, .dtype = DT_F32, .rows = R, .cols = C};
+    matmul_naive(ref, x, w, N, R, C);
+    matmul(got, x, &f32, N);
+    check_close("matmul F32 vs naive", got, ref, N * R, 1e-6);
+
+    for (int i = 0; i < R * C; i++) { bf[i] = f32_to_bf16(w[i]); wq[i] = bf16_to_f32(bf[i]); }
+    Tensor b16 = {.data = bf, .dtype = DT_BF16, .rows = R, .cols = C};
+    matmul_naive(ref, x, wq, N, R, C);
+    matmul(got, x, &b16, N);
+    check_close("matmul BF16 vs naive on the widened weights", got, ref, N * R, 1e-6);
+
+    /* FP8 with 128x128 block scales; 300x200 leaves partial edge blocks in both directions */
+    float scale[3 * 2];
+    for (int b = 0; b < 6; b++) scale[b] = 0.01f * (b + 1);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            float s = scale[(r / 128) * 2 + c / 128];
+            q8[r * C + c] = fp8_e4m3_encode(w[r * C + c] / s * 100.0f, FP8_SATURATE);
+            wq[r * C + c] = fp8_e4m3_decode(q8[r * C + c]) * s;
+        }
+    Tensor f8 = {.data = q8, .dtype = DT_F8_E4M3, .rows = R, .cols = C, .scale_inv = scale, .block_r = 128, .block_c = 128};
+    matmul_naive(ref, x, wq, N, R, C);
+    matmul(got, x, &f8, N);
+    check_close("matmul FP8 (block scales) vs naive on the dequantized weights", got, ref, N * R, 1e-6);
+
+    /* an unaligned F32 view (as a safetensors tensor may be) takes the widening path */
+    char *raw = malloc(4 * R * C + 1);
+    memcpy(raw + 1, w, 4 * R * C);
+    Tensor un = {.data = raw + 1, .dtype = DT_F32, .rows = R, .cols = C};
+    matmul_naive(ref, x, w, N, R, C);
+    matmul(got, x, &un, N);
+    check_close("matmul unaligned F32 vs naive", got, ref, N * R, 1e-6);
+    free(raw); free(w); free(x); free(ref); free(got); free(wq); free(bf); free(q8);
+}
+
+static void test_dtype_widening(void **st) {
+    (void)st;
+    assert_float_equal(bf16_to_f32(0x3F80), 1.0f, 0);
+    assert_float_equal(bf16_to_f32(0xC040), -3.0f, 0);
+    assert_int_equal(f32_to_bf16(1.0f), 0x3F80);
+    assert_int_equal(f32_to_bf16(1.00390625f), 0x3F80);     /* halfway 1 + 2^-8: ties to even (down) */
+    assert_int_equal(f32_to_bf16(1.01171875f), 0x3F82);     /* halfway 1 + 3*2^-8: ties to even (up) */
+    assert_true(isnan(bf16_to_f32(f32_to_bf16(NAN))));
+    assert_float_equal(f16_to_f32(0x3C00), 1.0f, 0);
+    assert_float_equal(f16_to_f32(0x7BFF), 65504.0f, 0);
+    assert_float_equal(f16_to_f32(0x0001), ldexpf(1, -24), 0);  /* smallest subnormal */
+    assert_true(isinf(f16_to_f32(0xFC00)) && f16_to_f32(0xFC00) < 0);
+    assert_int_equal(dtype_from_name("F8_E4M3"), DT_F8_E4M3);
+    assert_int_equal(dtype_from_name("F4"), -1);
+    assert_int_equal(dtype_size(DT_BF16), 2);
+    /* tensor_rows_f32 applies the block scale of each row's block */
+    uint8_t q[4] = {0x38, 0x38, 0x38, 0x38}; /* E4M3 1.0 */
+    float s[4] = {2, 3, 5, 7}, out[2];
+    Tensor t = {.data = q, .dtype = DT_F8_E4M3, .rows = 2, .cols = 2, .scale_inv = s, .block_r = 1, .block_c = 1};
+    tensor_rows_f32(out, &t, 1, 1);
+    assert_float_equal(out[0], 5.0f, 0);
+    assert_float_equal(out[1], 7.0f, 0);
+}
+
+static void test_error_set(void **st) {
+    (void)st;
+    Error e;
+    assert_int_equal(error_set(&e, "%s: field \"%s\"", "config.json", "hidden_size"), -1);
+    assert_string_equal(e.msg, "config.json: field \"hidden_size\"");
+    assert_int_equal(error_set(NULL, "ignored"), -1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rmsnorm_hand),  cmocka_unit_test(test_softmax_silu_argmax),
+        cmocka_unit_test(test_matmul_hand),   cmocka_unit_test(test_matmul_dtypes),
+        cmocka_unit_test(test_dtype_widening), cmocka_unit_test(test_error_set),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
