@@ -118,7 +118,8 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
     cJSON *root = cJSON_Parse(json_text);
     if (!root || !cJSON_IsObject(root)) {
         const char *at = cJSON_GetErrorPtr();
-        error_set(e, "%s: not a JSON object%s%.20s%s", src, at ? " (error near \"" : "", at ? at : "", at ? "\")" : "");
+        int near = at && *at;
+        error_set(e, "%s: not a JSON object%s%.20s%s", src, near ? " (error near \"" : "", near ? at : "", near ? "\")" : "");
         cJSON_Delete(root);
         return -1;
     }

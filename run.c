@@ -9,6 +9,7 @@
 #include "kv.h"
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +181,15 @@ static void print_config(const Config *c) {
         printf(", factor %g over %d positions, beta %g/%g, mscale %g/%g", r->factor, r->original_max_pos,
                r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
     printf("; max positions %d\n", c->max_position_embeddings);
+    int half = c->qk_rope_head_dim / 2;
+    float *inv = malloc(sizeof(float) * half);
+    float attn_factor = rope_inv_freq(inv, r, c->qk_rope_head_dim);
+    printf("rope table      inv_freq[0..%d] = %.6g %.6g %.6g ... %.6g %.6g; cos/sin factor %.6f\n", half - 1, inv[0],
+           inv[half > 1], inv[half > 2 ? 2 : 0], inv[half > 1 ? half - 2 : 0], inv[half - 1], attn_factor);
+    double qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    printf("softmax scale   (%g + %d)^-0.5 * %.6f = %.7f\n", (double)c->qk_nope_head_dim, c->qk_rope_head_dim,
+           rope_softmax_mscale(r), pow(qk, -0.5) * rope_softmax_mscale(r));
+    free(inv);
     if (c->fp8) printf("quantization    fp8 %s, weight blocks %dx%d\n", c->fp8_fmt, c->fp8_block[0], c->fp8_block[1]);
     double total, active, mtp;
     config_param_counts(c, &total, &active, &mtp);
