@@ -3,6 +3,7 @@
 #   make run        install missing Debian packages (root or sudo), build, run the bundled model
 #   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
+#   make test-exhaustive   all 2^32 floats through the FP8 encoders (about a minute)
 #   make cuda       build kernels.cu (needs nvcc)     make bench   print the speed figures
 #   make clean
 
@@ -79,7 +80,12 @@ test-asan: $(ASAN_BINS) run
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
+# Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
+# against a slower formulation written in the test (about a minute on 2 cores; .ci/run runs it).
+test-exhaustive: build/test/exhaustive_fp8
+	@tests/run_tests.sh build/test build/test/exhaustive_fp8
+
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive clean cuda cuda-test bench

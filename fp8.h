@@ -29,8 +29,9 @@ float fp8_e5m2_decode(uint8_t v);
  *   FP8_SATURATE  clamp to +-max (448 / 57344); +-inf -> +-max. CUDA's __NV_SATFINITE, and what the
  *                 Hopper cvt.rn.satfinite instruction that Triton/DeepGEMM kernels use does.
  *   FP8_TORCH     PyTorch 2.11's `.to(torch.float8_e4m3fn)` / `.to(torch.float8_e5m2)`:
- *                 E4M3: NaN (|x| > 464, and 464 < |x| < 480 rounds to the missing code S.1111.111);
- *                 E5M2: +-inf (|x| >= 61440, the tie with 65536 going to the even 65536 = inf). */
+ *                 E4M3: NaN for |x| > 464 (up to 480 that is rounding to S.1111.111, the NaN
+ *                 code; 464 itself ties to the even 448); E5M2: +-inf for |x| >= 61440 (the tie
+ *                 between 57344 and 65536 goes to the even 65536 = S.11111.00 = inf). */
 typedef enum { FP8_SATURATE, FP8_TORCH } Fp8Overflow;
 
 /* Round to nearest even, subnormals, signed zero, NaN -> NaN (sign kept), overflow per policy. */
