@@ -1,4 +1,5 @@
-/* ops.c - the small shared pieces: errors, dtypes, rmsnorm, matmul, softmax, silu, argmax.
+/* ops.c - the small shared pieces: errors, dtypes, rmsnorm, matmul, softmax, silu, argmax, and
+ * sampling (temperature, top-p) with a portable seeded generator.
  *
  * Everything computes in FP32. Weights may be stored in BF16, F16 or FP8 (with block scales);
  * matmul widens them TILE_ROWS rows at a time into a scratch buffer and hands the tile to
@@ -182,4 +183,71 @@ int argmax(const float *x, int n) {
     for (int i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Sampling
+ */
+void rng_seed(Rng *r, uint64_t seed) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull; /* splitmix64: no seed gives the all-zero state */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    r->s = (z ^ (z >> 31)) | 1;
+}
+
+uint64_t rng_next(Rng *r) {
+    r->s ^= r->s >> 12;
+    r->s ^= r->s << 25;
+    r->s ^= r->s >> 27;
+    return r->s * 0x2545F4914F6CDD1Dull;
+}
+
+float rng_uniform(Rng *r) { return (float)(rng_next(r) >> 40) / 16777216.0f; }
+
+/* order [n] sorted by descending p, ties by ascending index: insertion into a heap would be faster;
+ * qsort_r is not portable C11, so a plain merge sort over indices. */
+static void sort_desc(int *order, int *tmp, const float *p, int n) {
+    if (n < 2) return;
+    int h = n / 2;
+    sort_desc(order, tmp, p, h);
+    sort_desc(order + h, tmp, p, n - h);
+    int i = 0, j = h, k = 0;
+    while (i < h || j < n) {
+        int take_left = j >= n || (i < h && (p[order[i]] > p[order[j]] ||
+                                             (p[order[i]] == p[order[j]] && order[i] < order[j])));
+        tmp[k++] = take_left ? order[i++] : order[j++];
+    }
+    memcpy(order, tmp, sizeof(int) * (size_t)n);
+}
+
+int nucleus(const float *p, int n, float top_p, int *order) {
+    for (int i = 0; i < n; i++) order[i] = i;
+    int *tmp = malloc(sizeof(int) * (size_t)n);
+    sort_desc(order, tmp, p, n);
+    free(tmp);
+    if (top_p >= 1.0f) return n;
+    float mass = 0.0f;
+    int k = 0;
+    while (k < n && mass < top_p) mass += p[order[k++]];
+    return k;
+}
+
+int sample(const float *logits, int n, float temp, float top_p, Rng *rng, float *probs, int *order) {
+    if (temp <= 0.0f) return argmax(logits, n);
+    for (int i = 0; i < n; i++) probs[i] = logits[i] / temp;
+    softmax(probs, n);
+    int k = n;
+    if (top_p > 0.0f && top_p < 1.0f) {
+        k = nucleus(probs, n, top_p, order);
+    } else {
+        for (int i = 0; i < n; i++) order[i] = i;
+    }
+    float mass = 0.0f;
+    for (int i = 0; i < k; i++) mass += probs[order[i]];
+    float u = rng_uniform(rng) * mass, acc = 0.0f;
+    for (int i = 0; i < k; i++) {
+        acc += probs[order[i]];
+        if (u < acc) return order[i];
+    }
+    return order[k - 1]; /* u within rounding of the total */
 }

@@ -73,4 +73,22 @@ void silu(float *x, int n);
 /* Index of the largest entry; the first one on ties (as torch.argmax). */
 int argmax(const float *x, int n);
 
+/* A seeded generator that gives the same sequence on every machine and compiler: xorshift64*
+ * (Vigna 2016) over a splitmix64-scrambled seed; uniforms take the top 24 bits, exact in float. */
+typedef struct {
+    uint64_t s;
+} Rng;
+void rng_seed(Rng *r, uint64_t seed);
+uint64_t rng_next(Rng *r);
+float rng_uniform(Rng *r); /* [0, 1) */
+
+/* Draw a token from logits [n]. temp == 0: argmax. Otherwise p = softmax(logits / temp); with
+ * 0 < top_p < 1 only the nucleus is kept: the fewest most-probable tokens whose mass reaches top_p
+ * (ties broken by lower index), renormalized. probs [n] and order [n] are scratch. */
+int sample(const float *logits, int n, float temp, float top_p, Rng *rng, float *probs, int *order);
+
+/* The nucleus itself: sorts order [n] by descending p (ties: lower index first) and returns how many
+ * of the first entries make up the top_p mass (n when top_p >= 1). */
+int nucleus(const float *p, int n, float top_p, int *order);
+
 #endif

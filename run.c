@@ -3,11 +3,16 @@
  *
  *   run inspect DIR                                     config summary, parameters, bytes by dtype
  *   run logits DIR --tokens 5,17,42 --out F.safetensors [--decode] [--naive] [--ctx N]
+ *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
+ *   run tokenize DIR (-p TEXT | -f FILE) [--ids]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
+ *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
  */
+#include "fp8.h"
 #include "kv.h"
 #include "model.h"
+#include "tokenizer.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -29,14 +34,25 @@ static const char *USAGE =
     "                       --decode feeds them one at a time through the latent cache; --naive uses\n"
     "                       the naive attention form (K and V expanded from the latent) instead of the\n"
     "                       absorbed one\n"
-    "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos] [--ctx N]\n"
-    "                       greedy continuation of the prompt ids: the N new ids (default 16) on one\n"
-    "                       line of stdout, space-separated; speed and notes go to stderr. Stops at\n"
-    "                       the config's eos_token_id unless --ignore-eos\n"
+    "  generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
+    "                       continue TEXT, streaming the decoded text to stdout as it is produced;\n"
+    "                       prompt and generation speed (tok/s) go to stderr. --chat wraps TEXT in\n"
+    "                       DeepSeek's chat format (<｜User｜>...<｜Assistant｜>), with --system before\n"
+    "                       it. Sampling: temperature T (default 0.8; 0 = greedy), nucleus top-p P\n"
+    "                       (default 0.9), seed S (default: the time, printed at the end). N: new\n"
+    "                       tokens, default 16. Stops at EOS unless --ignore-eos.\n"
+    "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos]\n"
+    "                       the same from token ids; --ids prints the new ids on one line of stdout,\n"
+    "                       space-separated (greedy unless --temp is given)\n"
+    "  tokenize DIR (-p TEXT | -f FILE) [--ids]\n"
+    "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
+    "                       only the ids, space-separated on one line. DIR needs only tokenizer.json\n"
     "  kv [CONFIG.json ...] [--ctx N] [--kv-bits B] [--batch B] [--capacity ...]\n"
     "                       KV cache bytes per token and per sequence for MHA / GQA / MLA models, the\n"
     "                       DeepSeek-V2 paper's 93.3%% / 15x, and a serving capacity model\n"
     "                       (run kv --help)\n"
+    "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
+    "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
@@ -82,9 +98,10 @@ static int *parse_ids(const char *s, int *n) {
 }
 
 typedef struct {
-    const char *dir, *tokens, *out;
-    int decode, naive, ids, ignore_eos, n_new, ctx;
-    float temp;
+    const char *dir, *tokens, *out, *prompt, *file, *system;
+    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed;
+    float temp, top_p;
+    unsigned long long seed;
 } Args;
 
 static int parse_int(const char *flag, const char *v) {
@@ -99,7 +116,7 @@ static int parse_int(const char *flag, const char *v) {
 }
 
 static Args parse_args(int argc, char **argv) {
-    Args a = {.n_new = 16, .ctx = 0, .temp = 0.0f};
+    Args a = {.n_new = 16, .ctx = 0, .temp = 0.8f, .top_p = 0.9f};
     for (int i = 0; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) { fputs(USAGE, stdout); exit(0); }
@@ -109,9 +126,26 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--ctx")) { a.ctx = parse_int(s, v); i++; }
         else if (!strcmp(s, "--temp")) {
             char *end;
-            if (!v || (a.temp = strtof(v, &end), *end) || a.temp < 0) die_usage("--temp: expected a number >= 0");
+            if (!v || (a.temp = strtof(v, &end), *end) || !(a.temp >= 0)) die_usage("--temp: expected a number >= 0");
+            a.has_temp = 1;
             i++;
         }
+        else if (!strcmp(s, "--top-p")) {
+            char *end;
+            if (!v || (a.top_p = strtof(v, &end), *end) || !(a.top_p > 0 && a.top_p <= 1))
+                die_usage("--top-p: expected a number in (0, 1]");
+            i++;
+        }
+        else if (!strcmp(s, "--seed")) {
+            char *end;
+            if (!v || (a.seed = strtoull(v, &end, 10), *end) || *v == '-') die_usage("--seed: expected a non-negative integer");
+            a.has_seed = 1;
+            i++;
+        }
+        else if (!strcmp(s, "-p")) { if (!v) die_usage("-p needs the prompt text"); a.prompt = v; i++; }
+        else if (!strcmp(s, "-f")) { if (!v) die_usage("-f needs a file name"); a.file = v; i++; }
+        else if (!strcmp(s, "--system")) { if (!v) die_usage("--system needs the system prompt"); a.system = v; i++; }
+        else if (!strcmp(s, "--chat")) a.chat = 1;
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -268,44 +302,163 @@ static int cmd_logits(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * run generate (ids in, ids out)
+ * run generate and run tokenize
  */
+static Tokenizer *tokenizer_or_die(const char *dir) {
+    Tokenizer *t;
+    Error e;
+    if (tokenizer_load(&t, dir, &e)) die(e.msg);
+    return t;
+}
+
+/* The prompt text as the model should see it: DeepSeek's chat format when --chat (the format
+ * tokenizer_config.json's chat_template writes for DeepSeek-V3, without needing a Jinja engine):
+ *   <｜begin▁of▁sentence｜>{system}<｜User｜>{prompt}<｜Assistant｜>
+ * Otherwise BOS (when the tokenizer has one) then the text. Special tokens in the text are matched
+ * by the tokenizer, so the template is plain concatenation. */
+static int *encode_prompt(const Tokenizer *tok, const Args *a, int *n) {
+    const char *bos = tokenizer_bos_id(tok) >= 0 ? tokenizer_piece(tok, tokenizer_bos_id(tok)) : "";
+    const char *user = tokenizer_token_id(tok, "<｜User｜>") >= 0 ? "<｜User｜>" : NULL;
+    const char *asst = tokenizer_token_id(tok, "<｜Assistant｜>") >= 0 ? "<｜Assistant｜>" : NULL;
+    if (a->chat && (!user || !asst)) die("--chat: this tokenizer has no <｜User｜> / <｜Assistant｜> tokens (not a DeepSeek chat format)");
+    if (!a->chat && a->system) die_usage("--system only goes with --chat");
+    size_t len = strlen(bos) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) + 64;
+    char *text = malloc(len);
+    if (a->chat) snprintf(text, len, "%s%s%s%s%s", bos, a->system ? a->system : "", user, a->prompt, asst);
+    else snprintf(text, len, "%s%s", bos, a->prompt);
+    int *ids;
+    Error e;
+    if (tokenizer_encode(tok, text, strlen(text), &ids, n, &e)) die(e.msg);
+    free(text);
+    if (*n == 0) die_usage("-p: the prompt is empty");
+    return ids;
+}
+
 static int cmd_generate(int argc, char **argv) {
     Args a = parse_args(argc, argv);
-    if (!a.tokens) die_usage("generate: --tokens is required (text prompts come with the tokenizer)");
-    if (!a.ids) die_usage("generate: only --ids output is available so far");
-    if (a.temp != 0.0f) die_usage("generate: only greedy decoding (--temp 0) is available so far");
-    int T;
-    int *ids = parse_ids(a.tokens, &T);
+    if (!a.tokens == !a.prompt) die_usage("generate: give the prompt as text (-p) or as ids (--tokens), one of them");
+    if (a.ids && !a.has_temp) a.temp = 0.0f; /* scripts asking for ids get greedy unless told */
     Model m;
     State s;
     Error e;
     load_or_die(&m, a.dir);
+    Tokenizer *tok = (a.prompt || !a.ids) ? tokenizer_or_die(a.dir) : NULL;
+    int T;
+    int *ids = a.prompt ? encode_prompt(tok, &a, &T) : parse_ids(a.tokens, &T);
     state_or_die(&s, &m, a.ctx, T + a.n_new);
-    int V = m.cfg.vocab_size;
-    float *logits = malloc(sizeof(float) * V);
-    int *out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
+    int V = m.cfg.vocab_size, eos = m.cfg.eos_token_id;
+    if (eos < 0 && tok) eos = tokenizer_eos_id(tok);
+    if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
+    Rng rng;
+    rng_seed(&rng, a.seed);
+    float *logits = malloc(sizeof(float) * V), *probs = malloc(sizeof(float) * V);
+    int *order = malloc(sizeof(int) * V), *out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
+    TokenizerStream stream = {0};
+    char buf[512];
+    if (!a.ids && !a.chat) { /* echo the prompt text, then stream the continuation */
+        fputs(a.prompt, stdout);
+        fflush(stdout);
+    }
     double t0 = now_s();
     if (model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
     double t1 = now_s();
     int n = 0;
     while (n < a.n_new) {
-        int next = argmax(logits, V);
+        int next = sample(logits, V, a.temp, a.top_p, &rng, probs, order);
         out[n++] = next;
-        if (!a.ignore_eos && next == m.cfg.eos_token_id) break;
+        if (!a.ignore_eos && next == eos) break;
+        if (!a.ids && !tokenizer_is_special(tok, next)) {
+            size_t nb;
+            const char *bytes = tokenizer_token_bytes(tok, next, &nb);
+            for (size_t off = 0; off < nb; off += sizeof buf - 4) {
+                size_t chunk = nb - off < sizeof buf - 4 ? nb - off : sizeof buf - 4;
+                fwrite(buf, 1, tokenizer_stream_push(&stream, buf, bytes + off, chunk), stdout);
+            }
+            fflush(stdout);
+        }
         if (n == a.n_new) break;
         if (model_forward(&m, &s, &next, 1, T + n - 1, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
     }
     double t2 = now_s();
-    for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", out[i]);
+    if (a.ids) {
+        for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", out[i]);
+    } else {
+        fwrite(buf, 1, tokenizer_stream_flush(&stream, buf), stdout);
+    }
     printf("\n");
-    fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)\n", T,
-            t1 - t0, T / (t1 - t0), n, t2 - t1, n > 1 ? (n - 1) / (t2 - t1) : 0.0);
-    free(out);
-    free(logits);
-    free(ids);
+    fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
+            T, t1 - t0, T / (t1 - t0), n, t2 - t1, n > 1 ? (n - 1) / (t2 - t1) : 0.0,
+            n > 0 && out[n - 1] == eos && !a.ignore_eos ? ", stopped at EOS" : "");
+    if (a.temp > 0) fprintf(stderr, "; temp %g, top-p %g, seed %llu", a.temp, a.top_p, a.seed);
+    fprintf(stderr, "\n");
+    free(out); free(order); free(probs); free(logits); free(ids);
+    if (tok) tokenizer_free(tok);
     state_free(&s);
     model_free(&m);
+    return 0;
+}
+
+/* Reads a whole file byte for byte. */
+static char *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "-f %s: cannot open", path);
+        die(msg);
+    }
+    size_t cap = 1 << 16;
+    char *buf = malloc(cap);
+    *n = 0;
+    size_t got;
+    while ((got = fread(buf + *n, 1, cap - *n, f)) > 0)
+        if ((*n += got) == cap) buf = realloc(buf, cap *= 2);
+    fclose(f);
+    return buf;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.dir) die_usage("tokenize: missing the directory that holds tokenizer.json");
+    if (!a.prompt == !a.file) die_usage("tokenize: give the text with -p TEXT or -f FILE, one of them");
+    Tokenizer *tok = tokenizer_or_die(a.dir);
+    size_t n;
+    char *text = a.file ? read_file(a.file, &n) : strdup(a.prompt);
+    if (!a.file) n = strlen(text);
+    int *ids, n_ids;
+    Error e;
+    if (tokenizer_encode(tok, text, n, &ids, &n_ids, &e)) die(e.msg);
+    for (int i = 0; i < n_ids; i++) {
+        if (a.ids) {
+            printf("%s%d", i ? " " : "", ids[i]);
+            continue;
+        }
+        const char *piece = tokenizer_piece(tok, ids[i]);
+        printf("%6d  %s\n", ids[i], piece ? piece : "?");
+    }
+    if (a.ids) printf("\n");
+    else fprintf(stderr, "run: %zu bytes -> %d tokens\n", n, n_ids);
+    free(ids);
+    free(text);
+    tokenizer_free(tok);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * run fp8-error: the error of an FP8 dot product per scaling and accumulation mode (notes/fp8.md)
+ */
+static int cmd_fp8_error(int argc, char **argv) {
+    int K = argc > 0 ? parse_int("K", argv[0]) : 4096;
+    unsigned long long seed = argc > 1 ? (unsigned long long)parse_int("seed", argv[1]) : 1234;
+    if (argc > 2) die_usage("fp8-error takes at most K and a seed");
+    if (K < 128 || K % 128) die_usage("fp8-error: K must be a positive multiple of 128");
+    Fp8ErrorRow r[FP8_ERROR_ROWS];
+    int n = fp8_error_table(r, FP8_ERROR_ROWS, K, seed);
+    if (n < 0) die("fp8-error: out of memory");
+    printf("K = %d, seed %llu: relative error of y = x . W^T\n", K, seed);
+    printf("| data     | scaling x / W        | accumulator                  | vs FP64  | accum only |\n");
+    printf("|----------|----------------------|------------------------------|----------|------------|\n");
+    for (int i = 0; i < n; i++)
+        printf("| %-8s | %-20s | %-28s | %.2e | %.2e   |\n", r[i].data, r[i].scaling, r[i].accum, r[i].err_f64, r[i].err_acc);
     return 0;
 }
 
@@ -318,7 +471,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "fp8-error")) return cmd_fp8_error(argc - 2, argv + 2);
     fprintf(stderr, "run: unknown command \"%s\"\n(see run --help)\n", cmd);
     return 2;
 }

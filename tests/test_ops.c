@@ -133,11 +133,94 @@ static void test_error_set(void **st) {
     assert_int_equal(error_set(NULL, "ignored"), -1);
 }
 
+static void test_rng_portable(void **st) {
+    (void)st;
+    Rng r;
+    rng_seed(&r, 42);
+    uint64_t a = rng_next(&r), b = rng_next(&r);
+    Rng r2;
+    rng_seed(&r2, 42);
+    assert_true(rng_next(&r2) == a && rng_next(&r2) == b);
+    rng_seed(&r2, 43);
+    assert_true(rng_next(&r2) != a);
+    for (int i = 0; i < 1000; i++) {
+        float u = rng_uniform(&r);
+        assert_true(u >= 0.0f && u < 1.0f);
+    }
+}
+
+/* top-p keeps exactly the nucleus: the fewest most probable tokens reaching the mass */
+static void test_nucleus(void **st) {
+    (void)st;
+    float p[6] = {0.05f, 0.4f, 0.1f, 0.3f, 0.1f, 0.05f};
+    int order[6];
+    assert_int_equal(nucleus(p, 6, 0.5f, order), 2); /* 0.4 + 0.3 = 0.7 >= 0.5 */
+    assert_int_equal(order[0], 1);
+    assert_int_equal(order[1], 3);
+    assert_int_equal(nucleus(p, 6, 0.7f, order), 2); /* exactly reached */
+    assert_int_equal(nucleus(p, 6, 0.75f, order), 3);
+    assert_int_equal(order[2], 2); /* tie 0.1 vs 0.1: lower index first */
+    assert_int_equal(nucleus(p, 6, 1.0f, order), 6);
+    assert_int_equal(nucleus(p, 6, 0.01f, order), 1);
+    /* sampling with top_p 0.5 never leaves {1, 3} */
+    float logits[6];
+    for (int i = 0; i < 6; i++) logits[i] = logf(p[i]);
+    Rng r;
+    rng_seed(&r, 7);
+    float probs[6];
+    for (int i = 0; i < 2000; i++) {
+        int t = sample(logits, 6, 1.0f, 0.5f, &r, probs, order);
+        assert_true(t == 1 || t == 3);
+    }
+    assert_int_equal(sample(logits, 6, 0.0f, 0.9f, &r, probs, order), 1); /* temp 0: argmax */
+}
+
+/* The empirical distribution of many draws matches softmax(logits / T): Pearson's chi-square over
+ * the categories stays below the 0.1% critical value of chi2 with k - 1 degrees of freedom. */
+static void test_sample_distribution(void **st) {
+    (void)st;
+    enum { K = 5, N = 200000 };
+    float logits[K] = {1.0f, 0.5f, -0.3f, 2.0f, 0.0f}, probs[K], want[K];
+    int order[K], count[K] = {0};
+    float T = 0.8f;
+    for (int i = 0; i < K; i++) want[i] = logits[i] / T;
+    softmax(want, K);
+    Rng r;
+    rng_seed(&r, 1234);
+    for (int i = 0; i < N; i++) count[sample(logits, K, T, 1.0f, &r, probs, order)]++;
+    double chi2 = 0;
+    for (int i = 0; i < K; i++) {
+        double e = (double)N * want[i];
+        chi2 += (count[i] - e) * (count[i] - e) / e;
+    }
+    printf("chi-square %.2f over %d categories (0.1%% critical value for 4 dof: 18.47)\n", chi2, K);
+    assert_true(chi2 < 18.47);
+    /* with top-p 0.8 the nucleus is {3, 0}: p = 0.634 + 0.182 = 0.815 >= 0.8, renormalized */
+    memset(count, 0, sizeof count);
+    int keep = nucleus(want, K, 0.8f, order);
+    assert_int_equal(keep, 2);
+    assert_int_equal(order[0], 3);
+    assert_int_equal(order[1], 0);
+    double mass = want[order[0]] + want[order[1]];
+    for (int i = 0; i < N; i++) count[sample(logits, K, T, 0.8f, &r, probs, order)]++;
+    chi2 = 0;
+    nucleus(want, K, 0.8f, order);
+    for (int j = 0; j < 2; j++) {
+        double e = (double)N * want[order[j]] / mass;
+        chi2 += (count[order[j]] - e) * (count[order[j]] - e) / e;
+    }
+    printf("top-p 0.8: chi-square %.2f over the 2 kept tokens (critical 10.83 for 1 dof)\n", chi2);
+    assert_true(chi2 < 10.83);
+    assert_int_equal(count[order[2]] + count[order[3]] + count[order[4]], 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rmsnorm_hand),  cmocka_unit_test(test_softmax_silu_argmax),
         cmocka_unit_test(test_matmul_hand),   cmocka_unit_test(test_matmul_dtypes),
         cmocka_unit_test(test_dtype_widening), cmocka_unit_test(test_error_set),
+        cmocka_unit_test(test_rng_portable),  cmocka_unit_test(test_nucleus),
+        cmocka_unit_test(test_sample_distribution),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
