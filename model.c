@@ -14,10 +14,14 @@
  */
 #include "model.h"
 
+#include <cJSON.h>
+#include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void *own(Model *m, void *p) {
     m->owned = realloc(m->owned, sizeof(void *) * (size_t)(m->n_owned + 1));
@@ -124,6 +128,22 @@ static int load_layer(Model *m, Layer *L, int l, Error *e) {
     return 0;
 }
 
+static int load_mtp(Model *m, Error *e) {
+    const Config *c = &m->cfg;
+    Mtp *t = &m->mtp;
+    int d = c->hidden_size;
+    char n[256];
+#define MTP(s) (snprintf(n, sizeof n, "model.layers.%d.%s", c->n_layers, s), n)
+    if (!(t->enorm = load_vector(m, MTP("enorm.weight"), d, e))) return -1;
+    if (!(t->hnorm = load_vector(m, MTP("hnorm.weight"), d, e))) return -1;
+    if (!(t->head_norm = load_vector(m, MTP("shared_head.norm.weight"), d, e))) return -1;
+    if (load_matrix(m, &t->eh_proj, MTP("eh_proj.weight"), d, 2 * d, e)) return -1;
+    if (!st_find(&m->st, MTP("shared_head.head.weight"))) t->head = m->lm_head;
+    else if (load_matrix(m, &t->head, n, c->vocab_size, d, e)) return -1;
+#undef MTP
+    return load_layer(m, &t->layer, c->n_layers, e);
+}
+
 int model_load(Model *m, const char *dir, Error *e) {
     memset(m, 0, sizeof *m);
     char path[4096];
@@ -149,6 +169,7 @@ int model_load(Model *m, const char *dir, Error *e) {
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
     snprintf(path, sizeof path, "model.layers.%d.eh_proj.weight", c->n_layers);
     m->has_mtp = st_find(&m->st, path) != NULL;
+    if (m->has_mtp && load_mtp(m, e)) goto fail;
     return 0;
 fail:
     model_free(m);
@@ -178,7 +199,13 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
     s->q_scratch = malloc(sizeof(float) * T * (size_t)(c->q_lora_rank ? c->q_lora_rank : 1));
     s->latent = malloc(sizeof(float) * T * width);
     s->attn = malloc(sizeof(float) * T * nh * (size_t)c->v_head_dim);
-    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->latent || !s->attn) {
+    if (m->has_mtp) {
+        s->hidden = malloc(sizeof(float) * (size_t)ctx * d);
+        s->mtp_cache = calloc((size_t)ctx * width, sizeof(float));
+        s->mtp_in = malloc(sizeof(float) * T * 2 * d);
+    }
+    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->latent || !s->attn ||
+        (m->has_mtp && (!s->hidden || !s->mtp_cache || !s->mtp_in))) {
         state_free(s);
         return error_set(e, "out of memory for a %d-token latent cache (%.1f MB)", ctx,
                          (double)c->n_layers * ctx * width * 4 / 1e6);
@@ -188,43 +215,48 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
 
 void state_free(State *s) {
     free(s->cache); free(s->x); free(s->h); free(s->out); free(s->q); free(s->q_scratch);
-    free(s->latent); free(s->attn);
+    free(s->latent); free(s->attn); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
     memset(s, 0, sizeof *s);
 }
 
-/* One chunk of T <= max_T tokens; the final hidden states (normed) are left in s->h. */
-static void forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form) {
+/* One decoder layer on s->x [T, d] in place, positions pos .. pos+T-1, its latent cache given. */
+static void layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form) {
     const Config *c = &m->cfg;
     const MlaDims *md = &m->mla;
     int d = c->hidden_size, width = mla_cache_width(md), d_R = md->rope;
     int qk = md->nope + md->rope, q_stride = md->n_heads * qk;
-    for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
-
-    for (int l = 0; l < c->n_layers; l++) {
-        const Layer *L = &m->layers[l];
-        float *cache = s->cache + (size_t)l * s->ctx * width;
-        /* attention */
-        rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
-        mla_query(s->q, s->q_scratch, s->h, T, &L->attn, md);
-        mla_latent(s->latent, s->h, T, &L->attn, md);
-        for (int t = 0; t < T; t++) {
-            rope_rotate(s->q + (size_t)t * q_stride + md->nope, md->n_heads, qk, d_R, pos + t, m->inv_freq,
-                        m->rope_attn_factor, c->rope.interleaved);
-            rope_rotate(s->latent + (size_t)t * width + md->kv_lora_rank, 1, width, d_R, pos + t,
-                        m->inv_freq, m->rope_attn_factor, c->rope.interleaved);
-        }
-        memcpy(cache + (size_t)pos * width, s->latent, sizeof(float) * (size_t)T * width);
-        if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos, &L->attn, md);
-        else mla_attend_absorbed(s->attn, s->q, cache, T, pos, &L->attn, md);
-        matmul(s->out, s->attn, &L->attn.o, T);
-        for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
-        /* feed-forward */
-        rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
-        if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
-        else ffn_swiglu(s->out, s->h, T, &L->dense);
-        for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    /* attention */
+    rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
+    mla_query(s->q, s->q_scratch, s->h, T, &L->attn, md);
+    mla_latent(s->latent, s->h, T, &L->attn, md);
+    for (int t = 0; t < T; t++) {
+        rope_rotate(s->q + (size_t)t * q_stride + md->nope, md->n_heads, qk, d_R, pos + t, m->inv_freq,
+                    m->rope_attn_factor, c->rope.interleaved);
+        rope_rotate(s->latent + (size_t)t * width + md->kv_lora_rank, 1, width, d_R, pos + t, m->inv_freq,
+                    m->rope_attn_factor, c->rope.interleaved);
     }
+    memcpy(cache + (size_t)pos * width, s->latent, sizeof(float) * (size_t)T * width);
+    if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos, &L->attn, md);
+    else mla_attend_absorbed(s->attn, s->q, cache, T, pos, &L->attn, md);
+    matmul(s->out, s->attn, &L->attn.o, T);
+    for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    /* feed-forward */
+    rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
+    if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
+    else ffn_swiglu(s->out, s->h, T, &L->dense);
+    for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+}
+
+/* One chunk of T <= max_T tokens; the final hidden states (normed) are left in s->h, and copied to
+ * s->hidden when there is an MTP module to feed. */
+static void forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form) {
+    const Config *c = &m->cfg;
+    int d = c->hidden_size, width = mla_cache_width(&m->mla);
+    for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
+    for (int l = 0; l < c->n_layers; l++)
+        layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form);
     rmsnorm(s->h, s->x, m->final_norm, T, d, c->rms_norm_eps);
+    if (s->hidden) memcpy(s->hidden + (size_t)pos * d, s->h, sizeof(float) * (size_t)T * d);
 }
 
 int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
@@ -245,4 +277,160 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
             matmul(logits, s->h + (size_t)(n - 1) * c->hidden_size, &m->lm_head, 1);
     }
     return 0;
+}
+
+int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, Error *e) {
+    const Config *c = &m->cfg;
+    const Mtp *mtp = &m->mtp;
+    int d = c->hidden_size;
+    if (!m->has_mtp || !s->hidden) return error_set(e, "this checkpoint has no MTP module (no tensors at layer index %d)", c->n_layers);
+    if (T <= 0 || T > s->max_T || pos < 0 || pos + T > s->ctx)
+        return error_set(e, "MTP positions %d..%d do not fit (chunk %d, cache %d)", pos, pos + T - 1, s->max_T, s->ctx);
+    for (int t = 0; t < T; t++) {
+        if (next_tokens[t] < 0 || next_tokens[t] >= c->vocab_size)
+            return error_set(e, "token id %d is outside the vocabulary [0, %d)", next_tokens[t], c->vocab_size);
+        float *in = s->mtp_in + (size_t)t * 2 * d;                     /* [enorm(emb) ; hnorm(h)] */
+        tensor_rows_f32(in, &m->embed, next_tokens[t], 1);
+        rmsnorm(in, in, mtp->enorm, 1, d, c->rms_norm_eps);
+        rmsnorm(in + d, s->hidden + (size_t)(pos + t) * d, mtp->hnorm, 1, d, c->rms_norm_eps);
+    }
+    matmul(s->x, s->mtp_in, &mtp->eh_proj, T);
+    layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED);
+    rmsnorm(s->h, s->x, mtp->head_norm, T, d, c->rms_norm_eps);
+    matmul(logits, s->h, &mtp->head, T);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Random checkpoints (run init): the same tensor names and shapes the loader above expects.
+ */
+typedef struct {
+    StWriteTensor *t;
+    float **data;
+    int n, cap;
+    Rng rng;
+} Manifest;
+
+/* kind: 0 matrix N(0, 1/cols), 1 norm weight in [0.8, 1.2], 2 bias in [0.01, 0.11], 3 embedding N(0, 1) */
+static void add(Manifest *f, int kind, int rows, int cols, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void add(Manifest *f, int kind, int rows, int cols, const char *fmt, ...) {
+    if (f->n == f->cap) {
+        f->cap = f->cap ? 2 * f->cap : 64;
+        f->t = realloc(f->t, sizeof(StWriteTensor) * f->cap);
+        f->data = realloc(f->data, sizeof(float *) * f->cap);
+    }
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    size_t n = (size_t)rows * (cols ? cols : 1);
+    float *d = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) {
+        float u = rng_uniform(&f->rng), v = rng_uniform(&f->rng);
+        float gauss = sqrtf(-2.0f * logf(1.0f - u)) * cosf(6.2831853f * v); /* Box-Muller */
+        d[i] = kind == 0 ? gauss / sqrtf((float)cols) : kind == 1 ? 0.8f + 0.4f * u : kind == 2 ? 0.01f + 0.1f * u : gauss;
+    }
+    f->data[f->n] = d;
+    f->t[f->n] = (StWriteTensor){.name = strdup(name), .dtype = DT_F32, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = d};
+    f->n++;
+}
+
+static void add_ffn(Manifest *f, const char *p, int d, int inter) {
+    add(f, 0, inter, d, "%s.gate_proj.weight", p);
+    add(f, 0, inter, d, "%s.up_proj.weight", p);
+    add(f, 0, d, inter, "%s.down_proj.weight", p);
+}
+
+static void add_layer(Manifest *f, const Config *c, int l) {
+    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    char p[300];
+    add(f, 1, d, 0, "model.layers.%d.input_layernorm.weight", l);
+    add(f, 1, d, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+    if (c->q_lora_rank) {
+        add(f, 0, c->q_lora_rank, d, "model.layers.%d.self_attn.q_a_proj.weight", l);
+        add(f, 1, c->q_lora_rank, 0, "model.layers.%d.self_attn.q_a_layernorm.weight", l);
+        add(f, 0, nh * qk, c->q_lora_rank, "model.layers.%d.self_attn.q_b_proj.weight", l);
+    } else {
+        add(f, 0, nh * qk, d, "model.layers.%d.self_attn.q_proj.weight", l);
+    }
+    add(f, 0, c->kv_lora_rank + c->qk_rope_head_dim, d, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
+    add(f, 1, c->kv_lora_rank, 0, "model.layers.%d.self_attn.kv_a_layernorm.weight", l);
+    add(f, 0, nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, "model.layers.%d.self_attn.kv_b_proj.weight", l);
+    add(f, 0, d, nh * c->v_head_dim, "model.layers.%d.self_attn.o_proj.weight", l);
+    if (!config_is_moe_layer(c, l)) {
+        snprintf(p, sizeof p, "model.layers.%d.mlp", l);
+        add_ffn(f, p, d, c->intermediate_size);
+        return;
+    }
+    add(f, 0, c->n_routed_experts, d, "model.layers.%d.mlp.gate.weight", l);
+    if (c->topk_method == TOPK_NOAUX_TC) add(f, 2, c->n_routed_experts, 0, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
+    for (int x = 0; x < c->n_routed_experts; x++) {
+        snprintf(p, sizeof p, "model.layers.%d.mlp.experts.%d", l, x);
+        add_ffn(f, p, d, c->moe_intermediate_size);
+    }
+    snprintf(p, sizeof p, "model.layers.%d.mlp.shared_experts", l);
+    if (c->n_shared_experts) add_ffn(f, p, d, c->n_shared_experts * c->moe_intermediate_size);
+}
+
+int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, Error *e) {
+    Config c;
+    if (config_load(&c, config_path, e)) return -1;
+    Manifest f = {0};
+    rng_seed(&f.rng, seed);
+    int d = c.hidden_size, L = c.n_layers;
+    add(&f, 3, c.vocab_size, d, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) add_layer(&f, &c, l);
+    add(&f, 1, d, 0, "model.norm.weight");
+    add(&f, 0, c.vocab_size, d, "lm_head.weight");
+    if (with_mtp) {
+        add(&f, 1, d, 0, "model.layers.%d.enorm.weight", L);
+        add(&f, 1, d, 0, "model.layers.%d.hnorm.weight", L);
+        add(&f, 0, d, 2 * d, "model.layers.%d.eh_proj.weight", L);
+        add(&f, 1, d, 0, "model.layers.%d.shared_head.norm.weight", L);
+        add_layer(&f, &c, L);
+    }
+    int rc = -1;
+    char path[4096];
+    /* config.json: the given one, with num_nextn_predict_layers set to what was written */
+    FILE *in = fopen(config_path, "rb");
+    char *text = NULL;
+    size_t n = 0;
+    if (in) {
+        fseek(in, 0, SEEK_END);
+        n = (size_t)ftell(in);
+        fseek(in, 0, SEEK_SET);
+        text = malloc(n + 1);
+        n = fread(text, 1, n, in);
+        text[n] = 0;
+        fclose(in);
+    }
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    snprintf(path, sizeof path, "%s/config.json", out_dir);
+    FILE *out = NULL;
+    if (!root) error_set(e, "%s: cannot read", config_path);
+    else if (mkdir(out_dir, 0755) && errno != EEXIST) error_set(e, "%s: cannot create the directory", out_dir);
+    else if (!(out = fopen(path, "wb"))) error_set(e, "%s: cannot write", path);
+    else {
+        cJSON_DeleteItemFromObject(root, "num_nextn_predict_layers");
+        cJSON_AddNumberToObject(root, "num_nextn_predict_layers", with_mtp ? 1 : 0);
+        cJSON_DeleteItemFromObject(root, "quantization_config"); /* the weights written are F32 */
+        char *json = cJSON_Print(root);
+        fputs(json, out);
+        fputc('\n', out);
+        free(json);
+        fclose(out);
+        snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+        const char *keys[] = {"format", "generator"}, *vals[] = {"pt", "dsv3.c run init"};
+        rc = st_write(path, f.t, f.n, keys, vals, 2, e);
+    }
+    cJSON_Delete(root);
+    for (int i = 0; i < f.n; i++) {
+        free((char *)f.t[i].name);
+        free(f.data[i]);
+    }
+    free(f.t);
+    free(f.data);
+    return rc;
 }

@@ -67,6 +67,18 @@ typedef struct {
     Ffn *experts;                      /* [n_routed_experts], owned */
 } Layer;
 
+/* The multi-token-prediction module (V3 report 2.2), stored at layer index num_hidden_layers.
+ * For position i it predicts token i+2 from the main model's final hidden state h_i (after the
+ * final norm, as vLLM and SGLang feed DeepSeek's weights) and the embedding of token i+1:
+ *   x = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]),  x = decoder_layer(x),
+ *   logits = head(head_norm(x))       (its own latent cache; embedding and head shared) */
+typedef struct {
+    const float *enorm, *hnorm, *head_norm; /* [d] */
+    Tensor eh_proj;                         /* [d, 2d] */
+    Tensor head;                            /* shared_head.head, or lm_head when absent */
+    Layer layer;
+} Mtp;
+
 typedef struct {
     Config cfg;
     StFile st;
@@ -78,6 +90,7 @@ typedef struct {
     float *inv_freq;         /* [d_R / 2] */
     float rope_attn_factor;
     int has_mtp;             /* tensors at layer index n_layers are present */
+    Mtp mtp;
     void **owned;            /* every malloc'ed widened array, freed by model_free */
     int n_owned;
 } Model;
@@ -95,6 +108,9 @@ typedef struct {
     int ctx, max_T;
     float *cache;
     float *x, *h, *q, *q_scratch, *latent, *attn, *out; /* [max_T, ...] */
+    /* with an MTP module: the main model's normed final hidden state of every position [ctx, d],
+     * the MTP layer's own latent cache [ctx, d_c + d_R], and its input [max_T, 2d] */
+    float *hidden, *mtp_cache, *mtp_in;
 } State;
 
 int state_init(State *s, const Model *m, int ctx, int max_T, Error *e);
@@ -105,5 +121,16 @@ void state_free(State *s);
  * max_T (it is processed in chunks). Fails if pos + T > ctx. */
 int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
                   int last_only, AttnForm form, Error *e);
+
+/* A random checkpoint for config.json at config_path (written to out_dir with model.safetensors,
+ * F32): weights N(0, 1/fan_in), norms near 1, a small positive correction bias, embeddings N(0, 1);
+ * the same seed gives the same bytes anywhere (Rng). with_mtp adds the MTP module at layer index
+ * num_hidden_layers (and sets num_nextn_predict_layers to 1 in the written config). */
+int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, Error *e);
+
+/* MTP drafts for positions pos .. pos+T-1: next_tokens [T] are t_{i+1}; reads s->hidden (filled by
+ * model_forward for those positions) and writes logits [T, vocab] for tokens i+2. The MTP cache
+ * must hold positions < pos. Fails if the model has no MTP module. */
+int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, Error *e);
 
 #endif

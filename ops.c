@@ -132,8 +132,51 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps
 
 #define TILE_ROWS 256
 
+float dot_f32(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+    for (int k = 0; i < n; i++, k++) acc[k] += a[i] * b[i];
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+/* n <= SMALL_BATCH tokens: one fixed-order dot product per output, weights widened row by row. */
+static void matmul_small(float *out, const float *x, const Tensor *W, int n) {
+    int rows = W->rows, cols = W->cols;
+    int direct = W->dtype == DT_F32 && ((uintptr_t)W->data % sizeof(float)) == 0;
+    float *row = direct ? NULL : malloc(sizeof(float) * (size_t)cols);
+    for (int r = 0; r < rows; r++) {
+        const float *w = direct ? (const float *)W->data + (size_t)r * cols : row;
+        if (!direct) tensor_rows_f32(row, W, r, 1);
+        for (int t = 0; t < n; t++) out[(size_t)t * rows + r] = dot_f32(x + (size_t)t * cols, w, cols);
+    }
+    free(row);
+}
+
+/* The FP8 path (DeepSeek's act_quant + fp8_gemm): x [n, cols] quantized to E4M3 per row in
+ * 1 x block_c tiles, multiplied with the stored codes, FP32 accumulation per K-block. */
+static void matmul_fp8(float *out, const float *x, const Tensor *W, int n) {
+    int cols = W->cols, nkb = (cols + W->block_c - 1) / W->block_c;
+    uint8_t *qx = malloc((size_t)n * cols);
+    float *sx = malloc(sizeof(float) * (size_t)n * nkb);
+    fp8_quant_act(qx, sx, x, n, cols, W->block_c, FP8_SCALE_F32);
+    fp8_gemm(out, qx, sx, W->data, W->scale_inv, n, W->rows, cols, W->block_r, W->block_c,
+             (Fp8Accum){0, 0, FP8_ACC_TRUNCATE});
+    free(qx);
+    free(sx);
+}
+
 void matmul(float *out, const float *x, const Tensor *W, int n) {
     int rows = W->rows, cols = W->cols;
+    if (W->fp8_gemm && W->dtype == DT_F8_E4M3 && W->scale_inv) {
+        matmul_fp8(out, x, W, n);
+        return;
+    }
+    if (n <= SMALL_BATCH) {
+        matmul_small(out, x, W, n);
+        return;
+    }
     int aligned = ((uintptr_t)W->data % sizeof(float)) == 0;
     if (W->dtype == DT_F32 && aligned) {
         /* out [n, rows] = x [n, cols] . W^T, W used in place from the mapping */

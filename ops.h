@@ -48,6 +48,9 @@ typedef struct {
     int rows, cols;
     const float *scale_inv; /* NULL unless dtype is FP8 */
     int block_r, block_c;   /* 128, 128 in DeepSeek-V3 */
+    int fp8_gemm;           /* E4M3 with scales only. 0: widen, FP32 GEMM (the default). 1: quantize x
+                             * in 1 x block_c tiles (FP32 scales) and run fp8_gemm with FP32
+                             * accumulation, DeepSeek's kernel math (`run logits --fp8-gemm`) */
 } Tensor;
 
 /* Widen rows [r0, r0+n) of W into out [n, cols] as FP32, applying block scales. */
@@ -57,8 +60,18 @@ void tensor_rows_f32(float *out, const Tensor *W, int r0, int n);
 void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps);
 
 /* out [n, rows] = x [n, cols] . W^T. W in any dtype; FP8/BF16 are widened tile by tile
- * (TILE_ROWS rows at a time) into a scratch buffer and multiplied with cblas_sgemm. */
+ * (TILE_ROWS rows at a time) into a scratch buffer and multiplied with cblas_sgemm.
+ * Batch invariance: for n <= SMALL_BATCH every output is dot_f32(x_t, W_r), whatever n is, so a
+ * token's result does not depend on which other tokens share the call (decode of one token and a
+ * speculative verify of two give bit-identical logits). Larger n goes to OpenBLAS. */
+#define SMALL_BATCH 8
+/* With W->fp8_gemm set (E4M3 weights with block scales) it is instead
+ * fp8_gemm(quant_act(x), W) (fp8.h): each output depends on its own row of x only, so it is
+ * batch-invariant too. */
 void matmul(float *out, const float *x, const Tensor *W, int n);
+
+/* sum_i a[i] * b[i] in one fixed order: 8 interleaved partial sums, combined pairwise. */
+float dot_f32(const float *a, const float *b, int n);
 
 /* The readable reference for matmul on FP32 arrays: out [n, rows] = x [n, cols] . W [rows, cols]^T,
  * one dot product at a time, accumulated in float in index order. Tests compare matmul to it. */

@@ -5,6 +5,8 @@
  *   run logits DIR --tokens 5,17,42 --out F.safetensors [--decode] [--naive] [--ctx N]
  *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
+ *   run generate ... --mtp                             speculative decoding with the MTP module
+ *   run init --config CONFIG.json --out DIR [--mtp]   a random model
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
@@ -44,6 +46,11 @@ static const char *USAGE =
     "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos]\n"
     "                       the same from token ids; --ids prints the new ids on one line of stdout,\n"
     "                       space-separated (greedy unless --temp is given)\n"
+    "  generate ... --mtp   speculative decoding with the checkpoint's MTP module as the draft: prints\n"
+    "                       the acceptance rate and the speed-up over plain decoding of the same\n"
+    "                       prompt; at --temp 0 the tokens equal plain greedy decoding's\n"
+    "  init --config CONFIG.json --out DIR [--mtp] [--seed S]\n"
+    "                       write a random F32 model for the config (with an MTP module: --mtp)\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
     "                       only the ids, space-separated on one line. DIR needs only tokenizer.json\n"
@@ -99,7 +106,8 @@ static int *parse_ids(const char *s, int *n) {
 
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed;
+    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp;
+    const char *config;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -146,6 +154,8 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "-f")) { if (!v) die_usage("-f needs a file name"); a.file = v; i++; }
         else if (!strcmp(s, "--system")) { if (!v) die_usage("--system needs the system prompt"); a.system = v; i++; }
         else if (!strcmp(s, "--chat")) a.chat = 1;
+        else if (!strcmp(s, "--mtp")) a.mtp = 1;
+        else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -334,6 +344,147 @@ static int *encode_prompt(const Tokenizer *tok, const Args *a, int *n) {
     return ids;
 }
 
+/* One generation: where tokens go (streamed text or collected ids) and what sampling does. */
+typedef struct {
+    const Model *m;
+    State *s;
+    const Tokenizer *tok;
+    const Args *a;
+    Rng rng;
+    int eos, n, *out;        /* emitted ids [n] */
+    float *probs, *q_probs;  /* [vocab] scratch */
+    int *order;
+    TokenizerStream stream;
+    int quiet;               /* timing re-run: emit nothing */
+} Gen;
+
+/* Emits one token; returns 1 when generation must stop (EOS or N reached). */
+static int emit(Gen *g, int id) {
+    g->out[g->n++] = id;
+    if (!g->quiet && !g->a->ids && !tokenizer_is_special(g->tok, id)) {
+        char buf[512];
+        size_t nb;
+        const char *bytes = tokenizer_token_bytes(g->tok, id, &nb);
+        for (size_t off = 0; off < nb; off += sizeof buf - 4) {
+            size_t chunk = nb - off < sizeof buf - 4 ? nb - off : sizeof buf - 4;
+            fwrite(buf, 1, tokenizer_stream_push(&g->stream, buf, bytes + off, chunk), stdout);
+        }
+        fflush(stdout);
+    }
+    return (!g->a->ignore_eos && id == g->eos) || g->n >= g->a->n_new;
+}
+
+/* The distribution plain decoding samples from: softmax(logits / T), cut to the top-p nucleus and
+ * renormalized; probs [vocab] (zeros outside the nucleus). */
+static void target_probs(const Gen *g, const float *logits, float *probs) {
+    int V = g->m->cfg.vocab_size;
+    for (int i = 0; i < V; i++) probs[i] = logits[i] / g->a->temp;
+    softmax(probs, V);
+    int k = nucleus(probs, V, g->a->top_p, g->order);
+    float mass = 0.0f;
+    for (int i = 0; i < k; i++) mass += probs[g->order[i]];
+    for (int i = k; i < V; i++) probs[g->order[i]] = 0.0f;
+    for (int i = 0; i < k; i++) probs[g->order[i]] /= mass;
+}
+
+static int draw(Gen *g, const float *probs) {
+    int V = g->m->cfg.vocab_size;
+    float u = rng_uniform(&g->rng), acc = 0.0f;
+    int last = 0;
+    for (int i = 0; i < V; i++) {
+        if (probs[i] <= 0.0f) continue;
+        acc += probs[i];
+        last = i;
+        if (u < acc) return i;
+    }
+    return last;
+}
+
+static void die_on(int rc, const Error *e) {
+    if (rc) die(e->msg);
+}
+
+/* Plain decoding after the prefill: one forward per token. */
+static void decode_plain(Gen *g, float *logits, int T) {
+    Error e;
+    int V = g->m->cfg.vocab_size;
+    for (;;) {
+        int next = sample(logits, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
+        if (emit(g, next)) return;
+        die_on(model_forward(g->m, g->s, &next, 1, T + g->n - 1, logits, 1, ATTN_ABSORBED, &e), &e);
+    }
+}
+
+/* Speculative decoding with the MTP module as the draft model (V3 report 5.4.3). Each step feeds
+ * the pending token and the MTP's draft of the token after it through the main model in ONE
+ * forward (T = 2). The draft is kept if the main model agrees: greedy, if its argmax is the draft;
+ * sampling, with probability min(1, p(d) / q(d)), else a token is drawn from max(0, p - q)
+ * renormalized (Leviathan et al. 2023), so the output distribution is exactly plain decoding's.
+ * Small batches are batch-invariant (ops.h), so at --temp 0 the tokens equal plain greedy's.
+ * A rejected draft's cache row is simply overwritten by the next step (rows past pos are unread). */
+static void decode_mtp(Gen *g, float *logits, const int *prompt, int T, int *drafted, int *accepted) {
+    const Model *m = g->m;
+    State *s = g->s;
+    Error e;
+    int V = m->cfg.vocab_size, greedy = g->a->temp <= 0.0f;
+    float *lv = malloc(sizeof(float) * 2 * V), *lq = malloc(sizeof(float) * (size_t)s->max_T * V);
+    int pending = sample(logits, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
+    /* the MTP over the prompt: position i pairs h_i with t_{i+1} (the last with the pending token) */
+    int *nxt = malloc(sizeof(int) * (size_t)T);
+    for (int i = 0; i < T; i++) nxt[i] = i + 1 < T ? prompt[i + 1] : pending;
+    int last = 0;
+    for (int done = 0; done < T; done += s->max_T) {
+        last = T - done < s->max_T ? T - done : s->max_T;
+        die_on(mtp_forward(m, s, nxt + done, last, done, lq, &e), &e);
+    }
+    free(nxt);
+    const float *q_logits = lq + (size_t)(last - 1) * V;
+    int pos = T;
+    *drafted = *accepted = 0;
+    for (;;) {
+        if (g->n + 1 >= g->a->n_new) { emit(g, pending); break; } /* no room for a draft */
+        int draft;
+        if (greedy) draft = argmax(q_logits, V);
+        else { target_probs(g, q_logits, g->q_probs); draft = draw(g, g->q_probs); }
+        int verify[2] = {pending, draft};
+        die_on(model_forward(m, s, verify, 2, pos, lv, 0, ATTN_ABSORBED, &e), &e);
+        (*drafted)++;
+        int keep, t1;
+        if (greedy) {
+            t1 = argmax(lv, V);
+            keep = t1 == draft;
+        } else {
+            target_probs(g, lv, g->probs);
+            keep = rng_uniform(&g->rng) * g->q_probs[draft] < g->probs[draft];
+            if (keep) t1 = draft;
+            else {
+                float mass = 0.0f;
+                for (int i = 0; i < V; i++) mass += (g->probs[i] = fmaxf(g->probs[i] - g->q_probs[i], 0.0f));
+                for (int i = 0; i < V; i++) g->probs[i] /= mass;
+                t1 = draw(g, g->probs);
+            }
+        }
+        if (emit(g, pending)) break;
+        if (keep) {
+            (*accepted)++;
+            if (emit(g, draft)) break;
+            int t2 = sample(lv + V, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
+            int two[2] = {draft, t2};
+            die_on(mtp_forward(m, s, two, 2, pos, lq, &e), &e);
+            q_logits = lq + V;
+            pos += 2;
+            pending = t2;
+        } else {
+            die_on(mtp_forward(m, s, &t1, 1, pos, lq, &e), &e);
+            q_logits = lq;
+            pos += 1;
+            pending = t1;
+        }
+    }
+    free(lv);
+    free(lq);
+}
+
 static int cmd_generate(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.tokens == !a.prompt) die_usage("generate: give the prompt as text (-p) or as ids (--tokens), one of them");
@@ -342,59 +493,84 @@ static int cmd_generate(int argc, char **argv) {
     State s;
     Error e;
     load_or_die(&m, a.dir);
+    if (a.mtp && !m.has_mtp) {
+        fprintf(stderr, "run: note: %s has no MTP module (no tensors at layer index %d); --mtp is off\n", a.dir, m.cfg.n_layers);
+        a.mtp = 0;
+    }
     Tokenizer *tok = (a.prompt || !a.ids) ? tokenizer_or_die(a.dir) : NULL;
     int T;
     int *ids = a.prompt ? encode_prompt(tok, &a, &T) : parse_ids(a.tokens, &T);
     state_or_die(&s, &m, a.ctx, T + a.n_new);
-    int V = m.cfg.vocab_size, eos = m.cfg.eos_token_id;
-    if (eos < 0 && tok) eos = tokenizer_eos_id(tok);
+    int V = m.cfg.vocab_size;
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
-    Rng rng;
-    rng_seed(&rng, a.seed);
-    float *logits = malloc(sizeof(float) * V), *probs = malloc(sizeof(float) * V);
-    int *order = malloc(sizeof(int) * V), *out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
-    TokenizerStream stream = {0};
-    char buf[512];
+    Gen g = {.m = &m, .s = &s, .tok = tok, .a = &a, .eos = m.cfg.eos_token_id};
+    if (g.eos < 0 && tok) g.eos = tokenizer_eos_id(tok);
+    g.out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
+    g.probs = malloc(sizeof(float) * V);
+    g.q_probs = malloc(sizeof(float) * V);
+    g.order = malloc(sizeof(int) * V);
+    float *logits = malloc(sizeof(float) * V);
     if (!a.ids && !a.chat) { /* echo the prompt text, then stream the continuation */
         fputs(a.prompt, stdout);
         fflush(stdout);
     }
-    double t0 = now_s();
-    if (model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
-    double t1 = now_s();
-    int n = 0;
-    while (n < a.n_new) {
-        int next = sample(logits, V, a.temp, a.top_p, &rng, probs, order);
-        out[n++] = next;
-        if (!a.ignore_eos && next == eos) break;
-        if (!a.ids && !tokenizer_is_special(tok, next)) {
-            size_t nb;
-            const char *bytes = tokenizer_token_bytes(tok, next, &nb);
-            for (size_t off = 0; off < nb; off += sizeof buf - 4) {
-                size_t chunk = nb - off < sizeof buf - 4 ? nb - off : sizeof buf - 4;
-                fwrite(buf, 1, tokenizer_stream_push(&stream, buf, bytes + off, chunk), stdout);
-            }
-            fflush(stdout);
-        }
-        if (n == a.n_new) break;
-        if (model_forward(&m, &s, &next, 1, T + n - 1, logits, 1, ATTN_ABSORBED, &e)) die(e.msg);
+    int drafted = 0, accepted = 0;
+    double t0 = now_s(), t1 = t0, t2 = t0;
+    if (a.n_new > 0) {
+        rng_seed(&g.rng, a.seed);
+        die_on(model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e), &e);
+        t1 = now_s();
+        if (a.mtp) decode_mtp(&g, logits, ids, T, &drafted, &accepted);
+        else decode_plain(&g, logits, T);
+        t2 = now_s();
     }
-    double t2 = now_s();
     if (a.ids) {
-        for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", out[i]);
+        for (int i = 0; i < g.n; i++) printf("%s%d", i ? " " : "", g.out[i]);
     } else {
-        fwrite(buf, 1, tokenizer_stream_flush(&stream, buf), stdout);
+        char buf[8];
+        fwrite(buf, 1, tokenizer_stream_flush(&g.stream, buf), stdout);
     }
     printf("\n");
+    fflush(stdout);
+    int n = g.n;
     fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
             T, t1 - t0, T / (t1 - t0), n, t2 - t1, n > 1 ? (n - 1) / (t2 - t1) : 0.0,
-            n > 0 && out[n - 1] == eos && !a.ignore_eos ? ", stopped at EOS" : "");
+            n > 0 && g.out[n - 1] == g.eos && !a.ignore_eos ? ", stopped at EOS" : "");
     if (a.temp > 0) fprintf(stderr, "; temp %g, top-p %g, seed %llu", a.temp, a.top_p, a.seed);
     fprintf(stderr, "\n");
-    free(out); free(order); free(probs); free(logits); free(ids);
+    if (a.mtp && n > 1) {
+        /* the same prompt and seed decoded plainly, for the speed-up (and, greedy, the equality) */
+        int *mtp_out = g.out;
+        Gen p = g;
+        p.out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
+        p.n = 0;
+        p.quiet = 1;
+        rng_seed(&p.rng, a.seed);
+        die_on(model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e), &e);
+        double p0 = now_s();
+        decode_plain(&p, logits, T);
+        double p1 = now_s();
+        int same = p.n == n && !memcmp(p.out, mtp_out, sizeof(int) * n);
+        fprintf(stderr, "run: mtp accepted %d of %d drafts (%.1f%%); %.1f tok/s vs %.1f plain: %.2fx%s\n",
+                accepted, drafted, drafted ? 100.0 * accepted / drafted : 0.0, (n - 1) / (t2 - t1),
+                (p.n - 1) / (p1 - p0), (p1 - p0) / (t2 - t1) * (n - 1) / (p.n > 1 ? p.n - 1 : 1),
+                a.temp <= 0 ? (same ? "; tokens identical to plain greedy" : "; TOKENS DIFFER FROM PLAIN GREEDY") : "");
+        free(p.out);
+    }
+    free(g.out); free(g.order); free(g.probs); free(g.q_probs); free(logits); free(ids);
     if (tok) tokenizer_free(tok);
     state_free(&s);
     model_free(&m);
+    return 0;
+}
+
+static int cmd_init(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
+    if (a.dir) die_usage("init: unexpected argument (use --config and --out)");
+    Error e;
+    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, &e)) die(e.msg);
+    fprintf(stderr, "run: wrote a random model%s to %s\n", a.mtp ? " with an MTP module" : "", a.out);
     return 0;
 }
 
@@ -472,6 +648,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(cmd, "init")) return cmd_init(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "fp8-error")) return cmd_fp8_error(argc - 2, argv + 2);
     fprintf(stderr, "run: unknown command \"%s\"\n(see run --help)\n", cmd);

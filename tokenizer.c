@@ -38,7 +38,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
 
-#include <cjson/cJSON.h>
+#include <cJSON.h>
 #include <pcre2.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -197,7 +197,8 @@ static int json_id(const cJSON *v, const char *file, const char *field, const ch
 
 /* Oniguruma (HF's regex engine) reads \s as Unicode White_Space; PCRE2 with UCP also counts
  * U+180E. \s and \S are written out as Oniguruma's list so that both engines split alike. */
-#define ONIG_SPACE "\\x{9}-\\x{d}\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+#define ONIG_SPACE \
+    "\\x{9}-\\x{d}\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
 
 static int split_compile(Tokenizer *t, const char *pat, int literal, const char *file, Error *e) {
     if (t->n_split == MAX_SPLITS) return error_set(e, "%s: pre_tokenizer: more than %d Split steps", file, MAX_SPLITS);
@@ -228,7 +229,8 @@ static int split_compile(Tokenizer *t, const char *pat, int literal, const char 
     }
     int err;
     PCRE2_SIZE at;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)p, k, PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP), &err, &at, NULL);
+    uint32_t flags = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)p, k, flags, &err, &at, NULL);
     free(p);
     if (!re) {
         PCRE2_UCHAR msg[256];
@@ -247,15 +249,18 @@ static int load_pre_tokenizer(Tokenizer *t, const cJSON *pt, const char *file, E
     const cJSON *steps = type && strcmp(type, "Sequence") == 0 ? json_get(pt, "pretokenizers") : NULL, *s;
     int byte_level = 0;
     for (s = steps ? steps->child : pt; s; s = steps ? s->next : NULL) {
-        const char *re, *lit = NULL, *behavior = json_str(s, "behavior");
+        const char *behavior = json_str(s, "behavior"), *re = json_str(json_get(s, "pattern"), "Regex");
+        const char *lit = json_str(json_get(s, "pattern"), "String");
         type = json_str(s, "type") ? json_str(s, "type") : "none";
-        if (byte_level) return error_set(e, "%s: pre_tokenizer: expected ByteLevel last, found %s after it", file, type);
+        if (byte_level)
+            return error_set(e, "%s: pre_tokenizer: expected ByteLevel last, found %s after it", file, type);
         if (strcmp(type, "Split") == 0) {
             if (!behavior || strcmp(behavior, "Isolated") != 0)
                 return error_set(e, "%s: pre_tokenizer Split.behavior: expected \"Isolated\", found \"%s\"", file,
                                  behavior ? behavior : "none");
-            if (!(re = json_str(json_get(s, "pattern"), "Regex")) && !(lit = json_str(json_get(s, "pattern"), "String")))
-                return error_set(e, "%s: pre_tokenizer Split.pattern: expected {\"Regex\": ...} or {\"String\": ...}", file);
+            if (!re && !lit)
+                return error_set(e, "%s: pre_tokenizer Split.pattern: expected {\"Regex\": ...} or {\"String\": ...}",
+                                 file);
             if (split_compile(t, re ? re : lit, !re, file, e)) return -1;
         } else if (strcmp(type, "ByteLevel") == 0) {
             if (json_bool(s, "add_prefix_space", 0))
@@ -266,20 +271,22 @@ static int load_pre_tokenizer(Tokenizer *t, const cJSON *pt, const char *file, E
             return error_set(e, "%s: pre_tokenizer: expected Split or ByteLevel steps, found type %s", file, type);
         }
     }
-    return byte_level ? 0 : error_set(e, "%s: pre_tokenizer: expected a ByteLevel step (byte-level BPE), found none", file);
+    if (!byte_level)
+        return error_set(e, "%s: pre_tokenizer: expected a ByteLevel step (byte-level BPE), found none", file);
+    return 0;
 }
 
 /* Parts of tokenizer.json that we do not run must be absent or do nothing. */
 static int check_unsupported(const cJSON *root, const cJSON *model, const char *file, Error *e) {
-    const char *fields[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    const char *fields[] = {"continuing_subword_prefix", "end_of_word_suffix"}, *s;
     for (int i = 0; i < 2; i++)
-        if (json_str(model, fields[i]) && *json_str(model, fields[i]))
-            return error_set(e, "%s: model.%s: expected null, found \"%s\"", file, fields[i], json_str(model, fields[i]));
-    const cJSON *norm = json_get(root, "normalizer");
-    if (json_str(norm, "type") && !(strcmp(json_str(norm, "type"), "Sequence") == 0 && cJSON_GetArraySize(json_get(norm, "normalizers")) == 0))
-        return error_set(e, "%s: normalizer: expected null, found type %s", file, json_str(norm, "type"));
-    const char *dec = json_str(json_get(root, "decoder"), "type");
-    if (dec && strcmp(dec, "ByteLevel") != 0) return error_set(e, "%s: decoder: expected ByteLevel, found type %s", file, dec);
+        if ((s = json_str(model, fields[i])) && *s)
+            return error_set(e, "%s: model.%s: expected null, found \"%s\"", file, fields[i], s);
+    const cJSON *norm = json_get(root, "normalizer"); /* {"type": "Sequence", "normalizers": []} is null too */
+    if ((s = json_str(norm, "type")) && (strcmp(s, "Sequence") || cJSON_GetArraySize(json_get(norm, "normalizers"))))
+        return error_set(e, "%s: normalizer: expected null, found type %s", file, s);
+    if ((s = json_str(json_get(root, "decoder"), "type")) && strcmp(s, "ByteLevel") != 0)
+        return error_set(e, "%s: decoder: expected ByteLevel, found type %s", file, s);
     return 0;
 }
 
@@ -291,14 +298,17 @@ static int cmp_added(const void *pa, const void *pb) {
 
 /* model.vocab and added_tokens (ids), then model.merges, then the pre_tokenizer. */
 static int load_json(Tokenizer *t, const cJSON *root, const char *file, Error *e) {
-    const cJSON *model = json_get(root, "model"), *vocab = json_get(model, "vocab"), *merges = json_get(model, "merges");
-    const cJSON *added = json_get(root, "added_tokens"), *v;
+    const cJSON *model = json_get(root, "model"), *vocab = json_get(model, "vocab");
+    const cJSON *merges = json_get(model, "merges"), *added = json_get(root, "added_tokens"), *v;
     const char *type = json_str(model, "type");
     if (!cJSON_IsObject(model)) return error_set(e, "%s: model: expected an object, found none", file);
-    if (type && strcmp(type, "BPE") != 0) return error_set(e, "%s: model.type: expected \"BPE\", found \"%s\"", file, type);
-    if (!cJSON_IsObject(vocab)) return error_set(e, "%s: model.vocab: expected an object of token -> id, found none", file);
+    if (type && strcmp(type, "BPE") != 0)
+        return error_set(e, "%s: model.type: expected \"BPE\", found \"%s\"", file, type);
+    if (!cJSON_IsObject(vocab))
+        return error_set(e, "%s: model.vocab: expected an object of token -> id, found none", file);
     if (!cJSON_IsArray(merges)) return error_set(e, "%s: model.merges: expected a list, found none", file);
-    if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added)) return error_set(e, "%s: added_tokens: expected a list", file);
+    if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added))
+        return error_set(e, "%s: added_tokens: expected a list", file);
     if (check_unsupported(root, model, file, e)) return -1;
 
     int max_id = -1, id; /* the vocabulary size is the largest id + 1 */
@@ -308,16 +318,19 @@ static int load_json(Tokenizer *t, const cJSON *root, const char *file, Error *e
     }
     cJSON_ArrayForEach(v, added) {
         const char *text = json_str(v, "content"), *flags[] = {"single_word", "lstrip", "rstrip"};
-        if (!text || !*text) return error_set(e, "%s: added_tokens: expected a non-empty \"content\", found none", file);
+        if (!text || !*text)
+            return error_set(e, "%s: added_tokens: expected a non-empty \"content\", found none", file);
         if ((id = json_id(json_get(v, "id"), file, "added_tokens", text, e)) < 0) return -1;
         for (int i = 0; i < 3; i++)
             if (json_bool(v, flags[i], 0))
-                return error_set(e, "%s: added_tokens \"%s\".%s: expected false (not supported), found true", file, text, flags[i]);
+                return error_set(e, "%s: added_tokens \"%s\".%s: expected false (not supported), found true", file,
+                                 text, flags[i]);
         max_id = id > max_id ? id : max_id;
     }
     size_t nv = (size_t)max_id + 1, vcap = table_size(nv), mcap = table_size((size_t)cJSON_GetArraySize(merges));
     t->n_vocab = max_id + 1, t->n_added = cJSON_GetArraySize(added);
-    t->piece = calloc(nv, sizeof *t->piece), t->piece_len = calloc(nv, sizeof *t->piece_len), t->special = calloc(nv, 1);
+    t->piece = calloc(nv + 1, sizeof *t->piece), t->piece_len = calloc(nv + 1, sizeof *t->piece_len);
+    t->special = calloc(nv + 1, 1);
     t->added = calloc((size_t)t->n_added + 1, sizeof *t->added);
     t->vocab = malloc(vcap * sizeof *t->vocab), t->merge = calloc(mcap, sizeof *t->merge);
     if (!t->piece || !t->piece_len || !t->special || !t->added || !t->vocab || !t->merge)
@@ -364,9 +377,10 @@ static int load_json(Tokenizer *t, const cJSON *root, const char *file, Error *e
     if (load_pre_tokenizer(t, json_get(root, "pre_tokenizer"), file, e)) return -1;
 
     qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
-    for (int c = 0, i = 0; c < 2; c++)
+    for (int c = 0, i = 0; c < 2; c++) /* where each (class, first byte) begins in the sorted list */
         for (int b = 0; b <= 256; b++) {
-            while (i < t->n_added && t->added[i].normalized == c && (b == 256 || (unsigned char)t->added[i].text[0] < b)) i++;
+            while (i < t->n_added && t->added[i].normalized == c && (b == 256 || (uint8_t)t->added[i].text[0] < b))
+                i++;
             t->added_first[c][b] = i;
         }
     return 0;
@@ -403,7 +417,8 @@ static int build_bytes(Tokenizer *t, const char *file, Error *e) {
 /* bos_token and eos_token from tokenizer_config.json if there is one (a string or {"content": ...}),
  * else DeepSeek's names. */
 static int load_config(Tokenizer *t, const char *dir, Error *e) {
-    const char *keys[2] = {"bos_token", "eos_token"}, *names[2] = {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"};
+    const char *keys[2] = {"bos_token", "eos_token"};
+    const char *names[2] = {"<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"};
     int *ids[2] = {&t->bos_id, &t->eos_id};
     char path[4200];
     struct stat st;
@@ -479,7 +494,8 @@ typedef struct { /* the scratch space of one encode call */
 } Work;
 
 static int push_span(Work *w, int k, int off, int len, int raw, Error *e) {
-    if (grow(&w->span[k], &w->cap_span[k], w->n_span[k] + 1, sizeof(Span))) return error_set(e, "tokenizer: out of memory");
+    if (grow(&w->span[k], &w->cap_span[k], w->n_span[k] + 1, sizeof(Span)))
+        return error_set(e, "tokenizer: out of memory");
     w->span[k][w->n_span[k]++] = (Span){off, len, raw};
     return 0;
 }
@@ -538,12 +554,14 @@ static void push_pair(const Tokenizer *t, Work *w, int pos) { /* queue sym[pos] 
  * merges ordered by (rank, position); a candidate whose symbol is gone, or whose pair now makes
  * another token, is stale and skipped; each merge queues the pairs it forms with its neighbours. */
 static int bpe(const Tokenizer *t, Work *w, const unsigned char *p, int n, Error *e) {
-    if (grow(&w->sym, &w->cap_sym, (size_t)n, sizeof(Sym)) || grow(&w->heap, &w->cap_heap, 3 * (size_t)n, sizeof(Cand)) ||
-        grow(&w->ids, &w->cap_ids, w->n_ids + (size_t)n, sizeof(int)))
+    size_t m = (size_t)n;
+    if (grow(&w->sym, &w->cap_sym, m, sizeof(Sym)) || grow(&w->ids, &w->cap_ids, w->n_ids + m, sizeof(int)) ||
+        grow(&w->heap, &w->cap_heap, 3 * m, sizeof(Cand))) /* n - 1 pairs, then at most 2 per merge */
         return error_set(e, "tokenizer: out of memory");
     for (int i = 0; i < n; i++) {
         int id = t->byte_id[p[i]] >= 0 ? t->byte_id[p[i]] : t->unk_id;
-        if (id < 0) return error_set(e, "tokenizer: byte 0x%02x has no token in model.vocab and there is no unk_token", p[i]);
+        if (id < 0)
+            return error_set(e, "tokenizer: byte 0x%02x has no token in model.vocab and there is no unk_token", p[i]);
         w->sym[i] = (Sym){id, i - 1, i + 1 < n ? i + 1 : -1, 1};
     }
     if (t->ignore_merges && n > 1 && n < 256) { /* a piece that is a token skips the merges */

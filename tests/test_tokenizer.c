@@ -2,11 +2,12 @@
  * and against HF tokenizers (tests/fixtures/tokenizer, made by make_tokenizer_fixtures.py).
  *
  * The hand-built tokenizers have the 256 byte tokens as ids 0..255 (id = byte value), then one
- * token per merge (ids 256.. in merge order), then the added tokens (ids 1000.., after a gap). Merges are written here as
- * raw bytes and spelled in the byte-level alphabet by this file's own copy of the byte map. */
+ * token per merge (ids 256.. in merge order), then the added tokens (ids 1000.., after a gap).
+ * Merges are written here as raw bytes and spelled in the byte-level alphabet by this file's own
+ * copy of the byte map. */
 #include "testutil.h"
 
-#include <cjson/cJSON.h>
+#include <cJSON.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -16,7 +17,8 @@
 static const char *DS_SPLITS[] = {
     "\\p{N}{1,3}",
     "[一-龥぀-ゟ゠-ヿ]+",
-    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+    " ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
 };
 
 /* ------------------------------------------------------------------ building tokenizer.json */
@@ -93,13 +95,13 @@ static char *build_json(const Spec *sp) {
             put_json_string(&b, DS_SPLITS[i]);
             put(&b, "}, \"behavior\": \"Isolated\", \"invert\": false},\n");
         }
-        put(&b, "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": false}]},\n");
+        put(&b, "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": false}]},\n");
     } else if (strcmp(sp->pre_tokenizer, "gpt2") == 0) {
-        put(&b, "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": true, \"use_regex\": true},\n");
+        put(&b, "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true},\n");
     } else {
         put(&b, "\"pre_tokenizer\": %s,\n", sp->pre_tokenizer);
     }
-    put(&b, "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"trim_offsets\": true, \"use_regex\": true},\n");
+    put(&b, "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": true, \"use_regex\": true},\n");
     put(&b, "\"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"vocab\": {");
     for (int i = 0; i < 256; i++) {
         char c = (char)i;
@@ -164,7 +166,8 @@ static void expect_tokens_n(const Tokenizer *t, const char *text, size_t n, cons
     assert_int_equal(tokenizer_encode(t, text, n, &ids, &n_ids, &err), 0);
     while (want[n_want]) n_want++;
     int same = n_ids == n_want;
-    for (int i = 0; same && i < n_ids; i++) same = ids[i] == tid(t, want[i]) || ids[i] == tokenizer_token_id(t, want[i]);
+    for (int i = 0; same && i < n_ids; i++) /* raw bytes, or an added token's text */
+        same = ids[i] == tid(t, want[i]) || ids[i] == tokenizer_token_id(t, want[i]);
     if (!same) {
         printf("NOT OK encode \"%.*s\": got", (int)n, text);
         for (int i = 0; i < n_ids; i++) printf(" [%s]", tokenizer_piece(t, ids[i]));
@@ -252,8 +255,10 @@ static void test_deepseek_split(void **state) {
     (void)state;
     const char *merges[] = {"1", "2", "12", "3", "4", "5", "45", "6", "3", "4", "a", "1", " ", "1", " ", " ",
                             " ", "b", "\r", "\n", "\r\n", "\r\n", "a", "\xe4", "#", "i", "#i", "n", ".", " ",
-                            "\xe4", "\xb8", "\xe4\xb8", "\xad", "\xe4\xb8\xad", "\xe6", NULL};
+                            "\xe4", "\xb8", "\xe4\xb8", "\xad", "\xe4\xb8\xad", "\xe6", "H", "i", "2", "0", "20", "2",
+                            " ", "2", "4", "!", NULL};
     Tokenizer *t = load_spec(&(Spec){.merges = merges, .pre_tokenizer = "deepseek"});
+    expect_tokens(t, "Hi 2024!", "Hi", " ", "202", "4", "!"); /* tokenizer.c's worked example */
     expect_tokens(t, "123456", "123", "456");          /* digits in groups of 3 */
     expect_tokens(t, "1234567", "123", "456", "7");
     expect_tokens(t, "a1", "a", "1");                  /* letters and digits apart */
@@ -284,8 +289,9 @@ static void test_gpt2_split(void **state) {
 }
 
 static const char *ADDED =
-    "[{\"id\": 1000, \"content\": \"<｜begin▁of▁sentence｜>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true},"
-    " {\"id\": 1001, \"content\": \"<｜end▁of▁sentence｜>\", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": true},"
+    "[{\"id\": 1000, \"content\": \"<｜begin▁of▁sentence｜>\", \"single_word\": false, \"lstrip\": false, "
+    "\"rstrip\": false, \"normalized\": false, \"special\": true},"
+    " {\"id\": 1001, \"content\": \"<｜end▁of▁sentence｜>\", \"normalized\": false, \"special\": true},"
     " {\"id\": 1002, \"content\": \"<｜User｜>\", \"normalized\": false, \"special\": true},"
     " {\"id\": 1003, \"content\": \"<a>\", \"normalized\": false, \"special\": true},"
     " {\"id\": 1004, \"content\": \"<a><b>\", \"normalized\": false, \"special\": true},"
@@ -336,8 +342,9 @@ static void test_invalid_utf8_round_trip(void **state) {
     assert_int_equal(ids[1], 0);
     free(ids);
     expect_round_trip(t, "a\0b", 3);
-    const char *pool[] = {"a", "b", " ", "1", "2", "\n", "\r\n", "\t", "中", "😀", "é", "\xcc\x81", "<a>", "<｜User｜>",
-                          "\xe4", "\xb8", "\xff", "\xc0", "\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "!", "'s", "\0"};
+    const char *pool[] = {"a", "b", " ", "1", "2", "\n", "\r\n", "\t", "中", "😀", "é", "\xcc\x81", "<a>",
+                          "<｜User｜>", "\xe4", "\xb8", "\xff", "\xc0", "\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "!",
+                          "'s", "\0"};
     const int n_pool = (int)(sizeof pool / sizeof *pool);
     uint32_t rng = 12345;
     char buf[512];
@@ -410,6 +417,30 @@ static void test_config(void **state) {
     free(json);
 }
 
+/* Less common forms: a Split on a literal String, an empty normalizer Sequence, ignore_merges. */
+static void test_other_forms(void **state) {
+    (void)state;
+    const char *fmt = "{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": []}, \"model\": {\"type\": \"BPE\", "
+                      "\"ignore_merges\": %s, \"vocab\": {\"a\": 0, \"b\": 1, \".\": 2, \"x\": 3, \"y\": 4, \"z\": 5, "
+                      "\"xy\": 6, \"xyz\": 7}, \"merges\": [[\"x\", \"y\"]]}, \"pre_tokenizer\": {\"type\": \"Sequence\", "
+                      "\"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"String\": \".\"}, \"behavior\": "
+                      "\"Isolated\", \"invert\": false}, {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
+                      "\"use_regex\": false}]}}";
+    for (int ignore = 0; ignore < 2; ignore++) {
+        char json[1024];
+        Error err = {{0}};
+        snprintf(json, sizeof json, fmt, ignore ? "true" : "false");
+        Tokenizer *t = load_json_text(json, &err);
+        if (!t) printf("load failed: %s\n", err.msg);
+        assert_non_null(t);
+        /* pieces "xyz" "." "xyzz" ("." is a literal, not "any character"); with ignore_merges a
+         * piece that is a token ("xyz") is taken whole, else BPE gives xy z */
+        if (ignore) expect_tokens(t, "xyz.xyzz", "xyz", ".", "xy", "z", "z");
+        else expect_tokens(t, "xyz.xyzz", "xy", "z", ".", "xy", "z", "z");
+        tokenizer_free(t);
+    }
+}
+
 /* Each broken file fails with one line that names the file or field. */
 static void expect_load_error(const char *json, const char *must_mention) {
     Error err = {{0}};
@@ -419,6 +450,8 @@ static void expect_load_error(const char *json, const char *must_mention) {
     assert_non_null(strstr(err.msg, must_mention));
     assert_null(strchr(err.msg, '\n'));
 }
+
+#define A_MODEL "\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}" /* a valid model */
 
 static void test_errors(void **state) {
     (void)state;
@@ -433,19 +466,19 @@ static void test_errors(void **state) {
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"merges\": []}}", "model.vocab");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}", "model.merges");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -3}, \"merges\": []}}", "model.vocab");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}", "\"ab\" is not in model.vocab");
+    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}",
+                      "\"ab\" is not in model.vocab");
     expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"ab\"]}}", "model.merges[0]");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}", "pre_tokenizer");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Whitespace\"}}",
-                      "Whitespace");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", "
-                      "\"pattern\": {\"Regex\": \"(a\"}, \"behavior\": \"Isolated\"}}", "regex /(a/");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", "
-                      "\"pattern\": {\"Regex\": \"a\"}, \"behavior\": \"Removed\"}}", "behavior");
-    expect_load_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"normalizer\": {\"type\": \"NFC\"}}", "normalizer");
+    expect_load_error("{" A_MODEL "}", "pre_tokenizer");
+    expect_load_error("{" A_MODEL ", \"pre_tokenizer\": {\"type\": \"Whitespace\"}}", "Whitespace");
+    expect_load_error("{" A_MODEL ", \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, "
+                      "\"behavior\": \"Isolated\"}}", "regex /(a/");
+    expect_load_error("{" A_MODEL ", \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"a\"}, "
+                      "\"behavior\": \"Removed\"}}", "behavior");
+    expect_load_error("{" A_MODEL ", \"normalizer\": {\"type\": \"NFC\"}}", "normalizer");
+    expect_load_error("{" A_MODEL ", \"added_tokens\": [{\"id\": 1, \"content\": \"<m>\", \"lstrip\": true}]}", "lstrip");
     /* a byte with no token cannot be encoded: an error, not a silent drop */
-    t = load_json_text("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
-                       "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}", &err);
+    t = load_json_text("{" A_MODEL ", \"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false}}", &err);
     assert_non_null(t);
     int *ids, n_ids;
     assert_int_equal(tokenizer_encode(t, "ab", 2, &ids, &n_ids, &err), -1);
@@ -539,7 +572,8 @@ static void check_fixture(const char *dir) {
     const cJSON *bos = cJSON_GetObjectItem(root, "bos_id"), *eos = cJSON_GetObjectItem(root, "eos_id");
     if (bos) assert_int_equal(tokenizer_bos_id(t), bos->valueint);
     if (eos) assert_int_equal(tokenizer_eos_id(t), eos->valueint);
-    printf("%s %s: %d cases with HF's ids, %d raw-byte round trips, %d wrong\n", n_bad ? "NOT OK" : "OK    ", dir, n_cases, n_raw, n_bad);
+    printf("%s %s: %d cases with HF's ids, %d raw-byte round trips, %d wrong\n", n_bad ? "NOT OK" : "OK    ", dir,
+           n_cases, n_raw, n_bad);
     assert_int_equal(n_bad, 0);
 
     /* speed: about 1 MB made of the cases (prose, code, CJK, emoji, digits...) */
@@ -551,7 +585,8 @@ static void check_fixture(const char *dir) {
     assert_int_equal(tokenizer_encode(t, mb.s, mb.n, &ids, &n_ids, &err), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double sec = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    printf("speed  encode %.2f MB in %.3f s: %.1f MB/s, %d tokens\n", (double)mb.n / 1e6, sec, (double)mb.n / 1e6 / sec, n_ids);
+    printf("speed  encode %.2f MB in %.3f s: %.1f MB/s, %d tokens\n", (double)mb.n / 1e6, sec,
+           (double)mb.n / 1e6 / sec, n_ids);
     free(ids), free(mb.s), free(all.s), free(text);
     cJSON_Delete(root);
     tokenizer_free(t);
@@ -573,6 +608,7 @@ int main(void) {
         cmocka_unit_test(test_invalid_utf8_round_trip),
         cmocka_unit_test(test_stream),
         cmocka_unit_test(test_config),
+        cmocka_unit_test(test_other_forms),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_hf_fixture),
     };
