@@ -80,6 +80,14 @@ test-asan: $(ASAN_BINS) run
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
+# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
+BENCH_MODEL ?= $(firstword $(wildcard models/*/config.json))
+bench: run
+	OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
+	@if [ -n "$(BENCH_MODEL)" ]; then \
+	  OPENBLAS_NUM_THREADS=1 ./run generate $(dir $(BENCH_MODEL)) -p "And God said" -n 128 --temp 0 --ignore-eos >/dev/null; \
+	  OPENBLAS_NUM_THREADS=1 ./run generate $(dir $(BENCH_MODEL)) -p "And God said" -n 128 --temp 0 --ignore-eos --mtp >/dev/null; fi
+
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
 # against a slower formulation written in the test (about a minute on 2 cores; .ci/run runs it).
 test-exhaustive: build/test/exhaustive_fp8

@@ -10,9 +10,12 @@
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
+ *   run golden ...                                    golden files for GPU kernels (golden.c)
  */
 #include "fp8.h"
+#include "golden.h"
 #include "kv.h"
+#include "mla.h"
 #include "model.h"
 #include "tokenizer.h"
 
@@ -58,6 +61,12 @@ static const char *USAGE =
     "                       KV cache bytes per token and per sequence for MHA / GQA / MLA models, the\n"
     "                       DeepSeek-V2 paper's 93.3%% / 15x, and a serving capacity model\n"
     "                       (run kv --help)\n"
+    "  golden (--config C.json | --model DIR) --out G.safetensors [--seed S] [--tokens N]\n"
+    "         [--functions LIST] [--shape k=v ...] | --verify G\n"
+    "                       every function's inputs and outputs for GPU kernel tests, bit for bit\n"
+    "                       reproducible (run golden --help, notes/golden.md)\n"
+    "  bench [DIR]          speed figures: MLA decode step absorbed vs naive as context grows; with\n"
+    "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
     "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
     "\n"
@@ -620,6 +629,81 @@ static int cmd_tokenize(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * run bench: the speed figures (single-threaded unless OPENBLAS_NUM_THREADS says otherwise)
+ */
+static float *bench_rand(size_t n, Rng *r) {
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = rng_uniform(r) * 2.0f - 1.0f;
+    return p;
+}
+
+/* One decode step of MLA attention (one query over a cache of L tokens), absorbed vs naive, at
+ * DeepSeek-V2-Lite's attention shape (16 heads, d_c 512, d_R 64, nope 128, v 128). */
+static void bench_attention(void) {
+    MlaDims m = {.d = 2048, .n_heads = 16, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
+    int width = mla_cache_width(&m), Lmax = 4096;
+    Rng r;
+    rng_seed(&r, 1);
+    float *cache = bench_rand((size_t)Lmax * width, &r), *q = bench_rand((size_t)m.n_heads * (m.nope + m.rope), &r);
+    float *kv_b = bench_rand((size_t)m.n_heads * (m.nope + m.v) * m.kv_lora_rank, &r);
+    float *out = malloc(sizeof(float) * m.n_heads * m.v);
+    MlaWeights w = {.kv_b = {.data = kv_b, .dtype = DT_F32, .rows = m.n_heads * (m.nope + m.v), .cols = m.kv_lora_rank}};
+    printf("attention, one decode step (V2-Lite shape: 16 heads, cache row 576 floats)\n");
+    printf("| context | absorbed ms | naive ms | naive / absorbed | cache read (absorbed) |\n|---|---|---|---|---|\n");
+    for (int L = 256; L <= Lmax; L *= 4) {
+        double t[2];
+        for (int form = 0; form < 2; form++) {
+            int reps = form ? 1 : 20;
+            double t0 = now_s();
+            for (int i = 0; i < reps; i++) {
+                if (form) mla_attend_naive(out, q, cache, 1, L - 1, &w, &m);
+                else mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m);
+            }
+            t[form] = (now_s() - t0) / reps * 1e3;
+        }
+        printf("| %7d | %11.3f | %8.3f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
+    }
+    free(cache); free(q); free(kv_b); free(out);
+}
+
+static void bench_tokenizer(const char *dir) {
+    Tokenizer *tok;
+    Error e;
+    if (tokenizer_load(&tok, dir, &e)) { printf("tokenizer: skipped (%s)\n", e.msg); return; }
+    /* 1 MB of text: the tokenizer's own pieces decoded, in a fixed pseudo-random order */
+    size_t n = 0, cap = 1 << 20;
+    char *text = malloc(cap + 64);
+    Rng r;
+    rng_seed(&r, 2);
+    int V = tokenizer_vocab_size(tok);
+    while (n < cap) {
+        size_t nb;
+        int id = (int)(rng_next(&r) % (uint64_t)V);
+        if (tokenizer_is_special(tok, id)) continue;
+        const char *b = tokenizer_token_bytes(tok, id, &nb);
+        if (nb > 64) continue;
+        memcpy(text + n, b, nb);
+        n += nb;
+    }
+    int *ids, n_ids;
+    double t0 = now_s();
+    if (tokenizer_encode(tok, text, n, &ids, &n_ids, &e)) die(e.msg);
+    double dt = now_s() - t0;
+    printf("tokenizer: encoded %.2f MB into %d tokens in %.3f s: %.1f MB/s\n", n / 1e6, n_ids, dt, n / 1e6 / dt);
+    free(ids);
+    free(text);
+    tokenizer_free(tok);
+}
+
+static int cmd_bench(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    bench_attention();
+    if (!a.dir) return 0;
+    bench_tokenizer(a.dir);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * run fp8-error: the error of an FP8 dot product per scaling and accumulation mode (notes/fp8.md)
  */
 static int cmd_fp8_error(int argc, char **argv) {
@@ -649,6 +733,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "init")) return cmd_init(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "golden")) return golden_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "fp8-error")) return cmd_fp8_error(argc - 2, argv + 2);
     fprintf(stderr, "run: unknown command \"%s\"\n(see run --help)\n", cmd);

@@ -1,0 +1,583 @@
+/* test_golden.c - `run golden` (golden.c, golden_fns.c): two runs give identical bytes; every
+ * function is in the file under its documented names, dtypes and shapes; the stored inputs fed back
+ * through the C functions (by hand here, and by --verify) give the stored outputs bit for bit; the
+ * inputs follow the documented generator; with --model the logits are model_forward's, bit for bit;
+ * a FlashMLA-sized decode shape; and the errors a user meets (exit status, one line on stderr). */
+#include "golden.h"
+#include "fp8.h"
+#include "testutil.h"
+
+#include <cJSON.h>
+
+#include <unistd.h>
+
+#define YARN FIXTURES "/v3_yarn/config.json"
+#define V3 FIXTURES "/configs/deepseek_v3/config.json"
+
+/* Runs golden_main on a space-separated argument line; returns its status, stderr in err (if not
+ * NULL; at most 4 KB). */
+static int golden(const char *line, char *err) {
+    char buf[4096], *argv[64];
+    int argc = 0;
+    snprintf(buf, sizeof buf, "%s", line);
+    for (char *t = strtok(buf, " "); t && argc < 64; t = strtok(NULL, " ")) argv[argc++] = t;
+    char path[] = "/tmp/dsv3golden.err.XXXXXX";
+    int fd = mkstemp(path), saved = dup(2);
+    assert_true(fd >= 0 && saved >= 0);
+    fflush(stderr);
+    dup2(fd, 2);
+    int rc = golden_main(argc, argv);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    lseek(fd, 0, SEEK_SET);
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    buf[n > 0 ? n : 0] = 0;
+    close(fd);
+    unlink(path);
+    fputs(buf, stderr);
+    if (err) strcpy(err, buf);
+    return rc;
+}
+
+static void *read_all(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = malloc(*n + 1);
+    assert_int_equal(fread(p, 1, *n, f), *n);
+    fclose(f);
+    return p;
+}
+
+/* The tensor, checked for dtype and shape, copied out (the caller frees). */
+static void *get(const StFile *f, const char *name, DType dt, int ndim, const int64_t *shape) {
+    const StTensor *t = st_find(f, name);
+    if (!t) fail_msg("%s: missing", name);
+    if (t->dtype != dt || t->ndim != ndim) fail_msg("%s: %s with %d dims, expected %s with %d", name, dtype_name(t->dtype), t->ndim, dtype_name(dt), ndim);
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i]) fail_msg("%s: dim %d is %lld, expected %lld", name, i, (long long)t->shape[i], (long long)shape[i]);
+    void *p = malloc(t->nbytes + 1);
+    memcpy(p, t->data, t->nbytes);
+    return p;
+}
+#define GET(f, name, dt, ...) get(f, name, dt, sizeof((int64_t[]){__VA_ARGS__}) / 8, (int64_t[]){__VA_ARGS__})
+
+static void same_bytes(const char *what, const void *got, const void *want, size_t n) {
+    int same = !memcmp(got, want, n);
+    printf("%s %s: %s\n", same ? "OK    " : "NOT OK", what, same ? "bit-identical" : "differs");
+    assert_true(same);
+}
+
+/* The file every test below reads: v3_yarn (d 64, 4 heads, d_c 32, d_R 8, 8 experts top 2, 3 layers),
+ * B = 2, T = 3, L = 7, fp8 K = 320 (three blocks, the last partial). */
+#define ARGS "--config " YARN " --seed 7 --tokens 3 --shape batch=2 --shape cache=7 --shape gemm_k=320"
+
+static void test_deterministic(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], a[512], b[512];
+    snprintf(a, sizeof a, "%s/a.safetensors", dir);
+    snprintf(b, sizeof b, "%s/b.safetensors", dir);
+    snprintf(cmd, sizeof cmd, ARGS " --out %s", a);
+    assert_int_equal(golden(cmd, NULL), 0);
+    snprintf(cmd, sizeof cmd, ARGS " --out %s", b);
+    assert_int_equal(golden(cmd, NULL), 0);
+    size_t na, nb;
+    char *fa = read_all(a, &na), *fb = read_all(b, &nb);
+    assert_int_equal(na, nb);
+    same_bytes("two runs, whole file", fa, fb, na);
+    free(fb);
+    /* another seed: other bytes; a subset of functions: the same inputs for those (one stream per tensor) */
+    snprintf(cmd, sizeof cmd, ARGS " --seed 8 --out %s", b);
+    assert_int_equal(golden(cmd, NULL), 0);
+    fb = read_all(b, &nb);
+    assert_true(na != nb || memcmp(fa, fb, na));
+    free(fb);
+    snprintf(cmd, sizeof cmd, ARGS " --functions moe_gate,rmsnorm --out %s", b);
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f1, f2;
+    Error e;
+    assert_int_equal(st_open(&f1, a, &e), 0);
+    assert_int_equal(st_open(&f2, b, &e), 0);
+    assert_int_equal(f2.n_tensors, 4 + 5);
+    for (int i = 0; i < f2.n_tensors; i++) {
+        const StTensor *x = &f2.tensors[i], *y = st_find(&f1, x->name);
+        assert_non_null(y);
+        assert_int_equal(x->nbytes, y->nbytes);
+        same_bytes(x->name, x->data, y->data, x->nbytes);
+    }
+    st_close(&f1);
+    st_close(&f2);
+    free(fa);
+    rm_rf(dir);
+    free(dir);
+}
+
+typedef struct {
+    const char *name;
+    DType dt;
+    int ndim;
+    int64_t shape[4];
+} Want;
+
+static void test_complete(void **st) {
+    (void)st;
+    /* B 2, T 3, L 7, d 64, heads 4, q_lora 48, d_c 32, d_R 8, nope 16, v 16, E 8, k 2, moe_inter 32,
+     * inter 96, vocab 256; fp8 M = B*T = 6, N = 96, K = 320 */
+    static const Want W[] = {
+        {"rmsnorm.x", DT_F32, 3, {2, 3, 64}}, {"rmsnorm.w", DT_F32, 1, {64}}, {"rmsnorm.eps", DT_F32, 1, {1}},
+        {"rmsnorm.out", DT_F32, 3, {2, 3, 64}},
+        {"rope_table.inv_freq", DT_F32, 1, {4}}, {"rope_table.attn_factor", DT_F32, 1, {1}},
+        {"rope_table.softmax_mscale", DT_F32, 1, {1}}, {"rope_table.cos", DT_F32, 2, {7, 4}}, {"rope_table.sin", DT_F32, 2, {7, 4}},
+        {"rope.x", DT_F32, 4, {2, 3, 4, 8}}, {"rope.positions", DT_I32, 1, {3}}, {"rope.inv_freq", DT_F32, 1, {4}},
+        {"rope.attn_factor", DT_F32, 1, {1}}, {"rope.interleaved", DT_I32, 1, {1}}, {"rope.out", DT_F32, 4, {2, 3, 4, 8}},
+        {"mla_query.x", DT_F32, 3, {2, 3, 64}}, {"mla_query.q_a_proj", DT_F32, 2, {48, 64}},
+        {"mla_query.q_a_layernorm", DT_F32, 1, {48}}, {"mla_query.q_b_proj", DT_F32, 2, {96, 48}},
+        {"mla_query.q", DT_F32, 4, {2, 3, 4, 24}}, {"mla_query.c_q", DT_F32, 3, {2, 3, 48}},
+        {"mla_latent.x", DT_F32, 3, {2, 3, 64}}, {"mla_latent.kv_a_proj_with_mqa", DT_F32, 2, {40, 64}},
+        {"mla_latent.kv_a_layernorm", DT_F32, 1, {32}}, {"mla_latent.latent", DT_F32, 3, {2, 3, 40}},
+        {"mla_naive.out", DT_F32, 4, {2, 3, 4, 16}},
+        {"mla_absorbed.q_nope", DT_F32, 4, {2, 3, 4, 16}}, {"mla_absorbed.q_pe", DT_F32, 4, {2, 3, 4, 8}},
+        {"mla_absorbed.kv_cache", DT_F32, 3, {2, 7, 40}}, {"mla_absorbed.kv_b_proj", DT_F32, 2, {128, 32}},
+        {"mla_absorbed.softmax_scale", DT_F32, 1, {1}}, {"mla_absorbed.pos0", DT_I32, 1, {1}},
+        {"mla_absorbed.out", DT_F32, 4, {2, 3, 4, 16}},
+        {"mla_decode.q_nope", DT_F32, 4, {2, 1, 4, 16}}, {"mla_decode.kv_cache", DT_F32, 3, {2, 7, 40}},
+        {"mla_decode.out", DT_F32, 4, {2, 1, 4, 16}},
+        {"moe_gate.logits", DT_F32, 3, {2, 3, 8}}, {"moe_gate.bias", DT_F32, 1, {8}}, {"moe_gate.scores", DT_F32, 3, {2, 3, 8}},
+        {"moe_gate.topk_idx", DT_I32, 3, {2, 3, 2}}, {"moe_gate.topk_weight", DT_F32, 3, {2, 3, 2}},
+        {"ffn_swiglu.gate_proj", DT_F32, 2, {32, 64}}, {"ffn_swiglu.down_proj", DT_F32, 2, {64, 32}},
+        {"ffn_swiglu.out", DT_F32, 3, {2, 3, 64}},
+        {"moe.router", DT_F32, 2, {8, 64}}, {"moe.gate_proj", DT_F32, 3, {8, 32, 64}}, {"moe.down_proj", DT_F32, 3, {8, 64, 32}},
+        {"moe.shared_up_proj", DT_F32, 2, {32, 64}}, {"moe.out", DT_F32, 3, {2, 3, 64}},
+        {"moe.topk_idx", DT_I32, 3, {2, 3, 2}},
+        {"fp8_quant_block.w", DT_F32, 2, {96, 320}}, {"fp8_quant_block.q", DT_F8_E4M3, 2, {96, 320}},
+        {"fp8_quant_block.scale_inv", DT_F32, 2, {1, 3}},
+        {"fp8_dequant_block.q", DT_F8_E4M3, 2, {96, 320}}, {"fp8_dequant_block.w", DT_F32, 2, {96, 320}},
+        {"fp8_quant_act.q", DT_F8_E4M3, 2, {6, 320}}, {"fp8_quant_act.scale", DT_F32, 2, {6, 3}},
+        {"fp8_dequant_act.x", DT_F32, 2, {6, 320}},
+        {"fp8_gemm.x", DT_F32, 2, {6, 320}}, {"fp8_gemm.w", DT_F32, 2, {96, 320}}, {"fp8_gemm.x_q", DT_F8_E4M3, 2, {6, 320}},
+        {"fp8_gemm.x_scale", DT_F32, 2, {6, 3}}, {"fp8_gemm.w_q", DT_F8_E4M3, 2, {96, 320}},
+        {"fp8_gemm.w_scale_inv", DT_F32, 2, {1, 3}}, {"fp8_gemm.y_fp32", DT_F32, 2, {6, 96}},
+        {"fp8_gemm.y_acc14_trunc", DT_F32, 2, {6, 96}}, {"fp8_gemm.y_acc14_nearest", DT_F32, 2, {6, 96}},
+        {"fp8_gemm.y_unquantized", DT_F32, 2, {6, 96}},
+        {"decoder_layer.x", DT_F32, 3, {2, 3, 64}}, {"decoder_layer.kv_cache", DT_F32, 3, {2, 7, 40}},
+        {"decoder_layer.self_attn.kv_b_proj.weight", DT_F32, 2, {128, 32}},
+        {"decoder_layer.mlp.experts.7.down_proj.weight", DT_F32, 2, {64, 32}},
+        {"decoder_layer.mlp.gate.e_score_correction_bias", DT_F32, 1, {8}},
+        {"decoder_layer.after_attn", DT_F32, 3, {2, 3, 64}}, {"decoder_layer.out", DT_F32, 3, {2, 3, 64}},
+        {"decoder_layer.kv_cache_out", DT_F32, 3, {2, 7, 40}},
+        {"model.tokens", DT_I32, 2, {2, 3}}, {"model.model.embed_tokens.weight", DT_F32, 2, {256, 64}},
+        {"model.model.layers.0.mlp.up_proj.weight", DT_F32, 2, {96, 64}},           /* layer 0 is dense */
+        {"model.model.layers.2.mlp.experts.3.gate_proj.weight", DT_F32, 2, {32, 64}},
+        {"model.lm_head.weight", DT_F32, 2, {256, 64}}, {"model.hidden.embed", DT_F32, 3, {2, 3, 64}},
+        {"model.hidden.0.after_attn", DT_F32, 3, {2, 3, 64}}, {"model.hidden.2.after_ffn", DT_F32, 3, {2, 3, 64}},
+        {"model.hidden.final_norm", DT_F32, 3, {2, 3, 64}}, {"model.logits", DT_F32, 3, {2, 3, 256}},
+    };
+    char *dir = make_tmpdir(), cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, ARGS " --out %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    for (size_t i = 0; i < sizeof W / sizeof W[0]; i++) free(get(&f, W[i].name, W[i].dt, W[i].ndim, W[i].shape));
+    printf("OK     %zu documented tensors present with their dtypes and shapes\n", sizeof W / sizeof W[0]);
+
+    /* metadata: every function with its tolerance, calls, inputs and outputs; each tensor listed once */
+    cJSON *m = cJSON_Parse(f.metadata_json);
+    assert_non_null(m);
+    const char *keys[] = {"format", "version", "seed", "source", "config", "shapes", "functions", "fp8_block",
+                          "tolerance_metric", "generator"};
+    for (int i = 0; i < 10; i++) assert_true(cJSON_IsString(cJSON_GetObjectItem(m, keys[i])));
+    assert_string_equal(cJSON_GetObjectItem(m, "version")->valuestring, GOLDEN_VERSION);
+    assert_string_equal(cJSON_GetObjectItem(m, "seed")->valuestring, "7");
+    int listed = 0;
+    for (int i = 0; i < GOLDEN_N_FNS; i++) {
+        char k[64];
+        const char *kinds[] = {"tolerance", "calls", "inputs", "outputs"};
+        for (int j = 0; j < 4; j++) {
+            snprintf(k, sizeof k, "%s.%s", kinds[j], GOLDEN_FNS[i].name);
+            const cJSON *v = cJSON_GetObjectItem(m, k);
+            if (!cJSON_IsString(v)) fail_msg("metadata %s missing", k);
+            for (const char *p = v->valuestring; j >= 2 && *p;) {
+                size_t n = strcspn(p, ",");
+                char name[256];
+                snprintf(name, sizeof name, "%s.%.*s", GOLDEN_FNS[i].name, (int)n, p);
+                if (!st_find(&f, name)) fail_msg("%s is listed in %s but not in the file", name, k);
+                listed++;
+                p += n + (p[n] == ',');
+            }
+        }
+        assert_non_null(strstr(cJSON_GetObjectItem(m, "functions")->valuestring, GOLDEN_FNS[i].name));
+    }
+    assert_int_equal(listed, f.n_tensors);
+    printf("OK     metadata lists all %d tensors of %d functions as inputs or outputs\n", listed, GOLDEN_N_FNS);
+
+    /* the config in the metadata reads back (config_parse) to the file's config */
+    Config want, got;
+    assert_int_equal(config_load(&want, YARN, &e), 0);
+    assert_int_equal(config_parse(&got, cJSON_GetObjectItem(m, "config")->valuestring, "meta", &e), 0);
+    assert_memory_equal(&got, &want, sizeof got);
+    cJSON_Delete(m);
+    st_close(&f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* The stored inputs through the C functions, called here by hand, give the stored outputs. */
+static void test_replay(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, ARGS " --out %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f;
+    Error e;
+    Config c;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    assert_int_equal(config_load(&c, YARN, &e), 0);
+
+    float *x = GET(&f, "rmsnorm.x", DT_F32, 2, 3, 64), *w = GET(&f, "rmsnorm.w", DT_F32, 64);
+    float *want = GET(&f, "rmsnorm.out", DT_F32, 2, 3, 64), got[384];
+    rmsnorm(got, x, w, 6, 64, c.rms_norm_eps);
+    same_bytes("rmsnorm.out", got, want, sizeof got);
+    free(x); free(w); free(want);
+
+    x = GET(&f, "rope.x", DT_F32, 2, 3, 4, 8);
+    want = GET(&f, "rope.out", DT_F32, 2, 3, 4, 8);
+    int *pos = GET(&f, "rope.positions", DT_I32, 3);
+    float inv[4], af = rope_inv_freq(inv, &c.rope, 8);
+    assert_int_equal(pos[0], 4); /* pos0 = L - T */
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < 3; t++) rope_rotate(x + (b * 3 + t) * 32, 4, 8, 8, pos[t], inv, af, c.rope.interleaved);
+    same_bytes("rope.out", x, want, 2 * 3 * 32 * 4);
+    free(x); free(want); free(pos);
+
+    /* absorbed (prefill and decode) and naive attention; the two forms agree to rounding */
+    MlaDims md = {.d = 64, .n_heads = 4, .q_lora_rank = 48, .kv_lora_rank = 32, .nope = 16, .rope = 8, .v = 16};
+    const char *fns[] = {"mla_absorbed", "mla_decode", "mla_naive"};
+    float *outs[3];
+    for (int i = 0; i < 3; i++) {
+        int T = i == 1 ? 1 : 3;
+        char n[64];
+        snprintf(n, sizeof n, "%s.q_nope", fns[i]);
+        float *qn = GET(&f, n, DT_F32, 2, T, 4, 16);
+        snprintf(n, sizeof n, "%s.q_pe", fns[i]);
+        float *qp = GET(&f, n, DT_F32, 2, T, 4, 8);
+        snprintf(n, sizeof n, "%s.kv_cache", fns[i]);
+        float *cache = GET(&f, n, DT_F32, 2, 7, 40);
+        snprintf(n, sizeof n, "%s.kv_b_proj", fns[i]);
+        float *kvb = GET(&f, n, DT_F32, 128, 32);
+        snprintf(n, sizeof n, "%s.softmax_scale", fns[i]);
+        float *scale = GET(&f, n, DT_F32, 1);
+        snprintf(n, sizeof n, "%s.pos0", fns[i]);
+        int *p0 = GET(&f, n, DT_I32, 1);
+        snprintf(n, sizeof n, "%s.out", fns[i]);
+        outs[i] = GET(&f, n, DT_F32, 2, T, 4, 16);
+        assert_int_equal(p0[0], 7 - T);
+        md.softmax_scale = scale[0];
+        MlaWeights mw = {.kv_b = {.data = kvb, .dtype = DT_F32, .rows = 128, .cols = 32}};
+        float q[3 * 4 * 24], o[2 * 3 * 64];
+        for (int b = 0; b < 2; b++) {
+            for (int th = 0; th < T * 4; th++) {
+                memcpy(q + th * 24, qn + (b * T * 4 + th) * 16, 16 * 4);
+                memcpy(q + th * 24 + 16, qp + (b * T * 4 + th) * 8, 8 * 4);
+            }
+            (i == 2 ? mla_attend_naive : mla_attend_absorbed)(o + b * T * 64, q, cache + b * 7 * 40, T, p0[0], &mw, &md);
+        }
+        snprintf(n, sizeof n, "%s.out", fns[i]);
+        same_bytes(n, o, outs[i], (size_t)2 * T * 64 * 4);
+        free(qn); free(qp); free(cache); free(kvb); free(scale); free(p0);
+    }
+    for (int i = 0; i < 3; i++) free(outs[i]);
+
+    float *logits = GET(&f, "moe_gate.logits", DT_F32, 2, 3, 8), *bias = GET(&f, "moe_gate.bias", DT_F32, 8);
+    int *idx = GET(&f, "moe_gate.topk_idx", DT_I32, 2, 3, 2);
+    float *wts = GET(&f, "moe_gate.topk_weight", DT_F32, 2, 3, 2);
+    MoeGate gate = {.n_experts = 8, .top_k = 2, .n_group = 4, .topk_group = 2, .scoring = SCORE_SIGMOID,
+                    .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = 2.5f};
+    int gi[12];
+    float gw[12];
+    for (int r = 0; r < 6; r++) moe_gate(gi + 2 * r, gw + 2 * r, logits + 8 * r, bias, &gate);
+    same_bytes("moe_gate.topk_idx", gi, idx, sizeof gi);
+    same_bytes("moe_gate.topk_weight", gw, wts, sizeof gw);
+    free(logits); free(bias); free(idx); free(wts);
+
+    uint8_t *q = GET(&f, "fp8_dequant_block.q", DT_F8_E4M3, 96, 320);
+    float *s = GET(&f, "fp8_dequant_block.scale_inv", DT_F32, 1, 3);
+    want = GET(&f, "fp8_dequant_block.w", DT_F32, 96, 320);
+    float *wd = malloc(sizeof(float) * 96 * 320);
+    fp8_dequant_block(wd, q, s, 96, 320, 128, 128);
+    same_bytes("fp8_dequant_block.w", wd, want, sizeof(float) * 96 * 320);
+    free(q); free(s); free(want); free(wd);
+
+    uint8_t *xq = GET(&f, "fp8_gemm.x_q", DT_F8_E4M3, 6, 320), *wq = GET(&f, "fp8_gemm.w_q", DT_F8_E4M3, 96, 320);
+    float *xs = GET(&f, "fp8_gemm.x_scale", DT_F32, 6, 3), *ws = GET(&f, "fp8_gemm.w_scale_inv", DT_F32, 1, 3);
+    const char *modes[] = {"fp8_gemm.y_fp32", "fp8_gemm.y_acc14_trunc", "fp8_gemm.y_acc14_nearest"};
+    Fp8Accum accs[] = {{0, 0, FP8_ACC_TRUNCATE}, {14, 128, FP8_ACC_TRUNCATE}, {14, 128, FP8_ACC_NEAREST}};
+    for (int i = 0; i < 3; i++) {
+        float y[6 * 96];
+        want = GET(&f, modes[i], DT_F32, 6, 96);
+        fp8_gemm(y, xq, xs, wq, ws, 6, 96, 320, 128, 128, accs[i]);
+        same_bytes(modes[i], y, want, sizeof y);
+        free(want);
+    }
+    /* and the quantized operands are the quantization of the stored FP32 x */
+    float *xf = GET(&f, "fp8_gemm.x", DT_F32, 6, 320), xs2[18];
+    uint8_t xq2[6 * 320];
+    fp8_quant_act(xq2, xs2, xf, 6, 320, 128, FP8_SCALE_F32);
+    same_bytes("fp8_gemm.x_q", xq2, xq, sizeof xq2);
+    same_bytes("fp8_gemm.x_scale", xs2, xs, sizeof xs2);
+    free(xf); free(xq); free(wq); free(xs); free(ws);
+    st_close(&f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* --verify re-runs every function on the file's inputs: identical bits here; a changed output or
+ * parameter is caught. */
+static void test_verify(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], path[512], bad[512], err[4096];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    snprintf(cmd, sizeof cmd, ARGS " --out %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    snprintf(cmd, sizeof cmd, "--verify %s --exact", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    size_t off_out = (const char *)st_find(&f, "mla_absorbed.out")->data - (const char *)f.maps[0];
+    size_t off_eps = (const char *)st_find(&f, "rmsnorm.eps")->data - (const char *)f.maps[0];
+    st_close(&f);
+    size_t n;
+    char *bytes = read_all(path, &n);
+    for (int k = 0; k < 3; k++) {
+        char *copy = malloc(n);
+        memcpy(copy, bytes, n);
+        if (k == 0) copy[off_out + 1] ^= 1;      /* a low mantissa bit: within tolerance, not --exact */
+        else if (k == 1) copy[off_out + 3] ^= 0x40; /* an exponent bit: outside tolerance */
+        else copy[off_eps + 3] ^= 0x01;           /* eps no longer the config's */
+        FILE *o = fopen(bad, "wb");
+        fwrite(copy, 1, n, o);
+        fclose(o);
+        free(copy);
+        snprintf(cmd, sizeof cmd, "--verify %s", bad);
+        assert_int_equal(golden(cmd, err), k == 0 ? 0 : 1);
+        if (k == 1) assert_non_null(strstr(err, "1 of 18 functions outside their tolerance"));
+        if (k == 2) assert_non_null(strstr(err, "rmsnorm.eps: the file's value differs"));
+        snprintf(cmd, sizeof cmd, "--verify %s --exact", bad);
+        assert_int_equal(golden(cmd, NULL), 1);
+    }
+    free(bytes);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* The inputs are the documented generator's, recomputed here independently. */
+static uint64_t sm64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static uint64_t stream(uint64_t seed, const char *name) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+    return seed ^ h;
+}
+
+static void test_generator(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, "--config " YARN " --functions rmsnorm,moe_gate,model --out %s", path); /* seed 0 */
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    float *x = GET(&f, "rmsnorm.x", DT_F32, 1, 4, 64), *w = GET(&f, "rmsnorm.w", DT_F32, 64);
+    float *l = GET(&f, "moe_gate.logits", DT_F32, 1, 4, 8);
+    int *tok = GET(&f, "model.tokens", DT_I32, 1, 4);
+    /* pinned: the first three values of seed 0's "rmsnorm.x" (offset 0, scale 1: u itself) */
+    assert_true(x[0] == -3343999 * 0x1p-23f && x[1] == -6146408 * 0x1p-23f && x[2] == 6792021 * 0x1p-23f);
+    uint64_t s1 = stream(0, "rmsnorm.x"), s2 = stream(0, "rmsnorm.w"), s3 = stream(0, "moe_gate.logits");
+    uint64_t s4 = stream(0, "model.tokens");
+    for (int i = 0; i < 256; i++) {
+        float u1 = (float)((int64_t)(sm64(&s1) >> 40) - 8388608) / 8388608.0f;
+        float u2 = (float)((int64_t)(sm64(&s2) >> 40) - 8388608) / 8388608.0f;
+        assert_true(x[i] == u1);
+        if (i < 64) assert_true(w[i] == fmaf(0.25f, u2, 1.0f));
+        if (i < 32) assert_true(l[i] == fmaf(2.0f, (float)((int64_t)(sm64(&s3) >> 40) - 8388608) / 8388608.0f, 0.0f));
+        if (i < 4) assert_int_equal(tok[i], (int)(((sm64(&s4) >> 32) * 256) >> 32));
+    }
+    printf("OK     inputs follow the documented generator (splitmix64 per tensor name, fmaf)\n");
+    free(x); free(w); free(l); free(tok);
+    st_close(&f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* --model: a real checkpoint's per-layer hidden states; its logits are model_forward's bit for bit
+ * (and HF's within 1e-4); --verify re-runs it with --model and skips it without. */
+static void check_checkpoint(const char *fx) {
+    char *dir = make_tmpdir(), cmd[8192], path[512], ids[4096] = "", mdir[256];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(mdir, sizeof mdir, FIXTURES "/%s", fx);
+    StFile x;
+    Error e;
+    snprintf(cmd, sizeof cmd, "%s/expected.safetensors", mdir);
+    assert_int_equal(st_open(&x, cmd, &e), 0);
+    const StTensor *p = st_find(&x, "prompt");
+    int T = (int)p->numel, *prompt = malloc(sizeof(int) * T);
+    for (int i = 0; i < T; i++) {
+        prompt[i] = (int)dtype_load_f32(p->dtype, p->data, i);
+        sprintf(ids + strlen(ids), "%s%d", i ? "," : "", prompt[i]);
+    }
+    float *hf = st_to_f32(st_find(&x, "logits"));
+    st_close(&x);
+    snprintf(cmd, sizeof cmd, "--model %s --tokens %s --out %s", mdir, ids, path);
+    assert_int_equal(golden(cmd, NULL), 0);
+
+    Model m;
+    State s;
+    assert_int_equal(model_load(&m, mdir, &e), 0);
+    int V = m.cfg.vocab_size, d = m.cfg.hidden_size;
+    float *logits = malloc(sizeof(float) * T * V);
+    assert_int_equal(state_init(&s, &m, T, T, &e), 0); /* one chunk, as golden runs it */
+    assert_int_equal(model_forward(&m, &s, prompt, T, 0, logits, 0, ATTN_ABSORBED, &e), 0);
+    StFile f;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    assert_int_equal(f.n_tensors, 1 + 1 + 2 * m.cfg.n_layers + 1 + 1); /* tokens, embed, layers, norm, logits */
+    float *got = GET(&f, "model.logits", DT_F32, 1, T, V);
+    char what[128];
+    snprintf(what, sizeof what, "%s: golden model.logits vs model_forward", fx);
+    same_bytes(what, got, logits, sizeof(float) * T * V);
+    snprintf(what, sizeof what, "%s: golden model.logits vs HF transformers", fx);
+    check_close(what, got, hf, (size_t)T * V, 1e-4);
+    char n[64];
+    snprintf(n, sizeof n, "model.hidden.%d.after_ffn", m.cfg.n_layers - 1);
+    free(GET(&f, n, DT_F32, 1, T, d));
+    free(got);
+    st_close(&f);
+    snprintf(cmd, sizeof cmd, "--verify %s --model %s --exact", path, mdir);
+    assert_int_equal(golden(cmd, NULL), 0);
+    snprintf(cmd, sizeof cmd, "--verify %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    free(logits); free(hf); free(prompt);
+    state_free(&s);
+    model_free(&m);
+    rm_rf(dir);
+    free(dir);
+}
+static void test_checkpoint(void **st) {
+    (void)st;
+    check_checkpoint("v3_yarn");
+    check_checkpoint("v3_fp8");  /* FP8 weights with block scales */
+    check_checkpoint("v2_lite"); /* no query compression, softmax gate */
+}
+
+/* A FlashMLA-like decode from V3's config without building the model: 128 heads, d_c 512 + d_R 64. */
+static void test_flashmla_shape(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, "--config " V3 " --functions mla_decode --shape batch=2 --shape cache=1024 --out %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    free(GET(&f, "mla_decode.q_nope", DT_F32, 2, 1, 128, 128));
+    free(GET(&f, "mla_decode.q_pe", DT_F32, 2, 1, 128, 64));
+    free(GET(&f, "mla_decode.kv_cache", DT_F32, 2, 1024, 576));
+    free(GET(&f, "mla_decode.kv_b_proj", DT_F32, 128 * 256, 512));
+    free(GET(&f, "mla_decode.out", DT_F32, 2, 1, 128, 128));
+    int *p0 = GET(&f, "mla_decode.pos0", DT_I32, 1);
+    float *scale = GET(&f, "mla_decode.softmax_scale", DT_F32, 1);
+    double m = 0.1 * log(40.0) + 1; /* YaRN mscale, V3: factor 40, mscale_all_dim 1 */
+    printf("softmax_scale %.7f, expected 192^-0.5 * %.4f^2 = %.7f\n", scale[0], m, m * m / sqrt(192.0));
+    assert_int_equal(p0[0], 1023);
+    assert_true(fabs(scale[0] - m * m / sqrt(192.0)) < 1e-6);
+    free(p0); free(scale);
+    st_close(&f);
+    snprintf(cmd, sizeof cmd, "--verify %s --exact", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Default function lists: all but the MoE ones for a dense config; only `model` with --model. */
+static void test_defaults(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], path[512];
+    snprintf(path, sizeof path, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, "--config " YARN " --shape experts=0 --out %s", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    assert_null(st_find(&f, "moe_gate.logits"));
+    assert_null(st_find(&f, "moe.out"));
+    assert_non_null(st_find(&f, "decoder_layer.mlp.down_proj.weight")); /* a dense layer */
+    assert_non_null(st_find(&f, "model.logits"));
+    st_close(&f);
+    snprintf(cmd, sizeof cmd, "--verify %s --exact", path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void expect(const char *args, int status, const char *needle) {
+    char err[4096];
+    printf("$ run golden %s\n", args);
+    int rc = golden(args, err);
+    assert_int_equal(rc, status);
+    if (!strstr(err, needle)) fail_msg("expected \"%s\" in: %s", needle, err);
+    assert_int_equal(strncmp(err, "run golden: ", 12), 0);
+    if (status == 1) assert_int_equal(strchr(err, '\n') - err, (long)strlen(err) - 1); /* one line */
+}
+
+static void test_errors(void **st) {
+    (void)st;
+    expect("", 2, "give one of --config");
+    expect("--config " YARN " --model " FIXTURES "/v3_yarn --out /tmp/x", 2, "give one of");
+    expect("--config " YARN, 2, "--out G.safetensors is required");
+    expect("--config " YARN " --out", 2, "--out needs a value");
+    expect("--config " YARN " --bogus --out /tmp/x", 2, "unknown option \"--bogus\"");
+    expect("--config " YARN " --seed -1 --out /tmp/x", 2, "--seed: expected a non-negative integer");
+    expect("--config " YARN " --tokens 0 --out /tmp/x", 2, "--tokens: expected a count");
+    expect("--config /nonexistent.json --out /tmp/x", 1, "/nonexistent.json: cannot open");
+    expect("--config " YARN " --functions rmsnorm,nope --out /tmp/x", 1, "unknown function \"nope\"");
+    expect("--config " YARN " --shape foo=3 --out /tmp/x", 1, "name one of: batch tokens cache");
+    expect("--config " YARN " --shape rope=7 --out /tmp/x", 1, "rope must be even");
+    expect("--config " YARN " --shape cache=2 --out /tmp/x", 1, "cache >= tokens");
+    expect("--config " YARN " --shape heads=x --out /tmp/x", 1, "expected a non-negative integer");
+    expect("--config " YARN " --shape experts=0 --functions moe --out /tmp/x", 1, "moe needs routed experts");
+    expect("--model " FIXTURES "/v3_yarn --tokens 5,x --out /tmp/x", 2, "comma-separated ids");
+    expect("--model " FIXTURES "/v3_yarn --tokens 5,999 --out /tmp/x", 1, "id 999 is outside the vocabulary [0, 256)");
+    expect("--model /nonexistent --tokens 5 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
+    expect("--verify " FIXTURES "/v3_yarn/expected.safetensors", 1, "not a golden file");
+    expect("--verify /tmp/x --out /tmp/y", 2, "--verify takes only");
+    /* V3's whole MoE layer is 45 GB of FP32 weights: refused before any memory is touched, no file */
+    char *dir = make_tmpdir(), args[1024], path[512];
+    snprintf(path, sizeof path, "%s/big.safetensors", dir);
+    snprintf(args, sizeof args, "--config " V3 " --functions moe --out %s", path);
+    expect(args, 1, "moe.gate_proj: the golden file would pass 8 GiB");
+    assert_int_not_equal(access(path, F_OK), 0);
+    rm_rf(dir);
+    free(dir);
+    assert_int_equal(golden_main(1, (char *[]){"--help", NULL}), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deterministic), cmocka_unit_test(test_complete),   cmocka_unit_test(test_replay),
+        cmocka_unit_test(test_verify),        cmocka_unit_test(test_generator),  cmocka_unit_test(test_checkpoint),
+        cmocka_unit_test(test_flashmla_shape), cmocka_unit_test(test_defaults),  cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
