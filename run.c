@@ -11,12 +11,14 @@
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
+ *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "fp8.h"
 #include "golden.h"
 #include "kv.h"
 #include "mla.h"
 #include "model.h"
+#include "quantize.h"
 #include "tokenizer.h"
 
 #include <math.h>
@@ -38,7 +40,9 @@ static const char *USAGE =
     "                       comma-separated token ids. Default: one prefill over all T tokens.\n"
     "                       --decode feeds them one at a time through the latent cache; --naive uses\n"
     "                       the naive attention form (K and V expanded from the latent) instead of the\n"
-    "                       absorbed one\n"
+    "                       absorbed one. --fp8-gemm (also for generate): FP8 weights multiply as\n"
+    "                       DeepSeek's kernels do, activations quantized to E4M3 in 1x128 tiles\n"
+    "                       (default: dequantize the weights, FP32 GEMM)\n"
     "  generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
     "                       continue TEXT, streaming the decoded text to stdout as it is produced;\n"
     "                       prompt and generation speed (tok/s) go to stderr. --chat wraps TEXT in\n"
@@ -69,6 +73,9 @@ static const char *USAGE =
     "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
     "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
+    "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0]\n"
+    "                       convert a checkpoint to DeepSeek's FP8 layout (E4M3, B x B block scales)\n"
+    "                       or back to BF16 / F32 (run quantize --help)\n"
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
@@ -115,7 +122,7 @@ static int *parse_ids(const char *s, int *n) {
 
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp;
+    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp, fp8_gemm;
     const char *config;
     float temp, top_p;
     unsigned long long seed;
@@ -164,6 +171,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--system")) { if (!v) die_usage("--system needs the system prompt"); a.system = v; i++; }
         else if (!strcmp(s, "--chat")) a.chat = 1;
         else if (!strcmp(s, "--mtp")) a.mtp = 1;
+        else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
@@ -298,6 +306,7 @@ static int cmd_logits(int argc, char **argv) {
     State s;
     Error e;
     load_or_die(&m, a.dir);
+    if (a.fp8_gemm && !quant_use_fp8_gemm(&m, 1)) fprintf(stderr, "run: note: %s has no FP8 E4M3 weights; --fp8-gemm changes nothing\n", a.dir);
     state_or_die(&s, &m, a.ctx, T);
     int V = m.cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)T * V);
@@ -502,6 +511,7 @@ static int cmd_generate(int argc, char **argv) {
     State s;
     Error e;
     load_or_die(&m, a.dir);
+    if (a.fp8_gemm && !quant_use_fp8_gemm(&m, 1)) fprintf(stderr, "run: note: %s has no FP8 E4M3 weights; --fp8-gemm changes nothing\n", a.dir);
     if (a.mtp && !m.has_mtp) {
         fprintf(stderr, "run: note: %s has no MTP module (no tensors at layer index %d); --mtp is off\n", a.dir, m.cfg.n_layers);
         a.mtp = 0;
@@ -737,6 +747,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "golden")) return golden_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "fp8-error")) return cmd_fp8_error(argc - 2, argv + 2);
+    if (!strcmp(cmd, "quantize")) return quantize_main(argc - 2, argv + 2);
     fprintf(stderr, "run: unknown command \"%s\"\n(see run --help)\n", cmd);
     return 2;
 }
