@@ -1,6 +1,7 @@
 # dsv3.c - DeepSeek-V3 in plain C.
 #   make            build ./run (release, -O2)
 #   make run        install missing Debian packages (root or sudo), build, run the bundled model
+#                   (RUN_ARGS="..." runs another command, e.g. RUN_ARGS="inspect models/kjv-v3")
 #   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (about a minute)
@@ -45,7 +46,7 @@ TESTS    := $(sort $(wildcard tests/test_*.c))
 .DEFAULT_GOAL := all
 all: run
 BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run run.c $(LIB_SRC) $(PKG_LIBS)
-RUN_ARGS ?= inspect tests/fixtures/v3_yarn
+RUN_ARGS ?= generate models/kjv-v3 -p "And God said" -n 96 --seed 42
 ifeq ($(filter run,$(MAKECMDGOALS)),run)
 .PHONY: run
 run: $(DEPS_STAMP)
@@ -77,7 +78,7 @@ test: $(TEST_BINS) $(ASAN_BINS) run
 	@$(MAKE) --no-print-directory test-asan
 
 test-asan: $(ASAN_BINS) run
-	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 \
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 DSV3_QUICK=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
 # Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.

@@ -97,6 +97,23 @@ void dtype_to_f32(float *out, DType t, const void *src, size_t i0, size_t n) {
         memcpy(out, (const char *)src + 4 * i0, 4 * n);
         return;
     }
+    if ((t == DT_F8_E4M3 || t == DT_F8_E5M2) && n >= 1024) {
+        /* a row of FP8 weights: decode each of the 256 codes once, then look up */
+        float table[256];
+        for (int c = 0; c < 256; c++) table[c] = t == DT_F8_E4M3 ? fp8_e4m3_decode((uint8_t)c) : fp8_e5m2_decode((uint8_t)c);
+        const uint8_t *b = (const uint8_t *)src + i0;
+        for (size_t i = 0; i < n; i++) out[i] = table[b[i]];
+        return;
+    }
+    if (t == DT_BF16) {
+        const unsigned char *b = (const unsigned char *)src + 2 * i0;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, b + 2 * i, 2);
+            out[i] = bf16_to_f32(h);
+        }
+        return;
+    }
     for (size_t i = 0; i < n; i++) out[i] = dtype_load_f32(t, src, i0 + i);
 }
 

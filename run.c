@@ -69,6 +69,9 @@ static const char *USAGE =
     "         [--functions LIST] [--shape k=v ...] | --verify G\n"
     "                       every function's inputs and outputs for GPU kernel tests, bit for bit\n"
     "                       reproducible (run golden --help, notes/golden.md)\n"
+    "  ppl DIR (--ids-file IDS.safetensors | -f TEXT) [--window 512] [--windows N]\n"
+    "                       perplexity over non-overlapping windows [BOS] + 511 tokens, as\n"
+    "                       train/train.py computes it with HF (tensor heldout_ids, or a text file)\n"
     "  bench [DIR]          speed figures: MLA decode step absorbed vs naive as context grows; with\n"
     "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
@@ -122,8 +125,8 @@ static int *parse_ids(const char *s, int *n) {
 
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp, fp8_gemm;
-    const char *config;
+    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
+    const char *config, *ids_file;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -147,7 +150,9 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--tokens")) { if (!v) die_usage("--tokens needs a value"); a.tokens = v; i++; }
         else if (!strcmp(s, "--out")) { if (!v) die_usage("--out needs a file name"); a.out = v; i++; }
         else if (!strcmp(s, "-n")) { a.n_new = parse_int(s, v); i++; }
-        else if (!strcmp(s, "--ctx")) { a.ctx = parse_int(s, v); i++; }
+        else if (!strcmp(s, "--ctx") || !strcmp(s, "--window")) { a.ctx = parse_int(s, v); i++; }
+        else if (!strcmp(s, "--windows")) { a.n_windows = parse_int(s, v); i++; }
+        else if (!strcmp(s, "--ids-file")) { if (!v) die_usage("--ids-file needs a file"); a.ids_file = v; i++; }
         else if (!strcmp(s, "--temp")) {
             char *end;
             if (!v || (a.temp = strtof(v, &end), *end) || !(a.temp >= 0)) die_usage("--temp: expected a number >= 0");
@@ -639,6 +644,66 @@ static int cmd_tokenize(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * run ppl: perplexity over non-overlapping windows, as train/train.py defines it for HF
+ */
+static int cmd_ppl(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (!a.dir) die_usage("ppl: missing the checkpoint directory");
+    if (!a.ids_file == !a.file) die_usage("ppl: give --ids-file F.safetensors (tensor heldout_ids) or -f TEXTFILE");
+    Model m;
+    Error e;
+    load_or_die(&m, a.dir);
+    int n, *ids;
+    if (a.file) {
+        Tokenizer *tok = tokenizer_or_die(a.dir);
+        size_t nb;
+        char *text = read_file(a.file, &nb);
+        if (tokenizer_encode(tok, text, nb, &ids, &n, &e)) die(e.msg);
+        free(text);
+        tokenizer_free(tok);
+    } else {
+        StFile f;
+        if (st_open(&f, a.ids_file, &e)) die(e.msg);
+        const StTensor *t = st_find(&f, "heldout_ids");
+        if (!t || t->ndim != 1) die("ppl: the file has no 1-D tensor heldout_ids");
+        n = (int)t->numel;
+        ids = malloc(sizeof(int) * (size_t)n);
+        for (int i = 0; i < n; i++) ids[i] = (int)dtype_load_f32(t->dtype, t->data, (size_t)i);
+        st_close(&f);
+    }
+    /* window k = [BOS] + ids[k*(W-1) .. (k+1)*(W-1)), every full window (or the first --windows) */
+    int W = a.ctx ? a.ctx : 512, V = m.cfg.vocab_size, bos = m.cfg.bos_token_id >= 0 ? m.cfg.bos_token_id : 0;
+    int n_win = n / (W - 1);
+    if (a.n_windows > 0 && a.n_windows < n_win) n_win = a.n_windows;
+    if (n_win == 0) die("ppl: fewer tokens than one window");
+    State s;
+    state_or_die(&s, &m, W, W);
+    float *logits = malloc(sizeof(float) * (size_t)W * V);
+    int *win = malloc(sizeof(int) * (size_t)W);
+    double nll = 0, t0 = now_s();
+    for (int k = 0; k < n_win; k++) {
+        win[0] = bos;
+        memcpy(win + 1, ids + (size_t)k * (W - 1), sizeof(int) * (size_t)(W - 1));
+        die_on(model_forward(&m, &s, win, W, 0, logits, 0, ATTN_ABSORBED, &e), &e);
+        for (int t = 0; t < W - 1; t++) { /* -log softmax(logits[t])[win[t+1]], in double */
+            const float *l = logits + (size_t)t * V;
+            double mx = l[argmax(l, V)], z = 0;
+            for (int v = 0; v < V; v++) z += exp((double)l[v] - mx);
+            nll += log(z) + mx - l[win[t + 1]];
+        }
+        if (!a.ids && (k + 1) % 10 == 0) fprintf(stderr, "run: %d / %d windows\r", k + 1, n_win);
+    }
+    double mean = nll / ((double)n_win * (W - 1));
+    printf("%d windows of %d tokens ([BOS] + %d), %d predictions: mean NLL %.6f, perplexity %.4f\n", n_win, W,
+           W - 1, n_win * (W - 1), mean, exp(mean));
+    fprintf(stderr, "run: %.1f s, %.0f tok/s prefill\n", now_s() - t0, n_win * (double)W / (now_s() - t0));
+    free(win); free(logits); free(ids);
+    state_free(&s);
+    model_free(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * run bench: the speed figures (single-threaded unless OPENBLAS_NUM_THREADS says otherwise)
  */
 static float *bench_rand(size_t n, Rng *r) {
@@ -744,6 +809,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "init")) return cmd_init(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "ppl")) return cmd_ppl(argc - 2, argv + 2);
     if (!strcmp(cmd, "golden")) return golden_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "fp8-error")) return cmd_fp8_error(argc - 2, argv + 2);
