@@ -82,12 +82,12 @@ test-asan: $(ASAN_BINS) run
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
 # Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
-BENCH_MODEL ?= $(firstword $(wildcard models/*/config.json))
+BENCH_MODEL ?= models/kjv-v3/config.json
 bench: run
 	OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
-	@if [ -n "$(BENCH_MODEL)" ]; then \
-	  OPENBLAS_NUM_THREADS=1 ./run generate $(dir $(BENCH_MODEL)) -p "And God said" -n 128 --temp 0 --ignore-eos >/dev/null; \
-	  OPENBLAS_NUM_THREADS=1 ./run generate $(dir $(BENCH_MODEL)) -p "And God said" -n 128 --temp 0 --ignore-eos --mtp >/dev/null; fi
+	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do echo "decode, $$m:"; \
+	  OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 128 --temp 0 --ignore-eos >/dev/null; \
+	  OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 128 --temp 0 --ignore-eos --mtp >/dev/null; done
 
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
 # against a slower formulation written in the test (about a minute on 2 cores; .ci/run runs it).

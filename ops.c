@@ -129,7 +129,10 @@ void tensor_rows_f32(float *out, const Tensor *W, int r0, int n) {
     for (int i = 0; i < n; i++) {
         const float *s = W->scale_inv + (size_t)((r0 + i) / W->block_r) * n_cb;
         float *row = out + (size_t)i * cols;
-        for (int c = 0; c < W->cols; c++) row[c] *= s[c / W->block_c];
+        for (int cb = 0; cb < n_cb; cb++) {
+            int c1 = (cb + 1) * W->block_c < W->cols ? (cb + 1) * W->block_c : W->cols;
+            for (int c = cb * W->block_c; c < c1; c++) row[c] *= s[cb];
+        }
     }
 }
 
@@ -158,18 +161,24 @@ float dot_f32(const float *a, const float *b, int n) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
-/* n <= SMALL_BATCH tokens: one fixed-order dot product per output, weights widened row by row. */
+/* n <= SMALL_BATCH tokens: one fixed-order dot product per output. Weights are widened SMALL_ROWS
+ * rows at a time (so FP8 rows share one decode table); the numbers do not depend on that grouping. */
+#define SMALL_ROWS 64
 static void matmul_small(float *out, const float *x, const Tensor *W, int n) {
     int rows = W->rows, cols = W->cols;
     int direct = W->dtype == DT_F32 && ((uintptr_t)W->data % sizeof(float)) == 0;
-    float *row = direct ? NULL : malloc(sizeof(float) * (size_t)cols);
-    for (int r = 0; r < rows; r++) {
-        const float *w = direct ? (const float *)W->data + (size_t)r * cols : row;
-        if (!direct) tensor_rows_f32(row, W, r, 1);
-        for (int t = 0; t < n; t++) out[(size_t)t * rows + r] = dot_f32(x + (size_t)t * cols, w, cols);
+    float *buf = direct ? NULL : malloc(sizeof(float) * (size_t)SMALL_ROWS * cols);
+    for (int r0 = 0; r0 < rows; r0 += SMALL_ROWS) {
+        int nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
+        const float *w = direct ? (const float *)W->data + (size_t)r0 * cols : buf;
+        if (!direct) tensor_rows_f32(buf, W, r0, nr);
+        for (int r = 0; r < nr; r++)
+            for (int t = 0; t < n; t++)
+                out[(size_t)t * rows + r0 + r] = dot_f32(x + (size_t)t * cols, w + (size_t)r * cols, cols);
     }
-    free(row);
+    free(buf);
 }
+
 
 /* The FP8 path (DeepSeek's act_quant + fp8_gemm): x [n, cols] quantized to E4M3 per row in
  * 1 x block_c tiles, multiplied with the stored codes, FP32 accumulation per K-block. */
