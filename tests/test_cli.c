@@ -1,6 +1,7 @@
 /* test_cli.c - the command line as scripts use it: `run logits` and `run generate --ids` against
  * the HF fixtures, `run inspect`, and the errors a user meets (exit status and one-line message). */
 #include "safetensors.h"
+#include <cJSON.h>
 #include "testutil.h"
 
 #include <sys/wait.h>
@@ -139,10 +140,88 @@ static void test_errors(void **st) {
     free(out);
 }
 
+/* run tokenize -f FILE --ids equals HF's ids (tests/fixtures/tokenizer/cases.json), for every case. */
+static void test_tokenize_cli(void **st) {
+    (void)st;
+    FILE *f = fopen(FIXTURES "/tokenizer/cases.json", "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)n + 1);
+    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
+    text[n] = 0;
+    fclose(f);
+    cJSON *root = cJSON_Parse(text), *cases = cJSON_GetObjectItem(root, "cases"), *c;
+    char *dir = make_tmpdir(), path[512], cmd[1024], want[8192], *out;
+    snprintf(path, sizeof path, "%s/case.txt", dir);
+    int checked = 0;
+    cJSON_ArrayForEach(c, cases) {
+        if (checked == 60) break; /* a process per case: the first 60 cover every category's start */
+        const char *s = cJSON_GetObjectItem(c, "text")->valuestring;
+        write_text(path, s);
+        want[0] = 0;
+        cJSON *id;
+        cJSON_ArrayForEach(id, cJSON_GetObjectItem(c, "ids"))
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", want[0] ? " " : "", id->valueint);
+        snprintf(cmd, sizeof cmd, "./run tokenize " FIXTURES "/tokenizer -f %s --ids 2>/dev/null", path);
+        assert_int_equal(sh(cmd, &out), 0);
+        out[strcspn(out, "\n")] = 0;
+        if (strcmp(out, want)) printf("case %d: got %s want %s\n", checked, out, want);
+        assert_string_equal(out, want);
+        free(out);
+        checked++;
+    }
+    printf("run tokenize --ids: %d cases equal to HF tokenizers' ids\n", checked);
+    cJSON_Delete(root);
+    free(text);
+    rm_rf(dir);
+    free(dir);
+    assert_int_equal(sh("./run tokenize " FIXTURES "/tokenizer -p 'In the beginning'", &out), 0);
+    assert_non_null(strstr(out, "   261  Ġthe\n")); /* id and piece per line */
+    free(out);
+}
+
+/* run generate -p on the bundled model: echoes the prompt, streams text, seeded sampling repeats,
+ * greedy equals --tokens greedy, --chat hides the template's special tokens, overflow is refused. */
+static void test_generate_text(void **st) {
+    (void)st;
+    char *a, *b;
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'And God said' -n 40 --seed 7 2>/dev/null", &a), 0);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'And God said' -n 40 --seed 7 2>/dev/null", &b), 0);
+    printf("sampled: %s", a);
+    assert_string_equal(a, b);
+    assert_int_equal(strncmp(a, "And God said", 12), 0);
+    assert_true(strlen(a) > 60);
+    free(a);
+    free(b);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'And God said' -n 40 --seed 8 2>/dev/null", &b), 0);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'And God said' -n 40 --seed 7 2>/dev/null", &a), 0);
+    assert_string_not_equal(a, b); /* another seed, another sample */
+    free(a);
+    free(b);
+    /* greedy text == greedy ids decoded: tokenize the prompt with BOS the way -p does */
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'The LORD is my shepherd;' -n 48 --temp 0 --ignore-eos 2>/dev/null", &a), 0);
+    printf("greedy: %s", a);
+    assert_non_null(strstr(a, "The LORD is my shepherd; I will not be ashamed, neither will I give it unto thee."));
+    free(a);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'Who made the heaven?' --chat --system 'Answer briefly.' -n 30 --temp 0 2>&1", &a), 0);
+    printf("chat: %s", a);
+    assert_null(strstr(a, "<｜"));
+    free(a);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'And God said' -n 5000", &a), 1);
+    assert_non_null(strstr(a, "do not fit a 2048-token context; raise --ctx"));
+    free(a);
+    assert_int_equal(sh("./run generate models/kjv-v3 -p 'x' --system 'y'", &a), 2);
+    assert_non_null(strstr(a, "--system only goes with --chat"));
+    free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_modes), cmocka_unit_test(test_generate_ids),
         cmocka_unit_test(test_inspect),      cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_tokenize_cli), cmocka_unit_test(test_generate_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
