@@ -6,20 +6,11 @@
 #include "model.h"
 #include "testutil.h"
 
-#include <sys/wait.h>
 
 #define BF16_DIR "models/kjv-v3"
 #define FP8_DIR "models/kjv-v3-fp8"
 #define BUNDLED FIXTURES "/bundled"
 
-static int sh(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 /* A number after `key": ` in a small JSON file (the fixtures' own fields). */
 static double json_number(const char *path, const char *key) {
@@ -40,7 +31,7 @@ static double run_ppl(const char *dir, int windows, double *nll) {
     char cmd[512], out[512];
     snprintf(cmd, sizeof cmd, "OPENBLAS_NUM_THREADS=1 ./run ppl %s --ids-file " BUNDLED "/heldout_ids.safetensors %s%.0d 2>/dev/null",
              dir, windows ? "--windows " : "", windows);
-    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
     printf("%s: %s", dir, out);
     const char *at = strstr(out, "mean NLL ");
     assert_non_null(at);
@@ -80,7 +71,7 @@ static void test_fp8_variant(void **st) {
     printf("FP8 vs BF16 perplexity: %.4f vs %.4f (%+.3f%%)\n", p8, p16, 100 * (p8 / p16 - 1));
     assert_true(fabs(p8 / p16 - 1) < 1e-3);
     char out[2048];
-    assert_int_equal(sh("./run inspect " FP8_DIR, out, sizeof out), 0);
+    assert_int_equal(sh_buf("./run inspect " FP8_DIR, out, sizeof out), 0);
     assert_non_null(strstr(out, "fp8 e4m3, weight blocks 128x128"));
     assert_non_null(strstr(out, "mtp             present"));
 }
@@ -97,7 +88,7 @@ static void test_greedy_samples(void **st) {
     for (int i = 0; i < 2; i++) {
         char cmd[1024], out[2048];
         snprintf(cmd, sizeof cmd, "./run generate " BF16_DIR " --tokens %s -n 48 --ids --ignore-eos 2>/dev/null", prompts[i]);
-        assert_int_equal(sh(cmd, out, sizeof out), 0);
+        assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
         out[strcspn(out, "\n")] = 0;
         printf("sample %d: %s\n", i + 1, strcmp(out, greedy[i]) ? "DIFFERS from HF" : "48 tokens equal to HF's greedy");
         assert_string_equal(out, greedy[i]);
@@ -144,7 +135,7 @@ static void test_mtp_speculative(void **st) {
     for (int i = 0; i < 3; i++) {
         char cmd[512], out[4096];
         snprintf(cmd, sizeof cmd, "./run generate " BF16_DIR " -p \"%s\" -n 96 --temp 0 --ignore-eos --mtp 2>&1 >/dev/null", prompts[i]);
-        assert_int_equal(sh(cmd, out, sizeof out), 0);
+        assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
         int acc, drafted;
         const char *at = strstr(out, "mtp accepted");
         assert_non_null(at);

@@ -4,26 +4,6 @@
 #include <cJSON.h>
 #include "testutil.h"
 
-#include <sys/wait.h>
-
-/* Runs a shell command; returns its exit status and its stdout+stderr in out (caller frees). */
-static int sh(const char *cmd, char **out) {
-    char full[2048];
-    snprintf(full, sizeof full, strstr(cmd, "2>") ? "%s" : "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    assert_non_null(p);
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while ((got = fread(buf + n, 1, cap - n - 1, p)) > 0) {
-        n += got;
-        if (cap - n < 2) buf = realloc(buf, cap *= 2);
-    }
-    buf[n] = 0;
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 /* Reads the fixture's prompt as "5,17,42" and its greedy ids as "1 2 3". */
 static void fixture_ids(const char *name, char *prompt, char *greedy, float **logits, int *T, int *V) {

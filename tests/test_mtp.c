@@ -5,21 +5,12 @@
 #include "model.h"
 #include "testutil.h"
 
-#include <sys/wait.h>
 
-static int sh(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static char *random_model(const char *config, int mtp, int seed) {
     char *dir = make_tmpdir(), cmd[1024], out[512];
     snprintf(cmd, sizeof cmd, "./run init --config %s --out %s/m --seed %d %s 2>&1", config, dir, seed, mtp ? "--mtp" : "");
-    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
     return dir;
 }
 
@@ -36,10 +27,10 @@ static void test_greedy_identical(void **st) {
                 char prompt[256] = "", cmd[1024], plain[4096], mtp[4096];
                 for (int i = 0; i < len; i++) sprintf(prompt + strlen(prompt), "%s%d", i ? "," : "", (i * 7 + len) % 6);
                 snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens %s -n %d --ids --ignore-eos 2>/dev/null", dir, prompt, n);
-                assert_int_equal(sh(cmd, plain, sizeof plain), 0);
+                assert_int_equal(sh_buf(cmd, plain, sizeof plain), 0);
                 snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens %s -n %d --ids --ignore-eos --mtp 2>&1 >/dev/null", dir, prompt, n);
                 char err[1024];
-                assert_int_equal(sh(cmd, err, sizeof err), 0);
+                assert_int_equal(sh_buf(cmd, err, sizeof err), 0);
                 int acc = 0, drafted = 0;
                 const char *at = strstr(err, "mtp accepted");
                 if (n > 1) {
@@ -48,7 +39,7 @@ static void test_greedy_identical(void **st) {
                     assert_non_null(strstr(err, "tokens identical to plain greedy"));
                 }
                 snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens %s -n %d --ids --ignore-eos --mtp 2>/dev/null", dir, prompt, n);
-                assert_int_equal(sh(cmd, mtp, sizeof mtp), 0);
+                assert_int_equal(sh_buf(cmd, mtp, sizeof mtp), 0);
                 assert_string_equal(mtp, plain);
                 total_accepted += acc;
                 runs++;
@@ -66,12 +57,12 @@ static void test_fills_cache(void **st) {
     char *dir = random_model(FIXTURES "/configs/tiny_vocab/config.json", 1, 3);
     char cmd[1024], plain[1024], mtp[1024];
     snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens 2,3,4,5 -n 12 --ctx 16 --ids --ignore-eos 2>/dev/null", dir);
-    assert_int_equal(sh(cmd, plain, sizeof plain), 0);
+    assert_int_equal(sh_buf(cmd, plain, sizeof plain), 0);
     snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens 2,3,4,5 -n 12 --ctx 16 --ids --ignore-eos --mtp 2>/dev/null", dir);
-    assert_int_equal(sh(cmd, mtp, sizeof mtp), 0);
+    assert_int_equal(sh_buf(cmd, mtp, sizeof mtp), 0);
     assert_string_equal(mtp, plain);
     snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens 2,3,4,5 -n 13 --ctx 16 --ids --mtp 2>&1", dir);
-    assert_int_equal(sh(cmd, mtp, sizeof mtp), 1);
+    assert_int_equal(sh_buf(cmd, mtp, sizeof mtp), 1);
     assert_non_null(strstr(mtp, "do not fit a 16-token context"));
     rm_rf(dir);
     free(dir);
@@ -90,7 +81,7 @@ static void test_sampling_distribution(void **st) {
         for (int seed = 0; seed < RUNS; seed++) {
             snprintf(cmd, sizeof cmd, "./run generate %s/m --tokens 2,3 -n 2 --temp 1.5 --top-p 1 --seed %d --ids --ignore-eos %s 2>/dev/null",
                      dir, seed, mtp ? "--mtp" : "");
-            assert_int_equal(sh(cmd, out, sizeof out), 0);
+            assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
             int a, b;
             assert_int_equal(sscanf(out, "%d %d", &a, &b), 2);
             count[mtp][b]++;
@@ -154,7 +145,7 @@ static void test_no_mtp_module(void **st) {
     state_free(&s);
     model_free(&m);
     char out[1024];
-    assert_int_equal(sh("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 3 --ids --mtp 2>&1", out, sizeof out), 0);
+    assert_int_equal(sh_buf("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 3 --ids --mtp 2>&1", out, sizeof out), 0);
     assert_non_null(strstr(out, "has no MTP module"));
 }
 

@@ -539,30 +539,21 @@ static void test_mtp(void **state) {
 }
 
 /* The command line: ./run quantize, and --fp8-gemm on run logits (skipped when ./run is not built). */
-static int sh(const char *cmd, char *out, size_t cap) {
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int status = pclose(p);
-    printf("$ %s\n%s", cmd, out);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 static void test_cli(void **state) {
     (void)state;
     if (access("./run", X_OK) != 0) skip();
     char *dir = make_tmpdir(), cmd[4096], out[4096], ids[2048] = "";
     snprintf(cmd, sizeof cmd, "./run quantize " FIXTURES "/v3_yarn %s/q --to fp8 2>&1", dir);
-    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "72 weights quantized to E4M3"));
-    assert_int_equal(sh("./run quantize --help", out, sizeof out), 0);
+    assert_int_equal(sh_buf("./run quantize --help", out, sizeof out), 0);
     assert_non_null(strstr(out, "--to fp8"));
     Expected x;
     load_expected(&x, "v3_fp8");
     for (int t = 0; t < x.T; t++) sprintf(ids + strlen(ids), "%s%d", t ? "," : "", x.prompt[t]);
     snprintf(cmd, sizeof cmd, "./run logits " FIXTURES "/v3_fp8 --fp8-gemm --tokens %s --out %s/l.safetensors 2>&1", ids, dir);
-    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
     StFile f;
     Error e;
     snprintf(cmd, sizeof cmd, "%s/l.safetensors", dir);
@@ -572,7 +563,7 @@ static void test_cli(void **state) {
     assert_memory_equal(l->data, want, sizeof(float) * (size_t)x.T * x.V);
     printf("OK     run logits --fp8-gemm = the FP8 path in-process, bit for bit\n");
     snprintf(cmd, sizeof cmd, "./run logits " FIXTURES "/v3_yarn --fp8-gemm --tokens 1,2 --out %s/l.safetensors 2>&1", dir);
-    assert_int_equal(sh(cmd, out, sizeof out), 0);
+    assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "no FP8 E4M3 weights"));
     free(want);
     st_close(&f);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <sys/wait.h>
 
 #define FIXTURES "tests/fixtures"
 
@@ -47,6 +48,32 @@ static inline void write_text(const char *path, const char *text) {
     assert_non_null(f);
     fputs(text, f);
     fclose(f);
+}
+
+/* Runs a shell command; returns its exit status and what it printed on stdout in *out (malloc'd,
+ * the caller frees). Without a "2>" of its own, stderr is captured too. */
+static inline int sh(const char *cmd, char **out) {
+    char full[4096];
+    snprintf(full, sizeof full, strstr(cmd, "2>") ? "%s" : "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    assert_non_null(p);
+    size_t cap = 4096, n = 0, got;
+    char *buf = malloc(cap);
+    while ((got = fread(buf + n, 1, cap - n - 1, p)) > 0)
+        if ((n += got) + 1 == cap) buf = realloc(buf, cap *= 2);
+    buf[n] = 0;
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The same into a fixed buffer (truncated to cap). */
+static inline int sh_buf(const char *cmd, char *buf, size_t cap) {
+    char *out;
+    int rc = sh(cmd, &out);
+    snprintf(buf, cap, "%s", out);
+    free(out);
+    return rc;
 }
 
 #endif
