@@ -5,7 +5,8 @@
 #   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (about a minute)
-#   make cuda       build kernels.cu (needs nvcc)     make bench   print the speed figures
+#   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
+#   make bench      print the speed figures
 #   make clean
 
 CC      ?= cc
@@ -93,6 +94,32 @@ bench: run
 # against a slower formulation written in the test (about a minute on 2 cores; .ci/run runs it).
 test-exhaustive: build/test/exhaustive_fp8
 	@tests/run_tests.sh build/test build/test/exhaustive_fp8
+
+# CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
+# as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
+# with cc, since nvcc compiles .c files as C++. Without OpenBLAS (a bare GPU box) the test brings a
+# naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
+NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CUDA_REF  := ops fp8 rope mla moe
+ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
+CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
+CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
+else
+CUDA_BLAS_CFLAGS := -Ibuild/cuda/shim
+CUDA_BLAS_LINK   := -DDSV3_CBLAS_SHIM
+endif
+cuda:
+	@mkdir -p build/cuda/shim
+	@echo "cuda: $(NVCC), OpenBLAS $(if $(filter -DDSV3_CBLAS_SHIM,$(CUDA_BLAS_LINK)),not found: naive CBLAS of the test,found)"
+	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_kernels.cu > build/cuda/shim/cblas.h
+	$(NVCC) $(NVCCFLAGS) -I. -c kernels.cu -o build/cuda/kernels.o
+	for f in $(CUDA_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o build/cuda/$$f.o || exit 1; done
+	$(NVCC) $(NVCCFLAGS) -I. -o build/cuda/test_kernels tests/test_kernels.cu build/cuda/kernels.o \
+	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lm
+
+cuda-test: cuda
+	./build/cuda/test_kernels
 
 clean:
 	rm -rf build run
