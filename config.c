@@ -156,6 +156,14 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
     c->topk_group = get_int(&r, root, "topk_group", is_v2 ? 1 : 4);
     c->routed_scaling_factor = get_float(&r, root, "routed_scaling_factor", is_v2 ? 1.0f : 2.5f);
     c->norm_topk_prob = get_bool(&r, root, "norm_topk_prob", is_v2 ? 0 : 1);
+    /* HF's DeepseekV2Moe never renormalizes, whatever the flag says (it multiplies the chosen
+     * softmax scores by routed_scaling_factor and stops); DeepSeek's own V2 code renormalizes and
+     * then skips the scaling. We follow HF, the oracle; every released V2 checkpoint sets the flag
+     * false, where all three agree. tests/fixtures/v2_norm pins it. */
+    if (is_v2 && c->norm_topk_prob) {
+        c->norm_topk_prob = 0;
+        c->norm_topk_prob_ignored = 1;
+    }
     c->first_k_dense_replace = get_int(&r, root, "first_k_dense_replace", is_v2 ? 0 : 3);
     c->moe_layer_freq = get_int(&r, root, "moe_layer_freq", 1);
     c->rms_norm_eps = get_float(&r, root, "rms_norm_eps", 1e-6f);

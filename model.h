@@ -24,7 +24,9 @@ typedef struct {
     int num_experts_per_tok;
     int n_group, topk_group;
     float routed_scaling_factor;
-    int norm_topk_prob;
+    int norm_topk_prob;         /* what the router does: renormalize the chosen weights */
+    int norm_topk_prob_ignored; /* deepseek_v2 with "norm_topk_prob": true, which HF's V2 router
+                                 * ignores (config.c) */
     ScoringFunc scoring_func;
     TopkMethod topk_method;
     int first_k_dense_replace;

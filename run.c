@@ -237,7 +237,9 @@ static void print_config(const Config *c) {
         printf("experts         %d routed (top %d, %d groups keep %d, %s, %s, scale %.3g%s) + %d shared, width %d\n",
                c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
                c->scoring_func == SCORE_SIGMOID ? "sigmoid" : "softmax", TOPK_NAMES[c->topk_method],
-               c->routed_scaling_factor, c->norm_topk_prob ? ", renormalized" : "", c->n_shared_experts,
+               c->routed_scaling_factor,
+               c->norm_topk_prob ? ", renormalized" : c->norm_topk_prob_ignored ? ", norm_topk_prob ignored as HF's V2 does" : "",
+               c->n_shared_experts,
                c->moe_intermediate_size);
     else
         printf("experts         none (dense model)\n");

@@ -101,6 +101,7 @@ static void test_defaults(void **st) {
     assert_int_equal(c.n_routed_experts, 64);     /* DeepseekV2Config defaults */
     assert_int_equal(c.n_shared_experts, 2);
     assert_int_equal(c.norm_topk_prob, 0);
+    assert_int_equal(c.norm_topk_prob_ignored, 0);
     assert_float_equal(c.routed_scaling_factor, 1.0f, 0);
     assert_int_equal(c.scoring_func, SCORE_SOFTMAX);
     assert_int_equal(c.topk_method, TOPK_GREEDY);
@@ -110,6 +111,19 @@ static void test_defaults(void **st) {
                      " \"eos_token_id\": [7, 8]}";
     assert_int_equal(config_parse(&c, k2, "mem", &e), 0);
     assert_int_equal(c.eos_token_id, 7);
+    /* norm_topk_prob: V3 and Kimi K2 follow it; deepseek_v2 ignores it, as HF's V2 router does */
+    const char *v3_off = "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                         " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+                         " \"norm_topk_prob\": false}";
+    assert_int_equal(config_parse(&c, v3_off, "mem", &e), 0);
+    assert_int_equal(c.norm_topk_prob, 0);
+    assert_int_equal(c.norm_topk_prob_ignored, 0);
+    const char *v2_on = "{\"model_type\": \"deepseek_v2\", \"vocab_size\": 100, \"hidden_size\": 64,"
+                        " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+                        " \"num_experts_per_tok\": 6, \"norm_topk_prob\": true}";
+    assert_int_equal(config_parse(&c, v2_on, "mem", &e), 0);
+    assert_int_equal(c.norm_topk_prob, 0);
+    assert_int_equal(c.norm_topk_prob_ignored, 1);
 }
 
 static void expect_error(const char *json, const char *needle) {

@@ -101,6 +101,31 @@ static void test_v3_yarn(void **st) { (void)st; check_fixture("v3_yarn"); }
 static void test_v3_fp8(void **st) { (void)st; check_fixture("v3_fp8"); }
 static void test_v2_lite(void **st) { (void)st; check_fixture("v2_lite"); }
 static void test_v2_group(void **st) { (void)st; check_fixture("v2_group"); }
+/* norm_topk_prob true in a V2 config: HF does not renormalize (config.c). The fixture must tell
+ * the two readings apart: with V3's rule (renormalize, then scale) the logits are far from HF's. */
+static void test_v2_norm(void **st) {
+    (void)st;
+    check_fixture("v2_norm");
+    Expected x;
+    Model m;
+    State s;
+    Error e;
+    load_expected(&x, "v2_norm");
+    assert_int_equal(model_load(&m, FIXTURES "/v2_norm", &e), 0);
+    assert_int_equal(m.cfg.norm_topk_prob, 0);
+    assert_int_equal(m.cfg.norm_topk_prob_ignored, 1);
+    for (int l = 0; l < m.cfg.n_layers; l++) m.layers[l].moe.gate.norm_topk_prob = 1;
+    float *logits = malloc(sizeof(float) * (size_t)x.T * x.V);
+    assert_int_equal(state_init(&s, &m, x.T, 64, &e), 0);
+    assert_int_equal(model_forward(&m, &s, x.prompt, x.T, 0, logits, 0, ATTN_ABSORBED, &e), 0);
+    double err = rel_err(logits, x.logits, (size_t)x.T * x.V);
+    printf("v2_norm read with V3's rule (renormalized): rel err %.3g, must be > 1e-2\n", err);
+    assert_true(err > 1e-2);
+    free(logits);
+    state_free(&s);
+    model_free(&m);
+    free_expected(&x);
+}
 static void test_v3_sharded(void **st) { (void)st; check_fixture("v3_sharded"); }
 
 /* A checkpoint directory whose config.json is the fixture's with one substitution, and whose
@@ -161,7 +186,7 @@ static void test_load_errors(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_v3_yarn),   cmocka_unit_test(test_v3_fp8),    cmocka_unit_test(test_v2_lite),
-        cmocka_unit_test(test_v2_group),  cmocka_unit_test(test_v3_sharded), cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_v2_group),  cmocka_unit_test(test_v2_norm),   cmocka_unit_test(test_v3_sharded), cmocka_unit_test(test_load_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

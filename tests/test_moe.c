@@ -166,6 +166,7 @@ static void test_router_matches_hf(void **st) {
     check_router("v3_fp8");     /* noaux_tc, 2 groups keep 1 */
     check_router("v2_lite");    /* softmax greedy */
     check_router("v2_group");   /* softmax group_limited_greedy */
+    check_router("v2_norm");    /* the same with norm_topk_prob true, which HF's V2 ignores */
     check_router("v3_sharded"); /* BF16 router, no group limit */
 }
 
