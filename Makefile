@@ -63,13 +63,24 @@ endif
 TEST_FLAGS := $(CSTD) -O2 -g $(WARN) -Werror -I.
 ASAN_FLAGS := $(CSTD) -O1 -g $(WARN) -Werror -I. -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-build/test/%: tests/%.c tests/testutil.h $(LIB_SRC) $(HDRS) run | $(DEPS_STAMP)
-	@mkdir -p build/test
-	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(TEST_LIBS) $(PKG_LIBS)
+# Each library source is compiled once per flavour into build/<flavour>/obj/, then linked into
+# every test binary of that flavour (instead of recompiling all of them for every test).
+TEST_OBJS := $(patsubst %.c,build/test/obj/%.o,$(LIB_SRC))
+ASAN_OBJS := $(patsubst %.c,build/asan/obj/%.o,$(LIB_SRC))
 
-build/asan/%: tests/%.c tests/testutil.h $(LIB_SRC) $(HDRS) | $(DEPS_STAMP)
-	@mkdir -p build/asan
-	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(TEST_LIBS) $(PKG_LIBS)
+build/test/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/test/obj
+	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+build/asan/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/asan/obj
+	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) run | $(DEPS_STAMP)
+	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(TEST_OBJS) $(TEST_LIBS) $(PKG_LIBS)
+
+build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
+	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(ASAN_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 
 TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
 ASAN_BINS := $(patsubst tests/%.c,build/asan/%,$(TESTS))
