@@ -23,7 +23,6 @@
  */
 #include "moe.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,8 +123,13 @@ void moe_forward(float *out, const float *x, int T, const Moe *moe) {
                 }
         if (n == 0) continue;
         ffn_swiglu(yb, xb, n, &moe->experts[e]);
-        for (int i = 0; i < n; i++)
-            cblas_saxpy(d, tw[i], yb + (size_t)i * d, 1, out + (size_t)tok[i] * d, 1);
+        /* out[t] += w * y, elementwise: a plain loop, not cblas_saxpy, whose kernel (FMA or not)
+         * OpenBLAS picks by CPU, so the same inputs could round differently on two machines */
+        for (int i = 0; i < n; i++) {
+            float *o = out + (size_t)tok[i] * d;
+            const float *y = yb + (size_t)i * d;
+            for (int j = 0; j < d; j++) o[j] += tw[i] * y[j];
+        }
     }
     if (moe->shared.gate.data) {
         ffn_swiglu(yb, x, T, &moe->shared);
