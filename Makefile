@@ -76,6 +76,8 @@ build/asan/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
 	@mkdir -p build/asan/obj
 	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
+.SECONDARY: $(TEST_OBJS) $(ASAN_OBJS)  # kept between runs, not deleted as intermediates
+
 build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) run | $(DEPS_STAMP)
 	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(TEST_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 

@@ -226,15 +226,8 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
 }
 
 int config_load(Config *c, const char *path, Error *e) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return error_set(e, "%s: cannot open (does the directory hold a config.json?)", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    size_t got = fread(text, 1, (size_t)n, f);
-    fclose(f);
-    text[got] = 0;
+    char *text = read_file(path, NULL, e);
+    if (!text) return -1;
     int rc = config_parse(c, text, path, e);
     free(text);
     return rc;

@@ -393,18 +393,7 @@ int model_init_random(const char *config_path, const char *out_dir, uint64_t see
     int rc = -1;
     char path[4096];
     /* config.json: the given one, with num_nextn_predict_layers set to what was written */
-    FILE *in = fopen(config_path, "rb");
-    char *text = NULL;
-    size_t n = 0;
-    if (in) {
-        fseek(in, 0, SEEK_END);
-        n = (size_t)ftell(in);
-        fseek(in, 0, SEEK_SET);
-        text = malloc(n + 1);
-        n = fread(text, 1, n, in);
-        text[n] = 0;
-        fclose(in);
-    }
+    char *text = read_file(config_path, NULL, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     snprintf(path, sizeof path, "%s/config.json", out_dir);

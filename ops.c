@@ -13,11 +13,13 @@
 #include "fp8.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int error_set(Error *e, const char *fmt, ...) {
     if (e) {
@@ -27,6 +29,36 @@ int error_set(Error *e, const char *fmt, ...) {
         va_end(ap);
     }
     return -1;
+}
+
+/* Reads in chunks rather than asking ftell for the size, so a pipe or /dev/stdin works too. */
+char *read_file(const char *path, size_t *n, Error *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return error_set(e, "%s: cannot open (%s)", path, strerror(errno)), NULL;
+    size_t cap = 1 << 16, len = 0, got;
+    char *buf = malloc(cap);
+    while (buf && (got = fread(buf + len, 1, cap - len - 1, f)) > 0)
+        if ((len += got) == cap - 1) {
+            char *bigger = realloc(buf, cap *= 2);
+            if (!bigger) free(buf);
+            buf = bigger;
+        }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) {
+        int oom = !buf;
+        free(buf);
+        return error_set(e, "%s: cannot read%s", path, oom ? " (out of memory)" : ""), NULL;
+    }
+    buf[len] = 0;
+    if (n) *n = len;
+    return buf;
+}
+
+double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ typedef enum {
     DT_BOOL, DT_COUNT
 } DType;
 
+/* The whole file, NUL-terminated (malloc'd), its length in *n (n may be NULL); NULL with e set when
+ * it cannot be opened or read. */
+char *read_file(const char *path, size_t *n, Error *e);
+
+/* Seconds on a monotonic clock, for the speed figures. */
+double now_s(void);
+
 const char *dtype_name(DType t);       /* "F32", "BF16", "F8_E4M3", ... (safetensors spelling) */
 int dtype_from_name(const char *s);    /* -1 when unknown */
 size_t dtype_size(DType t);            /* bytes per element */

@@ -202,20 +202,6 @@ static int convert(const Conv *c, const StTensor *t, Batch *b, QuantStats *stats
 
 /* ---- the directory ------------------------------------------------------------------------------- */
 
-/* A whole file, NUL-terminated, its length in *n; NULL when it cannot be read. */
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, got;
-    char *s = malloc(cap);
-    *n = 0;
-    while (s && (got = fread(s + *n, 1, cap - *n - 1, f)) > 0)
-        if ((*n += got) == cap - 1) s = realloc(s, cap *= 2);
-    fclose(f);
-    if (s) s[*n] = 0;
-    return s;
-}
-
 /* Writes out/name, first removing whatever is there: a link into the input is replaced, not followed. */
 static int write_file(const char *out, const char *name, const char *data, size_t n, Error *e) {
     char path[4096];
@@ -234,12 +220,6 @@ static int write_json(const char *out, const char *name, cJSON *j, Error *e) {
     free(text);
     free(line);
     return rc;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* Every input file becomes one output file: its tensors converted, written, freed. */
@@ -329,7 +309,7 @@ int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantS
         return error_set(e, "%s: is the input directory %s; refusing to write over the input", out, in);
     snprintf(path, sizeof path, "%s/config.json", in);
     size_t n;
-    char *text = read_file(path, &n);
+    char *text = read_file(path, &n, NULL);
     cJSON *cfg = text ? cJSON_Parse(text) : NULL;
     const char *why = !text ? "cannot open (does the directory hold a config.json?)" : "not a JSON object";
     free(text);
@@ -359,7 +339,7 @@ int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantS
     static const char *COPIED[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
     for (int i = 0; i < 3 && !rc; i++) {
         snprintf(path, sizeof path, "%s/%s", in, COPIED[i]);
-        char *data = read_file(path, &n);
+        char *data = read_file(path, &n, NULL);
         if (data) rc = write_file(out, COPIED[i], data, n, e);
         free(data);
     }

@@ -7,13 +7,14 @@
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
  *   run generate ... --mtp                             speculative decoding with the MTP module
  *   run init --config CONFIG.json --out DIR [--mtp]   a random model
- *   run tokenize DIR (-p TEXT | -f FILE) [--ids]
+ *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "fp8.h"
+#include "generate.h"
 #include "golden.h"
 #include "kv.h"
 #include "mla.h"
@@ -45,9 +46,10 @@ static const char *USAGE =
     "                       (default: dequantize the weights, FP32 GEMM)\n"
     "  generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
     "                       continue TEXT, streaming the decoded text to stdout as it is produced;\n"
-    "                       prompt and generation speed (tok/s) go to stderr. --chat wraps TEXT in\n"
-    "                       DeepSeek's chat format (<｜User｜>...<｜Assistant｜>), with --system before\n"
-    "                       it. Sampling: temperature T (default 0.8; 0 = greedy), nucleus top-p P\n"
+    "                       prompt and generation speed (tok/s) go to stderr. --chat makes TEXT one\n"
+    "                       user turn in the chat format of DIR/tokenizer_config.json's chat_template\n"
+    "                       (DeepSeek-V3, R1 or V2-Chat; another template is refused), --system S\n"
+    "                       before it. Sampling: temperature T (default 0.8; 0 = greedy), nucleus top-p P\n"
     "                       (default 0.9), seed S (default: the time, printed at the end). N: new\n"
     "                       tokens, default 16. Stops at EOS unless --ignore-eos.\n"
     "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos]\n"
@@ -58,9 +60,10 @@ static const char *USAGE =
     "                       prompt; at --temp 0 the tokens equal plain greedy decoding's\n"
     "  init --config CONFIG.json --out DIR [--mtp] [--seed S]\n"
     "                       write a random F32 model for the config (with an MTP module: --mtp)\n"
-    "  tokenize DIR (-p TEXT | -f FILE) [--ids]\n"
+    "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
-    "                       only the ids, space-separated on one line. DIR needs only tokenizer.json\n"
+    "                       only the ids, space-separated on one line. DIR needs only tokenizer.json.\n"
+    "                       --chat: the prompt ids generate --chat would feed the model\n"
     "  kv [CONFIG.json ...] [--ctx N] [--kv-bits B] [--batch B] [--capacity ...]\n"
     "                       KV cache bytes per token and per sequence for MHA / GQA / MLA models, the\n"
     "                       DeepSeek-V2 paper's 93.3% / 15x, and a serving capacity model\n"
@@ -92,12 +95,6 @@ static void die(const char *msg) {
 static void die_usage(const char *msg) {
     fprintf(stderr, "run: %s\n(see run --help)\n", msg);
     exit(2);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* "5,17,42" -> ids; exits with a message on anything else. */
@@ -346,173 +343,29 @@ static Tokenizer *tokenizer_or_die(const char *dir) {
     return t;
 }
 
-/* The prompt text as the model should see it: DeepSeek's chat format when --chat (the format
- * tokenizer_config.json's chat_template writes for DeepSeek-V3, without needing a Jinja engine):
- *   <｜begin▁of▁sentence｜>{system}<｜User｜>{prompt}<｜Assistant｜>
- * Otherwise BOS (when the tokenizer has one) then the text. Special tokens in the text are matched
- * by the tokenizer, so the template is plain concatenation. */
+static void die_on(int rc, const Error *e) {
+    if (rc) die(e->msg);
+}
+
+/* The prompt's ids: the chat template's layout with --chat (generate.h), else BOS then the text.
+ * Special tokens in the text are matched by the tokenizer, so a template is plain concatenation. */
 static int *encode_prompt(const Tokenizer *tok, const Args *a, int *n) {
-    const char *bos = tokenizer_bos_id(tok) >= 0 ? tokenizer_piece(tok, tokenizer_bos_id(tok)) : "";
-    const char *user = tokenizer_token_id(tok, "<｜User｜>") >= 0 ? "<｜User｜>" : NULL;
-    const char *asst = tokenizer_token_id(tok, "<｜Assistant｜>") >= 0 ? "<｜Assistant｜>" : NULL;
-    if (a->chat && (!user || !asst)) die("--chat: this tokenizer has no <｜User｜> / <｜Assistant｜> tokens (not a DeepSeek chat format)");
     if (!a->chat && a->system) die_usage("--system only goes with --chat");
-    size_t len = strlen(bos) + strlen(a->prompt) + (a->system ? strlen(a->system) : 0) + 64;
-    char *text = malloc(len);
-    if (a->chat) snprintf(text, len, "%s%s%s%s%s", bos, a->system ? a->system : "", user, a->prompt, asst);
-    else snprintf(text, len, "%s%s", bos, a->prompt);
-    int *ids;
+    ChatFormat f = CHAT_V3;
     Error e;
-    if (tokenizer_encode(tok, text, strlen(text), &ids, n, &e)) die(e.msg);
+    if (a->chat) die_on(chat_format_detect(&f, a->dir, tok, &e), &e);
+    char *text = prompt_render(a->chat, f, tok, a->system, a->prompt);
+    int *ids;
+    die_on(tokenizer_encode(tok, text, strlen(text), &ids, n, &e), &e);
     free(text);
     if (*n == 0) die_usage("-p: the prompt is empty");
     return ids;
 }
 
-/* One generation: where tokens go (streamed text or collected ids) and what sampling does. */
-typedef struct {
-    const Model *m;
-    State *s;
-    const Tokenizer *tok;
-    const Args *a;
-    Rng rng;
-    int eos, n, *out;        /* emitted ids [n] */
-    float *probs, *q_probs;  /* [vocab] scratch */
-    int *order;
-    TokenizerStream stream;
-    int quiet;               /* timing re-run: emit nothing */
-} Gen;
-
-/* Emits one token; returns 1 when generation must stop (EOS or N reached). */
-static int emit(Gen *g, int id) {
-    g->out[g->n++] = id;
-    if (!g->quiet && !g->a->ids && !tokenizer_is_special(g->tok, id)) {
-        char buf[512];
-        size_t nb;
-        const char *bytes = tokenizer_token_bytes(g->tok, id, &nb);
-        for (size_t off = 0; off < nb; off += sizeof buf - 4) {
-            size_t chunk = nb - off < sizeof buf - 4 ? nb - off : sizeof buf - 4;
-            fwrite(buf, 1, tokenizer_stream_push(&g->stream, buf, bytes + off, chunk), stdout);
-        }
-        fflush(stdout);
-    }
-    return (!g->a->ignore_eos && id == g->eos) || g->n >= g->a->n_new;
-}
-
-/* The distribution plain decoding samples from: softmax(logits / T), cut to the top-p nucleus and
- * renormalized; probs [vocab] (zeros outside the nucleus). */
-static void target_probs(const Gen *g, const float *logits, float *probs) {
-    int V = g->m->cfg.vocab_size;
-    for (int i = 0; i < V; i++) probs[i] = logits[i] / g->a->temp;
-    softmax(probs, V);
-    int k = nucleus(probs, V, g->a->top_p, g->order);
-    float mass = 0.0f;
-    for (int i = 0; i < k; i++) mass += probs[g->order[i]];
-    for (int i = k; i < V; i++) probs[g->order[i]] = 0.0f;
-    for (int i = 0; i < k; i++) probs[g->order[i]] /= mass;
-}
-
-static int draw(Gen *g, const float *probs) {
-    int V = g->m->cfg.vocab_size;
-    float u = rng_uniform(&g->rng), acc = 0.0f;
-    int last = 0;
-    for (int i = 0; i < V; i++) {
-        if (probs[i] <= 0.0f) continue;
-        acc += probs[i];
-        last = i;
-        if (u < acc) return i;
-    }
-    return last;
-}
-
-static void die_on(int rc, const Error *e) {
-    if (rc) die(e->msg);
-}
-
-/* Plain decoding after the prefill: one forward per token. */
-static void decode_plain(Gen *g, float *logits, int T) {
-    Error e;
-    int V = g->m->cfg.vocab_size;
-    for (;;) {
-        int next = sample(logits, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
-        if (emit(g, next)) return;
-        die_on(model_forward(g->m, g->s, &next, 1, T + g->n - 1, logits, 1, ATTN_ABSORBED, &e), &e);
-    }
-}
-
-/* Speculative decoding with the MTP module as the draft model (V3 report 5.4.3). Each step feeds
- * the pending token and the MTP's draft of the token after it through the main model in ONE
- * forward (T = 2). The draft is kept if the main model agrees: greedy, if its argmax is the draft;
- * sampling, with probability min(1, p(d) / q(d)), else a token is drawn from max(0, p - q)
- * renormalized (Leviathan et al. 2023), so the output distribution is exactly plain decoding's.
- * Small batches are batch-invariant (ops.h), so at --temp 0 the tokens equal plain greedy's.
- * A rejected draft's cache row is simply overwritten by the next step (rows past pos are unread). */
-static void decode_mtp(Gen *g, float *logits, const int *prompt, int T, int *drafted, int *accepted) {
-    const Model *m = g->m;
-    State *s = g->s;
-    Error e;
-    int V = m->cfg.vocab_size, greedy = g->a->temp <= 0.0f;
-    float *lv = malloc(sizeof(float) * 2 * V), *lq = malloc(sizeof(float) * (size_t)s->max_T * V);
-    int pending = sample(logits, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
-    /* the MTP over the prompt: position i pairs h_i with t_{i+1} (the last with the pending token) */
-    int *nxt = malloc(sizeof(int) * (size_t)T);
-    for (int i = 0; i < T; i++) nxt[i] = i + 1 < T ? prompt[i + 1] : pending;
-    int last = 0;
-    for (int done = 0; done < T; done += s->max_T) {
-        last = T - done < s->max_T ? T - done : s->max_T;
-        die_on(mtp_forward(m, s, nxt + done, last, done, lq, &e), &e);
-    }
-    free(nxt);
-    const float *q_logits = lq + (size_t)(last - 1) * V;
-    int pos = T;
-    *drafted = *accepted = 0;
-    for (;;) {
-        if (g->n + 1 >= g->a->n_new) { emit(g, pending); break; } /* no room for a draft */
-        int draft;
-        if (greedy) draft = argmax(q_logits, V);
-        else { target_probs(g, q_logits, g->q_probs); draft = draw(g, g->q_probs); }
-        int verify[2] = {pending, draft};
-        die_on(model_forward(m, s, verify, 2, pos, lv, 0, ATTN_ABSORBED, &e), &e);
-        (*drafted)++;
-        int keep, t1;
-        if (greedy) {
-            t1 = argmax(lv, V);
-            keep = t1 == draft;
-        } else {
-            target_probs(g, lv, g->probs);
-            keep = rng_uniform(&g->rng) * g->q_probs[draft] < g->probs[draft];
-            if (keep) t1 = draft;
-            else {
-                float mass = 0.0f;
-                for (int i = 0; i < V; i++) mass += (g->probs[i] = fmaxf(g->probs[i] - g->q_probs[i], 0.0f));
-                for (int i = 0; i < V; i++) g->probs[i] /= mass;
-                t1 = draw(g, g->probs);
-            }
-        }
-        if (emit(g, pending)) break;
-        if (keep) {
-            (*accepted)++;
-            if (emit(g, draft)) break;
-            int t2 = sample(lv + V, V, g->a->temp, g->a->top_p, &g->rng, g->probs, g->order);
-            int two[2] = {draft, t2};
-            die_on(mtp_forward(m, s, two, 2, pos, lq, &e), &e);
-            q_logits = lq + V;
-            pos += 2;
-            pending = t2;
-        } else {
-            die_on(mtp_forward(m, s, &t1, 1, pos, lq, &e), &e);
-            q_logits = lq;
-            pos += 1;
-            pending = t1;
-        }
-    }
-    free(lv);
-    free(lq);
-}
-
 static int cmd_generate(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.tokens == !a.prompt) die_usage("generate: give the prompt as text (-p) or as ids (--tokens), one of them");
+    if (a.tokens && (a.chat || a.system)) die_usage("--chat and --system go with -p TEXT, not --tokens");
     if (a.ids && !a.has_temp) a.temp = 0.0f; /* scripts asking for ids get greedy unless told */
     Model m;
     State s;
@@ -527,63 +380,40 @@ static int cmd_generate(int argc, char **argv) {
     int T;
     int *ids = a.prompt ? encode_prompt(tok, &a, &T) : parse_ids(a.tokens, &T);
     state_or_die(&s, &m, a.ctx, T + a.n_new);
-    int V = m.cfg.vocab_size;
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
-    Gen g = {.m = &m, .s = &s, .tok = tok, .a = &a, .eos = m.cfg.eos_token_id};
-    if (g.eos < 0 && tok) g.eos = tokenizer_eos_id(tok);
-    g.out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
-    g.probs = malloc(sizeof(float) * V);
-    g.q_probs = malloc(sizeof(float) * V);
-    g.order = malloc(sizeof(int) * V);
-    float *logits = malloc(sizeof(float) * V);
+    GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new, .ignore_eos = a.ignore_eos,
+                    .eos = m.cfg.eos_token_id, .mtp = a.mtp, .stream = !a.ids};
+    if (o.eos < 0 && tok) o.eos = tokenizer_eos_id(tok);
     if (!a.ids && !a.chat) { /* echo the prompt text, then stream the continuation */
         fputs(a.prompt, stdout);
         fflush(stdout);
     }
-    int drafted = 0, accepted = 0;
-    double t0 = now_s(), t1 = t0, t2 = t0;
-    if (a.n_new > 0) {
-        rng_seed(&g.rng, a.seed);
-        die_on(model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e), &e);
-        t1 = now_s();
-        if (a.mtp) decode_mtp(&g, logits, ids, T, &drafted, &accepted);
-        else decode_plain(&g, logits, T);
-        t2 = now_s();
-    }
-    if (a.ids) {
-        for (int i = 0; i < g.n; i++) printf("%s%d", i ? " " : "", g.out[i]);
-    } else {
-        char buf[8];
-        fwrite(buf, 1, tokenizer_stream_flush(&g.stream, buf), stdout);
-    }
+    GenResult r;
+    die_on(generate(&m, &s, tok, ids, T, &o, &r, &e), &e);
+    if (a.ids)
+        for (int i = 0; i < r.n; i++) printf("%s%d", i ? " " : "", r.ids[i]);
     printf("\n");
     fflush(stdout);
-    int n = g.n;
+    int n = r.n;
     fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
-            T, t1 - t0, T / (t1 - t0), n, t2 - t1, n > 1 ? (n - 1) / (t2 - t1) : 0.0,
-            n > 0 && g.out[n - 1] == g.eos && !a.ignore_eos ? ", stopped at EOS" : "");
+            T, r.prefill_s, T / r.prefill_s, n, r.decode_s, n > 1 ? (n - 1) / r.decode_s : 0.0,
+            r.stopped_at_eos ? ", stopped at EOS" : "");
     if (a.temp > 0) fprintf(stderr, "; temp %g, top-p %g, seed %llu", a.temp, a.top_p, a.seed);
     fprintf(stderr, "\n");
     if (a.mtp && n > 1) {
         /* the same prompt and seed decoded plainly, for the speed-up (and, greedy, the equality) */
-        int *mtp_out = g.out;
-        Gen p = g;
-        p.out = malloc(sizeof(int) * (size_t)(a.n_new + 1));
-        p.n = 0;
-        p.quiet = 1;
-        rng_seed(&p.rng, a.seed);
-        die_on(model_forward(&m, &s, ids, T, 0, logits, 1, ATTN_ABSORBED, &e), &e);
-        double p0 = now_s();
-        decode_plain(&p, logits, T);
-        double p1 = now_s();
-        int same = p.n == n && !memcmp(p.out, mtp_out, sizeof(int) * n);
+        GenOptions po = o;
+        po.mtp = po.stream = 0;
+        GenResult p;
+        die_on(generate(&m, &s, tok, ids, T, &po, &p, &e), &e);
+        int same = p.n == n && !memcmp(p.ids, r.ids, sizeof(int) * n);
         fprintf(stderr, "run: mtp accepted %d of %d drafts (%.1f%%); %.1f tok/s vs %.1f plain: %.2fx%s\n",
-                accepted, drafted, drafted ? 100.0 * accepted / drafted : 0.0, (n - 1) / (t2 - t1),
-                (p.n - 1) / (p1 - p0), (p1 - p0) / (t2 - t1) * (n - 1) / (p.n > 1 ? p.n - 1 : 1),
+                r.accepted, r.drafted, r.drafted ? 100.0 * r.accepted / r.drafted : 0.0, (n - 1) / r.decode_s,
+                (p.n - 1) / p.decode_s, p.decode_s / r.decode_s * (n - 1) / (p.n > 1 ? p.n - 1 : 1),
                 a.temp <= 0 ? (same ? "; tokens identical to plain greedy" : "; TOKENS DIFFER FROM PLAIN GREEDY") : "");
-        free(p.out);
+        free(p.ids);
     }
-    free(g.out); free(g.order); free(g.probs); free(g.q_probs); free(logits); free(ids);
+    free(r.ids); free(ids);
     if (tok) tokenizer_free(tok);
     state_free(&s);
     model_free(&m);
@@ -600,22 +430,12 @@ static int cmd_init(int argc, char **argv) {
     return 0;
 }
 
-/* Reads a whole file byte for byte. */
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "-f %s: cannot open", path);
-        die(msg);
-    }
-    size_t cap = 1 << 16;
-    char *buf = malloc(cap);
-    *n = 0;
-    size_t got;
-    while ((got = fread(buf + *n, 1, cap - *n, f)) > 0)
-        if ((*n += got) == cap) buf = realloc(buf, cap *= 2);
-    fclose(f);
-    return buf;
+/* A whole file, byte for byte (-f). */
+static char *read_or_die(const char *path, size_t *n) {
+    Error e;
+    char *text = read_file(path, n, &e);
+    if (!text) die(e.msg);
+    return text;
 }
 
 static int cmd_tokenize(int argc, char **argv) {
@@ -624,11 +444,14 @@ static int cmd_tokenize(int argc, char **argv) {
     if (!a.prompt == !a.file) die_usage("tokenize: give the text with -p TEXT or -f FILE, one of them");
     Tokenizer *tok = tokenizer_or_die(a.dir);
     size_t n;
-    char *text = a.file ? read_file(a.file, &n) : strdup(a.prompt);
+    char *text = a.file ? read_or_die(a.file, &n) : strdup(a.prompt);
     if (!a.file) n = strlen(text);
     int *ids, n_ids;
     Error e;
-    if (tokenizer_encode(tok, text, n, &ids, &n_ids, &e)) die(e.msg);
+    if (a.chat || a.system) { /* the prompt ids generate --chat would feed the model */
+        if (a.file) die_usage("tokenize: --chat goes with -p TEXT");
+        ids = encode_prompt(tok, &a, &n_ids);
+    } else if (tokenizer_encode(tok, text, n, &ids, &n_ids, &e)) die(e.msg);
     for (int i = 0; i < n_ids; i++) {
         if (a.ids) {
             printf("%s%d", i ? " " : "", ids[i]);
@@ -659,7 +482,7 @@ static int cmd_ppl(int argc, char **argv) {
     if (a.file) {
         Tokenizer *tok = tokenizer_or_die(a.dir);
         size_t nb;
-        char *text = read_file(a.file, &nb);
+        char *text = read_or_die(a.file, &nb);
         if (tokenizer_encode(tok, text, nb, &ids, &n, &e)) die(e.msg);
         free(text);
         tokenizer_free(tok);

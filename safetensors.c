@@ -308,26 +308,9 @@ int st_open(StFile *f, const char *path, Error *e) {
  * Checkpoint directories: model.safetensors, or model.safetensors.index.json + shards.
  */
 
-/* The whole file as a NUL-terminated string (the index is small JSON, so no mmap). */
-static char *read_text(const char *path, Error *e) {
-    FILE *fp = fopen(path, "rb");
-    long n = fp && fseek(fp, 0, SEEK_END) == 0 ? ftell(fp) : -1;
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf) rewind(fp);
-    if (!buf || fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-        error_set(e, "%s: cannot read: %s", path, strerror(errno));
-        free(buf);
-        buf = NULL;
-    } else {
-        buf[n] = '\0';
-    }
-    if (fp) fclose(fp);
-    return buf;
-}
-
 /* Opens every shard the index names, then checks each tensor is where the index says it is. */
 static int open_index(StFile *f, const char *dir, const char *index_path, Error *e) {
-    char *text = read_text(index_path, e);
+    char *text = read_file(index_path, NULL, e);
     if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);

@@ -161,22 +161,6 @@ static int grow(void *pp, size_t *cap, size_t need, size_t size) {
 
 /* ---------------------------------------------------------------------------------- loading */
 
-static char *read_file(const char *path, Error *e) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return error_set(e, "%s: cannot open (missing file?)", path), NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!s || fread(s, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f), free(s);
-        return error_set(e, "%s: cannot read %ld bytes", path, n), NULL;
-    }
-    fclose(f);
-    s[n] = 0;
-    return s;
-}
-
 static const cJSON *json_get(const cJSON *obj, const char *key) { return cJSON_GetObjectItemCaseSensitive(obj, key); }
 
 static const char *json_str(const cJSON *obj, const char *key) { /* NULL when absent or not a string */
@@ -425,7 +409,7 @@ static int load_config(Tokenizer *t, const char *dir, Error *e) {
     cJSON *cfg = NULL;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     if (stat(path, &st) == 0) {
-        char *text = read_file(path, e);
+        char *text = read_file(path, NULL, e);
         if (!text) return -1;
         cfg = cJSON_Parse(text);
         free(text);
@@ -454,7 +438,7 @@ int tokenizer_load(Tokenizer **out, const char *path, Error *e) {
         snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
         snprintf(file, sizeof file, "%s", path);
     }
-    char *text = read_file(file, e);
+    char *text = read_file(file, NULL, e);
     if (!text) return -1;
     cJSON *root = cJSON_Parse(text);
     free(text);

@@ -1,0 +1,55 @@
+/* generate.h - text generation on top of model.c: the chat prompt, the sampling loop, and
+ * speculative decoding with the MTP module as the draft model.
+ *
+ * ChatFormat   the prompt layouts of DeepSeek's chat templates, recognized in the checkpoint's
+ *              tokenizer_config.json (so no Jinja engine is needed) and rendered by concatenation.
+ * generate     prefill the prompt, then decode token by token (or two at a time with --mtp),
+ *              optionally streaming the decoded text to stdout.
+ */
+#ifndef GENERATE_H
+#define GENERATE_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "tokenizer.h"
+
+/* One user turn, with an optional system prompt before it, as each template renders it:
+ *   CHAT_V3  {bos}{system}<｜User｜>{user}<｜Assistant｜>                 DeepSeek-V3, R1-0528
+ *   CHAT_R1  {bos}{system}<｜User｜>{user}<｜Assistant｜><think>\n        DeepSeek-R1
+ *   CHAT_V2  {bos}{system}\n\nUser: {user}\n\nAssistant:                 DeepSeek-V2-Chat
+ * (CHAT_V2 writes the "\n\n" after the system prompt only when there is one.) */
+typedef enum { CHAT_V3, CHAT_R1, CHAT_V2 } ChatFormat;
+
+/* Reads dir/tokenizer_config.json's chat_template and names its format. Without a template the
+ * tokens decide: <｜User｜> and <｜Assistant｜> in the vocabulary mean CHAT_V3. A template of
+ * another kind, or the V3/R1 format without those tokens, is an error naming the file. */
+int chat_format_detect(ChatFormat *f, const char *dir, const Tokenizer *tok, Error *e);
+const char *chat_format_name(ChatFormat f);
+
+/* The prompt text, malloc'd: the chat layout above, or (chat = 0) BOS then user. system may be NULL. */
+char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *system, const char *user);
+
+typedef struct {
+    float temp, top_p;  /* temp 0: greedy; top_p 1: no nucleus cut */
+    uint64_t seed;
+    int n_new;          /* at most this many new tokens */
+    int ignore_eos;     /* go on past the EOS token (HF's generate with eos_token_id=None) */
+    int eos;            /* the EOS id, -1 for none */
+    int mtp;            /* speculative decoding with the MTP module (m->has_mtp) */
+    int stream;         /* print each token's text to stdout as it comes (needs a tokenizer) */
+} GenOptions;
+
+typedef struct {
+    int *ids, n;                 /* the new tokens [n], malloc'd (free with free()) */
+    int stopped_at_eos;
+    int drafted, accepted;       /* MTP drafts verified and kept */
+    double prefill_s, decode_s;  /* wall time of the prompt's forward and of the rest */
+} GenResult;
+
+/* Continues prompt [T] (positions 0..T-1 of s's cache, which must hold T + n_new). Same options and
+ * seed give the same tokens; with temp 0, mtp on or off gives the same tokens too. */
+int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, int T, const GenOptions *o,
+             GenResult *r, Error *e);
+
+#endif
