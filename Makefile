@@ -10,7 +10,7 @@
 #   make clean
 
 CC      ?= cc
-CSTD    := -std=c11 -D_GNU_SOURCE
+CSTD    := -std=c11 -D_GNU_SOURCE -fopenmp
 OPT     ?= -O2
 WARN    := -Wall -Wextra
 PKGS    := openblas cmocka libcjson libpcre2-8
@@ -129,7 +129,7 @@ cuda:
 	$(NVCC) $(NVCCFLAGS) -I. -c kernels.cu -o build/cuda/kernels.o
 	for f in $(CUDA_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o build/cuda/$$f.o || exit 1; done
 	$(NVCC) $(NVCCFLAGS) -I. -o build/cuda/test_kernels tests/test_kernels.cu build/cuda/kernels.o \
-	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lm
+	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lgomp -lm
 
 cuda-test: cuda
 	./build/cuda/test_kernels

@@ -67,17 +67,21 @@ static void attend_absorbed_small(float *out, const float *q, const float *cache
                                   const MlaWeights *w, const MlaDims *m) {
     int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
     int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
+    /* Threads (OpenMP) take whole heads, each with its own scratch: a head's numbers are computed
+     * the same way on any thread, so the bits do not depend on the thread count. */
+#pragma omp parallel if (m->n_heads > 1 && (size_t)m->n_heads * L * width >= (1 << 14))
+    {
     float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
     float *q_lat = malloc(sizeof(float) * (size_t)d_c), *o_lat = malloc(sizeof(float) * (size_t)d_c);
     float *p = malloc(sizeof(float) * (size_t)L);
+#pragma omp for schedule(static)
     for (int h = 0; h < m->n_heads; h++) {
         tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
         const float *w_uv = w_h + (size_t)m->nope * d_c;
         for (int t = 0; t < T; t++) {
             const float *q_nope = q + (size_t)t * q_stride + (size_t)h * qk, *q_pe = q_nope + m->nope;
             memset(q_lat, 0, sizeof(float) * d_c);                    /* q_lat = W_UK^T q_nope */
-            for (int j = 0; j < m->nope; j++)
-                for (int c = 0; c < d_c; c++) q_lat[c] += q_nope[j] * w_h[(size_t)j * d_c + c];
+            for (int j = 0; j < m->nope; j++) axpy(q_lat, q_nope[j], w_h + (size_t)j * d_c, d_c);
             int visible = pos0 + t + 1;
             for (int s = 0; s < visible; s++) {
                 const float *row = cache + (size_t)s * width;
@@ -85,13 +89,13 @@ static void attend_absorbed_small(float *out, const float *q, const float *cache
             }
             softmax(p, visible);
             memset(o_lat, 0, sizeof(float) * d_c);                    /* o_lat = sum_s p_s c_s */
-            for (int s = 0; s < visible; s++)
-                for (int c = 0; c < d_c; c++) o_lat[c] += p[s] * cache[(size_t)s * width + c];
+            for (int s = 0; s < visible; s++) axpy(o_lat, p[s], cache + (size_t)s * width, d_c);
             for (int i = 0; i < m->v; i++)                             /* out_h = W_UV o_lat */
                 out[(size_t)t * out_stride + (size_t)h * m->v + i] = dot_f32(w_uv + (size_t)i * d_c, o_lat, d_c);
         }
     }
     free(w_h); free(q_lat); free(o_lat); free(p);
+    }
 }
 
 void mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,

@@ -123,13 +123,9 @@ void moe_forward(float *out, const float *x, int T, const Moe *moe) {
                 }
         if (n == 0) continue;
         ffn_swiglu(yb, xb, n, &moe->experts[e]);
-        /* out[t] += w * y, elementwise: a plain loop, not cblas_saxpy, whose kernel (FMA or not)
-         * OpenBLAS picks by CPU, so the same inputs could round differently on two machines */
-        for (int i = 0; i < n; i++) {
-            float *o = out + (size_t)tok[i] * d;
-            const float *y = yb + (size_t)i * d;
-            for (int j = 0; j < d; j++) o[j] += tw[i] * y[j];
-        }
+        /* out[t] += w * y with our axpy, not cblas_saxpy, whose kernel (FMA or not) OpenBLAS
+         * picks by CPU, so the same inputs could round differently on two machines */
+        for (int i = 0; i < n; i++) axpy(out + (size_t)tok[i] * d, tw[i], yb + (size_t)i * d, d);
     }
     if (moe->shared.gate.data) {
         ffn_swiglu(yb, x, T, &moe->shared);

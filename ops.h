@@ -80,6 +80,9 @@ void matmul(float *out, const float *x, const Tensor *W, int n);
 /* sum_i a[i] * b[i] in one fixed order: 8 interleaved partial sums, combined pairwise. */
 float dot_f32(const float *a, const float *b, int n);
 
+/* y [n] += a * x [n], elementwise (so vectorizing it changes no bits); y and x must not overlap. */
+void axpy(float *y, float a, const float *x, int n);
+
 /* The readable reference for matmul on FP32 arrays: out [n, rows] = x [n, cols] . W [rows, cols]^T,
  * one dot product at a time, accumulated in float in index order. Tests compare matmul to it. */
 void matmul_naive(float *out, const float *x, const float *W, int n, int rows, int cols);

@@ -56,6 +56,34 @@ static void test_logits_modes(void **st) {
     free(want);
 }
 
+/* Threads split outputs (rows of W, attention heads), never a sum: the same logits bit for bit at
+ * any OMP_NUM_THREADS, for one-token decode (our loops) and a prefill (OpenBLAS on one thread). */
+static void test_threads_bit_identical(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[1024], *out;
+    const char *tokens = "0,11,42,99,7,300,1200,5,5,77,3000,12";
+    const char *modes[] = {"--decode", ""};
+    for (int m = 0; m < 2; m++) {
+        char first[600] = "";
+        for (int threads = 1; threads <= 5; threads += 2) {
+            snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=%d OPENBLAS_NUM_THREADS=1 ./run logits models/kjv-v3 --tokens %s"
+                     " --out %s/t%d.safetensors %s", threads, tokens, dir, threads, modes[m]);
+            assert_int_equal(sh(cmd, &out), 0);
+            free(out);
+            if (threads == 1) {
+                snprintf(first, sizeof first, "%s/t1.safetensors", dir);
+                continue;
+            }
+            snprintf(cmd, sizeof cmd, "cmp %s %s/t%d.safetensors", first, dir, threads);
+            assert_int_equal(sh(cmd, &out), 0);
+            free(out);
+            printf("%s logits: 1 and %d threads give identical bytes\n", m ? "prefill" : "decode", threads);
+        }
+    }
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_generate_ids(void **st) {
     (void)st;
     const char *names[] = {"v3_yarn", "v2_lite", "v3_sharded"};
@@ -200,6 +228,7 @@ static void test_generate_text(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_modes), cmocka_unit_test(test_generate_ids),
+        cmocka_unit_test(test_threads_bit_identical),
         cmocka_unit_test(test_inspect),      cmocka_unit_test(test_errors),
         cmocka_unit_test(test_tokenize_cli), cmocka_unit_test(test_generate_text),
     };
