@@ -123,6 +123,32 @@ static void test_dtype_widening(void **st) {
     tensor_rows_f32(out, &t, 1, 1);
     assert_float_equal(out[0], 5.0f, 0);
     assert_float_equal(out[1], 7.0f, 0);
+    /* the vectorized widening of every FP8 and BF16 code (aligned and not) equals the scalar decoders
+     * bit for bit (NaN: the same sign; fp8.c's codecs are checked against PyTorch in test_fp8.c) */
+    uint8_t codes[257];
+    float wide[256];
+    memset(codes, 0, sizeof codes);
+    for (int off = 0; off < 2; off++) {
+        for (int c = 0; c < 256; c++) codes[off + c] = (uint8_t)c;
+        dtype_to_f32(wide, DT_F8_E4M3, codes + off, 0, 256);
+        for (int c = 0; c < 256; c++) {
+            float want = fp8_e4m3_decode((uint8_t)c);
+            if (isnan(want)) assert_true(isnan(wide[c]) && signbit(wide[c]) == signbit(want));
+            else assert_memory_equal(&wide[c], &want, 4);
+        }
+    }
+    uint16_t h[65537];
+    float *hw = malloc(sizeof(float) * 65536);
+    for (int off = 0; off < 2; off++) {
+        unsigned char *base = (unsigned char *)h + off; /* odd address: the memcpy path */
+        for (int c = 0; c < 65536; c++) memcpy(base + 2 * c, &(uint16_t){(uint16_t)c}, 2);
+        dtype_to_f32(hw, DT_BF16, base, 0, 65536);
+        for (int c = 0; c < 65536; c++) {
+            float want = bf16_to_f32((uint16_t)c);
+            assert_memory_equal(&hw[c], &want, 4);
+        }
+    }
+    free(hw);
 }
 
 static void test_error_set(void **st) {
