@@ -239,15 +239,16 @@ int fp8_error_table(Fp8ErrorRow *rows, int max_rows, int K, uint64_t seed) {
     const Fp8Accum fp32 = {0, 0, FP8_ACC_TRUNCATE};
     const Fp8Accum tr_all = {FP8_ACC_BITS, 0, FP8_ACC_TRUNCATE}, rn_all = {FP8_ACC_BITS, 0, FP8_ACC_NEAREST};
     const Fp8Accum tr_128 = {FP8_ACC_BITS, FP8_NC, FP8_ACC_TRUNCATE}, rn_128 = {FP8_ACC_BITS, FP8_NC, FP8_ACC_NEAREST};
-    const struct { const char *scaling, *accum; Fp8Accum acc; int per_row; } cases[] = {
-        {"per-row / per-tensor", "FP32", fp32, 1},
-        {"per-row / per-tensor", "14-bit trunc, no promotion", tr_all, 1},
-        {"per-row / per-tensor", "14-bit nearest, no promotion", rn_all, 1},
-        {"per-row / per-tensor", "14-bit trunc, N_C=128", tr_128, 1},
-        {"per-row / per-tensor", "14-bit nearest, N_C=128", rn_128, 1},
-        {"1x128 / 128x128", "FP32 (DeepSeek kernel)", fp32, 0},
-        {"1x128 / 128x128", "14-bit trunc, N_C=128", tr_128, 0},
-        {"1x128 / 128x128", "14-bit nearest, N_C=128", rn_128, 0},
+    const struct { const char *scaling, *accum; Fp8Accum acc; int per_row, ue8m0; } cases[] = {
+        {"per-row / per-tensor", "FP32", fp32, 1, 0},
+        {"per-row / per-tensor", "14-bit trunc, no promotion", tr_all, 1, 0},
+        {"per-row / per-tensor", "14-bit nearest, no promotion", rn_all, 1, 0},
+        {"per-row / per-tensor", "14-bit trunc, N_C=128", tr_128, 1, 0},
+        {"per-row / per-tensor", "14-bit nearest, N_C=128", rn_128, 1, 0},
+        {"1x128 / 128x128", "FP32 (DeepSeek kernel)", fp32, 0, 0},
+        {"1x128 / 128x128", "14-bit trunc, N_C=128", tr_128, 0, 0},
+        {"1x128 / 128x128", "14-bit nearest, N_C=128", rn_128, 0, 0},
+        {"1x128/128x128 UE8M0", "FP32 (DeepSeek kernel)", fp32, 0, 1}, /* scales rounded up to 2^k */
     };
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     size_t nx = (size_t)M * K, nw = (size_t)N * K, nkb = (size_t)(K + FP8_BLOCK - 1) / FP8_BLOCK;
@@ -271,8 +272,9 @@ int fp8_error_table(Fp8ErrorRow *rows, int max_rows, int K, uint64_t seed) {
         dot_f64(ref, x, w, M, N, K);
         for (int c = 0; c < n_cases && out < max_rows; c++) {
             int bk = cases[c].per_row ? K : FP8_BLOCK, bn = cases[c].per_row ? N : FP8_BLOCK;
-            fp8_quant_act(qx, sx, x, M, K, bk, FP8_SCALE_F32);
-            fp8_quant_block(qw, sw, w, N, K, bn, bk, FP8_SCALE_F32);
+            Fp8ScaleFmt fmt = cases[c].ue8m0 ? FP8_SCALE_UE8M0 : FP8_SCALE_F32;
+            fp8_quant_act(qx, sx, x, M, K, bk, fmt);
+            fp8_quant_block(qw, sw, w, N, K, bn, bk, fmt);
             fp8_dequant_act(xd, qx, sx, M, K, bk);
             fp8_dequant_block(wd, qw, sw, N, K, bn, bk);
             dot_f64(ref_q, xd, wd, M, N, K);

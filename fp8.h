@@ -114,7 +114,7 @@ typedef struct {
 
 /* Fills rows [max_rows] (FP8_ERROR_ROWS are made) for dot products of length K (a multiple of 128)
  * from a fixed seed. Returns the number of rows, or -1 when memory runs out. Prints nothing. */
-#define FP8_ERROR_ROWS 16
+#define FP8_ERROR_ROWS 18
 int fp8_error_table(Fp8ErrorRow *rows, int max_rows, int K, uint64_t seed);
 
 #endif

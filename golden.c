@@ -41,6 +41,7 @@
 
 #include <cJSON.h>
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -534,6 +535,9 @@ static int verify(Golden *g, const char *path, const char *model_dir, int exact,
         if (!model_dir) {
             selected[find_fn("model", 5)] = 0;
             printf("skip   model: made from a checkpoint; give --model DIR to re-run it\n");
+            int left = 0;
+            for (int i = 0; i < GOLDEN_N_FNS; i++) left += selected[i];
+            if (!left) rc = error_set(e, "%s: nothing to verify without the checkpoint: give --model DIR", path);
         } else if (model_load(ckpt, model_dir, e)) rc = -1;
         else g->ckpt = ckpt;
     }
@@ -560,8 +564,8 @@ int golden_main(int argc, char **argv) {
             if (!v) return usage_error("%s needs a value", a);
             char *end;
             if (dst) *dst = v;
-            else if (!strcmp(a, "--seed") && (seed = strtoull(v, &end, 0), *end || *v == '-'))
-                return usage_error("--seed: expected a non-negative integer, found \"%s\"", v);
+            else if (!strcmp(a, "--seed") && (errno = 0, seed = strtoull(v, &end, 10), *end || end == v || *v == '-' || errno))
+                return usage_error("--seed: expected a decimal integer in 0..2^64-1, found \"%s\"", v);
             else if (!strcmp(a, "--shape")) {
                 if (n_shape == 64) return usage_error("%s", "too many --shape options");
                 shape_args[n_shape++] = v;
@@ -618,6 +622,9 @@ int golden_main(int argc, char **argv) {
         if (!f) rc = error_set(&e, "--shape \"%s\": expected name=value, name one of: %s", shape_args[i], SHAPE_NAMES);
         else if (*end || end == eq + 1 || v < 0 || v > 1 << 30) rc = error_set(&e, "--shape %s: expected a non-negative integer", shape_args[i]);
         else if (model_dir && f == &g.sh.tokens) rc = error_set(&e, "--shape tokens: with --model the prompt sets T");
+        else if (model_dir && f != &g.sh.cache && f != &g.sh.gemm_m && f != &g.sh.gemm_n && f != &g.sh.gemm_k)
+            rc = error_set(&e, "--shape %s: with --model the checkpoint sets the model's sizes and batch is 1; "
+                           "only cache and gemm_m/n/k apply", name);
         else {
             *f = (int)v;
             cache_set |= f == &g.sh.cache;
@@ -634,6 +641,8 @@ int golden_main(int argc, char **argv) {
     int selected[GOLDEN_N_FNS] = {0};
     for (int i = 0; i < GOLDEN_N_FNS; i++)
         selected[i] = !fns && (model_dir ? !strcmp(GOLDEN_FNS[i].name, "model") : !GOLDEN_FNS[i].needs_experts || g.cfg.n_routed_experts > 0);
+    if (!rc && fns && (!*fns || fns[strlen(fns) - 1] == ','))
+        rc = error_set(&e, "--functions \"%s\": expected comma-separated names (see run golden --help)", fns);
     for (const char *p = fns; !rc && p && *p;) {
         size_t len = strcspn(p, ",");
         int k = find_fn(p, len);

@@ -466,8 +466,10 @@ static void check_checkpoint(const char *fx) {
     st_close(&f);
     snprintf(cmd, sizeof cmd, "--verify %s --model %s --exact", path, mdir);
     assert_int_equal(golden(cmd, NULL), 0);
-    snprintf(cmd, sizeof cmd, "--verify %s", path);
-    assert_int_equal(golden(cmd, NULL), 0);
+    snprintf(cmd, sizeof cmd, "--verify %s", path); /* without the checkpoint nothing is left to check */
+    char err[4096];
+    assert_int_equal(golden(cmd, err), 1);
+    assert_non_null(strstr(err, "give --model DIR"));
     free(logits); free(hf); free(prompt);
     state_free(&s);
     model_free(&m);
@@ -548,7 +550,12 @@ static void test_errors(void **st) {
     expect("--config " YARN, 2, "--out G.safetensors is required");
     expect("--config " YARN " --out", 2, "--out needs a value");
     expect("--config " YARN " --bogus --out /tmp/x", 2, "unknown option \"--bogus\"");
-    expect("--config " YARN " --seed -1 --out /tmp/x", 2, "--seed: expected a non-negative integer");
+    expect("--config " YARN " --seed -1 --out /tmp/x", 2, "--seed: expected a decimal integer");
+    expect("--config " YARN " --seed 0x10 --out /tmp/x", 2, "--seed: expected a decimal integer");
+    expect("--config " YARN " --seed 99999999999999999999999 --out /tmp/x", 2, "in 0..2^64-1");
+    expect("--config " YARN " --functions rmsnorm, --out /tmp/x", 1, "expected comma-separated names");
+    expect("--model " FIXTURES "/v3_yarn --tokens 5 --shape hidden=32 --out /tmp/x", 1, "the checkpoint sets the model's sizes");
+    expect("--model " FIXTURES "/v3_yarn --tokens 5 --shape batch=2 --out /tmp/x", 1, "batch is 1");
     expect("--config " YARN " --tokens 0 --out /tmp/x", 2, "--tokens: expected a count");
     expect("--config /nonexistent.json --out /tmp/x", 1, "/nonexistent.json: cannot open");
     expect("--config " YARN " --functions rmsnorm,nope --out /tmp/x", 1, "unknown function \"nope\"");
@@ -573,11 +580,38 @@ static void test_errors(void **st) {
     assert_int_equal(golden_main(1, (char *[]){"--help", NULL}), 0);
 }
 
+/* Two separate processes, then cmp: the bytes of a golden file do not depend on the run. And a file
+ * made from a checkpoint cannot be verified without it (rather than passing with nothing checked). */
+static void test_two_runs_cmp(void **st) {
+    (void)st;
+    char *dir = make_tmpdir(), cmd[2048], *out;
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=%d ./run golden --config " YARN " --seed 11 --out %s/g%d.safetensors", 1 + i, dir, i);
+        assert_int_equal(sh(cmd, &out), 0);
+        free(out);
+    }
+    snprintf(cmd, sizeof cmd, "cmp %s/g0.safetensors %s/g1.safetensors", dir, dir);
+    assert_int_equal(sh(cmd, &out), 0);
+    free(out);
+    printf("two processes (1 and 2 OpenMP threads): identical golden files\n");
+    snprintf(cmd, sizeof cmd, "./run golden --model " FIXTURES "/v3_yarn --tokens 5,17 --out %s/m.safetensors && "
+             "./run golden --verify %s/m.safetensors", dir, dir);
+    assert_int_equal(sh(cmd, &out), 1);
+    assert_non_null(strstr(out, "nothing to verify without the checkpoint"));
+    free(out);
+    assert_int_equal(sh("./run golden --config " YARN " --functions '' --out /tmp/dsv3-none.safetensors", &out), 1);
+    assert_non_null(strstr(out, "expected comma-separated names"));
+    free(out);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_deterministic), cmocka_unit_test(test_complete),   cmocka_unit_test(test_replay),
         cmocka_unit_test(test_verify),        cmocka_unit_test(test_generator),  cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_flashmla_shape), cmocka_unit_test(test_defaults),  cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_two_runs_cmp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
