@@ -4,7 +4,7 @@
 #                   (RUN_ARGS="..." runs another command, e.g. RUN_ARGS="inspect models/kjv-v3")
 #   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
-#   make test-exhaustive   all 2^32 floats through the FP8 encoders (about a minute)
+#   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
 #   make bench      print the speed figures
 #   make clean
@@ -97,14 +97,18 @@ test-asan: $(ASAN_BINS) run
 
 # Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
 BENCH_MODEL ?= models/kjv-v3/config.json
+# Decode runs once on one thread and once on every core (OMP_NUM_THREADS unset: OpenMP's default).
+BENCH_THREADS ?= 1 $(shell nproc)
 bench: run
-	OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
-	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do echo "decode, $$m:"; \
-	  OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 128 --temp 0 --ignore-eos >/dev/null; \
-	  OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 128 --temp 0 --ignore-eos --mtp >/dev/null; done
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
+	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do for th in $(BENCH_THREADS); do \
+	  echo "decode, $$m, $$th thread(s):"; \
+	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos >/dev/null; \
+	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos --mtp >/dev/null; \
+	done; done
 
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
-# against a slower formulation written in the test (about a minute on 2 cores; .ci/run runs it).
+# against a slower formulation written in the test (1-3 minutes on 2 cores; .ci/run runs it).
 test-exhaustive: build/test/exhaustive_fp8
 	@tests/run_tests.sh build/test build/test/exhaustive_fp8
 

@@ -39,7 +39,7 @@ static int get_int(Reader *r, const cJSON *obj, const char *key, int dflt) {
         if (!r->failed) {
             r->failed = 1;
             error_set(r->e, "%s: field \"%s\": expected an integer, found %s", r->src, key,
-                      cJSON_IsString(v) ? "a string" : cJSON_IsNumber(v) ? "a fraction" : "another type");
+                      cJSON_IsString(v) ? "a string" : !cJSON_IsNumber(v) ? "another type" : fabs(v->valuedouble) > 2e9 ? "a number out of range" : "a fraction");
         }
         return 0;
     }
@@ -52,7 +52,8 @@ static float get_float(Reader *r, const cJSON *obj, const char *key, float dflt)
     if (!cJSON_IsNumber(v)) {
         if (!r->failed) {
             r->failed = 1;
-            error_set(r->e, "%s: field \"%s\": expected a number", r->src, key);
+            error_set(r->e, "%s: field \"%s\": expected a number, found %s", r->src, key,
+                      cJSON_IsString(v) ? "a string" : cJSON_IsBool(v) ? "a boolean" : "another type");
         }
         return dflt;
     }
@@ -65,7 +66,8 @@ static int get_bool(Reader *r, const cJSON *obj, const char *key, int dflt) {
     if (!cJSON_IsBool(v)) {
         if (!r->failed) {
             r->failed = 1;
-            error_set(r->e, "%s: field \"%s\": expected true or false", r->src, key);
+            error_set(r->e, "%s: field \"%s\": expected true or false, found %s", r->src, key,
+                      cJSON_IsNumber(v) ? "a number" : cJSON_IsString(v) ? "a string" : "another type");
         }
         return dflt;
     }
@@ -117,9 +119,19 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
     memset(c, 0, sizeof *c);
     cJSON *root = cJSON_Parse(json_text);
     if (!root || !cJSON_IsObject(root)) {
-        const char *at = cJSON_GetErrorPtr();
-        int near = at && *at;
-        error_set(e, "%s: not a JSON object%s%.20s%s", src, near ? " (error near \"" : "", near ? at : "", near ? "\")" : "");
+        /* where the parser stopped: line number, and the next few characters on one line */
+        const char *at = root ? NULL : cJSON_GetErrorPtr();
+        char near[24] = "";
+        int line = 1;
+        if (at && at >= json_text && at <= json_text + strlen(json_text)) {
+            for (const char *p = json_text; p < at; p++) line += *p == '\n';
+            size_t k = 0;
+            for (const char *p = at; *p && k < 20; p++) near[k++] = (unsigned char)*p < 0x20 ? ' ' : *p;
+            near[k] = 0;
+        }
+        if (at && near[0]) error_set(e, "%s: not valid JSON (line %d, near \"%s\")", src, line, near);
+        else if (at) error_set(e, "%s: not valid JSON (line %d: the text ends too early)", src, line);
+        else error_set(e, "%s: not a JSON object", src);
         cJSON_Delete(root);
         return -1;
     }
@@ -136,6 +148,9 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
         return -1;
     }
     snprintf(c->model_type, sizeof c->model_type, "%s", mt);
+    const char *dt = get_string(root, "torch_dtype");
+    if (!dt) dt = get_string(root, "dtype"); /* transformers 5's spelling */
+    snprintf(c->dtype, sizeof c->dtype, "%s", dt ? dt : "");
 
     /* DEFAULTS: HF DeepseekV3Config (V3, Kimi K2) and DeepseekV2Config when a field is absent */
     c->vocab_size = get_int(&r, root, "vocab_size", REQUIRED);
@@ -203,25 +218,47 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
         snprintf(c->fp8_fmt, sizeof c->fp8_fmt, "%s", fmt ? fmt : "e4m3");
         const cJSON *bs = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
         c->fp8_block[0] = c->fp8_block[1] = 128;
-        if (cJSON_IsArray(bs) && cJSON_GetArraySize(bs) == 2) {
-            c->fp8_block[0] = (int)cJSON_GetArrayItem(bs, 0)->valuedouble;
-            c->fp8_block[1] = (int)cJSON_GetArrayItem(bs, 1)->valuedouble;
+        if (bs && (!cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2)) {
+            c->fp8_block[0] = c->fp8_block[1] = 0; /* reported below */
+        } else if (bs) {
+            for (int k = 0; k < 2; k++) {
+                const cJSON *v = cJSON_GetArrayItem(bs, k);
+                double x = cJSON_IsNumber(v) ? v->valuedouble : 0;
+                c->fp8_block[k] = x == floor(x) && x > 0 && x < 1 << 20 ? (int)x : 0; /* 0: reported below */
+            }
         }
     }
     cJSON_Delete(root);
     if (r.failed) return -1;
 
-    /* consistency: things the forward pass divides by or indexes with */
-    const char *bad = NULL;
-    if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0) bad = "vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive";
-    else if (c->qk_rope_head_dim <= 0 || c->qk_rope_head_dim % 2) bad = "qk_rope_head_dim must be positive and even";
-    else if (c->kv_lora_rank <= 0 || c->qk_nope_head_dim < 0 || c->v_head_dim <= 0) bad = "kv_lora_rank and v_head_dim must be positive";
-    else if (c->n_routed_experts > 0 && (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->n_routed_experts || c->num_experts_per_tok > MOE_MAX_TOPK)) bad = "num_experts_per_tok must be in 1..n_routed_experts (and <= 64)";
-    else if (c->n_routed_experts > MOE_MAX_EXPERTS) bad = "n_routed_experts must be <= 1024";
-    else if (c->n_routed_experts > 0 && (c->n_group < 1 || c->n_routed_experts % c->n_group || c->topk_group < 1 || c->topk_group > c->n_group)) bad = "n_group must divide n_routed_experts and topk_group must be in 1..n_group";
-    else if (c->moe_layer_freq < 1) bad = "moe_layer_freq must be >= 1";
-    else if (c->fp8 && (c->fp8_block[0] <= 0 || c->fp8_block[1] <= 0)) bad = "quantization_config.weight_block_size must be two positive integers";
-    if (bad) return error_set(e, "%s: %s", src, bad);
+    /* consistency: things the forward pass divides by or indexes with (each message gives the values) */
+    if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0)
+        return error_set(e, "%s: vocab_size, hidden_size, num_hidden_layers and num_attention_heads must be positive, found %d, %d, %d, %d",
+                         src, c->vocab_size, c->hidden_size, c->n_layers, c->n_heads);
+    if (c->qk_rope_head_dim <= 0 || c->qk_rope_head_dim % 2)
+        return error_set(e, "%s: qk_rope_head_dim must be positive and even, found %d", src, c->qk_rope_head_dim);
+    if (c->kv_lora_rank <= 0 || c->qk_nope_head_dim < 0 || c->v_head_dim <= 0)
+        return error_set(e, "%s: kv_lora_rank and v_head_dim must be positive and qk_nope_head_dim >= 0, found %d, %d, %d",
+                         src, c->kv_lora_rank, c->v_head_dim, c->qk_nope_head_dim);
+    if (c->n_routed_experts > MOE_MAX_EXPERTS)
+        return error_set(e, "%s: n_routed_experts must be <= %d, found %d", src, MOE_MAX_EXPERTS, c->n_routed_experts);
+    if (c->n_routed_experts > 0) {
+        if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->n_routed_experts || c->num_experts_per_tok > MOE_MAX_TOPK)
+            return error_set(e, "%s: num_experts_per_tok must be in 1..n_routed_experts (and <= %d), found %d of %d",
+                             src, MOE_MAX_TOPK, c->num_experts_per_tok, c->n_routed_experts);
+        if (c->n_group < 1 || c->n_routed_experts % c->n_group || c->topk_group < 1 || c->topk_group > c->n_group)
+            return error_set(e, "%s: n_group must divide n_routed_experts and topk_group be in 1..n_group, found n_group %d, "
+                             "n_routed_experts %d, topk_group %d", src, c->n_group, c->n_routed_experts, c->topk_group);
+        /* the kept groups must hold top_k experts, or experts masked to -inf would be picked */
+        int grouped = c->n_group > 1 && c->topk_method != TOPK_GREEDY;
+        if (grouped && c->topk_group * (c->n_routed_experts / c->n_group) < c->num_experts_per_tok)
+            return error_set(e, "%s: topk_group %d groups of %d experts cannot hold num_experts_per_tok %d", src,
+                             c->topk_group, c->n_routed_experts / c->n_group, c->num_experts_per_tok);
+    }
+    if (c->moe_layer_freq < 1) return error_set(e, "%s: moe_layer_freq must be >= 1, found %d", src, c->moe_layer_freq);
+    if (c->fp8 && (c->fp8_block[0] <= 0 || c->fp8_block[1] <= 0))
+        return error_set(e, "%s: quantization_config.weight_block_size must be two positive integers, found [%d, %d]",
+                         src, c->fp8_block[0], c->fp8_block[1]);
     return 0;
 }
 
@@ -233,8 +270,11 @@ int config_load(Config *c, const char *path, Error *e) {
     return rc;
 }
 
+/* HF's DeepseekV2/V3 and DeepSeek's V3 code make every layer from first_k_dense_replace on a MoE
+ * layer; moe_layer_freq (from DeepSeek's V2 remote code, 1 in every released config) is read and
+ * shown by `run inspect` but, as in HF, not applied. */
 int config_is_moe_layer(const Config *c, int l) {
-    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace && l % c->moe_layer_freq == 0;
+    return c->n_routed_experts > 0 && l >= c->first_k_dense_replace;
 }
 
 /* Parameters of one decoder layer: all of them, and those one token touches. */

@@ -29,17 +29,24 @@ static void *own(Model *m, void *p) {
     return p;
 }
 
-/* A vector [n] widened to FP32 (norm weights, correction bias). */
-static const float *load_vector(Model *m, const char *name, int n, Error *e) {
-    int64_t shape[1] = {n};
-    const StTensor *t = st_expect(&m->st, name, 1, shape, e);
+static int is_float_dtype(DType t) { return t == DT_F32 || t == DT_BF16 || t == DT_F16; }
+
+/* A float tensor widened to FP32 (norm weights, correction bias, FP8 block scales); an integer or
+ * FP8 dtype here is a broken checkpoint, not something to convert. */
+static float *load_floats(Model *m, const char *name, int ndim, const int64_t *shape, Error *e) {
+    const StTensor *t = st_expect(&m->st, name, ndim, shape, e);
     if (!t) return NULL;
-    float *v = st_to_f32(t);
-    if (!v) {
-        error_set(e, "%s: dtype %s cannot be used as a float vector", name, dtype_name(t->dtype));
+    if (!is_float_dtype(t->dtype)) {
+        error_set(e, "%s: dtype %s, expected F32, BF16 or F16", name, dtype_name(t->dtype));
         return NULL;
     }
-    return own(m, v);
+    return own(m, st_to_f32(t));
+}
+
+/* A vector [n] widened to FP32. */
+static const float *load_vector(Model *m, const char *name, int n, Error *e) {
+    int64_t shape[1] = {n};
+    return load_floats(m, name, 1, shape, e);
 }
 
 /* A matrix [rows, cols] as stored; FP8 brings its weight_scale_inv (block scales) along. */
@@ -56,9 +63,7 @@ static int load_matrix(Model *m, Tensor *out, const char *name, int rows, int co
     char sname[256];
     snprintf(sname, sizeof sname, "%s_scale_inv", name);
     int64_t sshape[2] = {(rows + br - 1) / br, (cols + bc - 1) / bc};
-    const StTensor *s = st_expect(&m->st, sname, 2, sshape, e);
-    if (!s) return -1;
-    out->scale_inv = own(m, st_to_f32(s));
+    if (!(out->scale_inv = load_floats(m, sname, 2, sshape, e))) return -1;
     out->block_r = br;
     out->block_c = bc;
     return 0;

@@ -24,6 +24,7 @@ typedef struct {
     int num_experts_per_tok;
     int n_group, topk_group;
     float routed_scaling_factor;
+    char dtype[16];             /* torch_dtype / dtype as config.json states it ("" when absent) */
     int norm_topk_prob;         /* what the router does: renormalize the chosen weights */
     int norm_topk_prob_ignored; /* deepseek_v2 with "norm_topk_prob": true, which HF's V2 router
                                  * ignores (config.c) */

@@ -23,10 +23,12 @@
 #include "tokenizer.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *USAGE =
     "usage: run <command> [args]\n"
@@ -85,6 +87,8 @@ static const char *USAGE =
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
+    "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
+    "                       load average leaves free). Results are bit-identical at any count\n"
     "  -h, --help           this text\n";
 
 static void die(const char *msg) {
@@ -222,8 +226,10 @@ static const char *TOPK_NAMES[] = {"greedy", "group_limited_greedy", "noaux_tc"}
 
 static void print_config(const Config *c) {
     printf("model_type      %s\n", c->model_type);
-    printf("layers          %d (%d dense first, then MoE every %d)\n", c->n_layers,
-           c->n_routed_experts ? c->first_k_dense_replace : c->n_layers, c->moe_layer_freq);
+    printf("dtype           %s (config.json)\n", c->dtype[0] ? c->dtype : "not stated");
+    printf("layers          %d (%d dense first, then MoE%s)\n", c->n_layers,
+           c->n_routed_experts ? c->first_k_dense_replace : c->n_layers,
+           c->moe_layer_freq != 1 ? "; moe_layer_freq ignored, as HF does" : "");
     printf("hidden          d = %d, vocab %d, dense FFN %d\n", c->hidden_size, c->vocab_size, c->intermediate_size);
     char qr[32];
     snprintf(qr, sizeof qr, c->q_lora_rank ? "%d" : "none (q_proj)", c->q_lora_rank);
@@ -273,10 +279,14 @@ static int cmd_inspect(int argc, char **argv) {
     if (config_load(&c, path, &e)) die(e.msg);
     print_config(&c);
     StFile st;
-    if (st_open_dir(&st, a.dir, &e)) {
-        printf("checkpoint      no weights read: %s\n", e.msg);
+    char weights[4200], index[4200];
+    snprintf(weights, sizeof weights, "%s/model.safetensors", a.dir);
+    snprintf(index, sizeof index, "%s/model.safetensors.index.json", a.dir);
+    if (access(weights, F_OK) && access(index, F_OK)) { /* a config.json alone: the summary is all */
+        printf("checkpoint      no weights (neither model.safetensors nor an index)\n");
         return 0;
     }
+    if (st_open_dir(&st, a.dir, &e)) die(e.msg);
     size_t bytes[DT_COUNT] = {0}, count[DT_COUNT] = {0}, total = 0;
     for (int i = 0; i < st.n_tensors; i++) {
         bytes[st.tensors[i].dtype] += st.tensors[i].nbytes;
@@ -622,7 +632,32 @@ static int cmd_fp8_error(int argc, char **argv) {
     return 0;
 }
 
+/* --threads N anywhere on the line (taken out before the command parses its own options), else
+ * OMP_NUM_THREADS, else OpenMP's dynamic adjustment: libgomp then uses the cores the load average
+ * leaves free, so a busy machine is not oversubscribed (each parallel loop ends at a barrier, and a
+ * barrier waiting for a descheduled thread stalls every layer). No result depends on the count. */
+static int take_threads(int argc, char **argv) {
+    int out = 0, n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--threads")) { argv[out++] = argv[i]; continue; }
+        char *end;
+        long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
+        if (i + 1 >= argc || *end || v < 1 || v > 1024) die_usage("--threads: expected a count in 1..1024");
+        n = (int)v;
+        i++;
+    }
+    if (n) {
+        omp_set_dynamic(0);
+        omp_set_num_threads(n);
+    } else if (!getenv("OMP_NUM_THREADS") && !getenv("OMP_DYNAMIC")) {
+        omp_set_dynamic(1);
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv) {
+    argc = take_threads(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -142,7 +142,20 @@ static void test_errors(void **st) {
     expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 100 --ids", 1, "do not fit a 64-token context");
     expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
     expect_fail("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
-    char *out;
+    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --threads 0 --ids", 2, "--threads: expected a count");
+    /* inspect: a config.json alone is a summary (exit 0); a broken safetensors is an error (exit 1) */
+    char *dir = make_tmpdir(), cmd[1024], *out;
+    snprintf(cmd, sizeof cmd, "cp " FIXTURES "/v3_yarn/config.json %s/ && ./run inspect %s", dir, dir);
+    assert_int_equal(sh(cmd, &out), 0);
+    assert_non_null(strstr(out, "no weights"));
+    free(out);
+    snprintf(cmd, sizeof cmd, "head -c 5000 " FIXTURES "/v3_yarn/model.safetensors > %s/model.safetensors && ./run inspect %s", dir, dir);
+    assert_int_equal(sh(cmd, &out), 1);
+    printf("%s", out);
+    assert_non_null(strstr(out, "model.safetensors"));
+    free(out);
+    rm_rf(dir);
+    free(dir);
     assert_int_equal(sh("./run --help", &out), 0);
     assert_non_null(strstr(out, "logits DIR --tokens IDS --out F.safetensors"));
     free(out);

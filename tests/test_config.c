@@ -139,7 +139,9 @@ static void expect_error(const char *json, const char *needle) {
 #define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2"
 static void test_bad_input(void **st) {
     (void)st;
-    expect_error("{\"model_type\": \"deepseek_v3\", ", "not a JSON object");
+    expect_error("{\"model_type\": \"deepseek_v3\", ", "not valid JSON (line 1");
+    /* a trailing comma: one line naming the line, with the newline in the snippet replaced */
+    expect_error("{\n  \"model_type\": \"deepseek_v3\",\n}\n", "not valid JSON (line 3");
     expect_error("[1, 2]", "not a JSON object");
     expect_error("{\"vocab_size\": 3}", "model_type");
     expect_error("{\"model_type\": \"llama\", " BASE "}", "\"llama\" is not supported");

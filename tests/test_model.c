@@ -151,6 +151,29 @@ static char *variant(const char *fixture, const char *from, const char *to) {
     return dir;
 }
 
+/* A copy of a fixture whose safetensors header says `to` where it said `from` (same length, so the
+ * offsets stay valid): a tensor with another dtype of the same size. */
+static char *patched_weights(const char *fixture, const char *from, const char *to) {
+    char *dir = make_tmpdir(), path[512], cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp " FIXTURES "/%s/config.json " FIXTURES "/%s/model.safetensors %s/", fixture, fixture, dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    size_t n;
+    Error e;
+    char *bytes = read_file(path, &n, &e);
+    assert_non_null(bytes);
+    assert_int_equal(strlen(from), strlen(to));
+    char *at = memmem(bytes, n, from, strlen(from));
+    assert_non_null(at);
+    memcpy(at, to, strlen(to));
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, n, f), n);
+    fclose(f);
+    free(bytes);
+    return dir;
+}
+
 static void expect_load_error(char *dir, const char *needle) {
     Model m;
     Error e = {{0}};
@@ -177,6 +200,11 @@ static void test_load_errors(void **st) {
     /* an FP8 weight without its block scales */
     expect_load_error(variant("v3_fp8", "\"weight_block_size\": [\n      128,\n      128\n    ]", "\"weight_block_size\": [64, 128]"),
                       "weight_scale_inv");
+    /* a norm weight or block scale stored as integers is refused, not converted */
+    expect_load_error(patched_weights("v3_yarn", "\"model.norm.weight\":{\"dtype\":\"F32\"", "\"model.norm.weight\":{\"dtype\":\"I32\""),
+                      "model.norm.weight: dtype I32, expected F32, BF16 or F16");
+    expect_load_error(patched_weights("v3_fp8", "down_proj.weight_scale_inv\":{\"dtype\":\"F32\"", "down_proj.weight_scale_inv\":{\"dtype\":\"I32\""),
+                      "weight_scale_inv: dtype I32");
     Model m;
     Error e;
     assert_int_equal(model_load(&m, "/nonexistent/ckpt", &e), -1);
