@@ -167,17 +167,16 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
     State *s = g->s;
     GenResult *r = g->r;
     int V = m->cfg.vocab_size, greedy = g->o->temp <= 0.0f, rc = -1;
-    float *lv = malloc(sizeof(float) * 2 * V), *lq = malloc(sizeof(float) * (size_t)s->max_T * V);
+    float *lv = malloc(sizeof(float) * 2 * V), *lq = malloc(sizeof(float) * V);
     int *nxt = malloc(sizeof(int) * (size_t)T);
     int pending = next_token(g, logits);
     /* the MTP over the prompt: position i pairs h_i with t_{i+1} (the last with the pending token) */
     for (int i = 0; i < T; i++) nxt[i] = i + 1 < T ? prompt[i + 1] : pending;
-    int last = 0;
     for (int done = 0; done < T; done += s->max_T) {
-        last = T - done < s->max_T ? T - done : s->max_T;
-        if (mtp_forward(m, s, nxt + done, last, done, lq, e)) goto out;
+        int last = T - done < s->max_T ? T - done : s->max_T;
+        if (mtp_forward(m, s, nxt + done, last, done, lq, 1, e)) goto out; /* the last chunk's last row counts */
     }
-    const float *q_logits = lq + (size_t)(last - 1) * V;
+    const float *q_logits = lq;
     int pos = T;
     for (;;) {
         if (r->n + 1 >= g->o->n_new) { emit(g, pending); break; } /* no room for a draft */
@@ -208,12 +207,12 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
             if (emit(g, draft)) break;
             int t2 = next_token(g, lv + V);
             int two[2] = {draft, t2};
-            if (mtp_forward(m, s, two, 2, pos, lq, e)) goto out;
-            q_logits = lq + V;
+            if (mtp_forward(m, s, two, 2, pos, lq, 1, e)) goto out;
+            q_logits = lq;
             pos += 2;
             pending = t2;
         } else {
-            if (mtp_forward(m, s, &t1, 1, pos, lq, e)) goto out;
+            if (mtp_forward(m, s, &t1, 1, pos, lq, 1, e)) goto out;
             q_logits = lq;
             pos += 1;
             pending = t1;

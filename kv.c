@@ -170,7 +170,7 @@ static const char *bits_name(double bits, char *buf, size_t n) {
     if (bits == 16) return "BF16";
     if (bits == 8) return "FP8";
     if (bits == 32) return "FP32";
-    snprintf(buf, n, "%g bit", bits);
+    snprintf(buf, n, "%g bits on average", bits);
     return buf;
 }
 
@@ -202,8 +202,11 @@ static void put_gb(FILE *f, int width, double bytes) {
 static void print_table(FILE *f, const KvModel *rows, int n, const KvModel *base, double bits,
                         long ctx, long batch) {
     char b1[32], b2[32], form[64], cmp[48];
-    fprintf(f, "KV cache per token and per sequence of %s tokens, elements in %s (%g bits), GB = 1e9 bytes.\n",
-            commas((double)ctx, b1, sizeof b1), bits_name(bits, b2, sizeof b2), bits);
+    const char *named = bits_name(bits, b2, sizeof b2);
+    char with_bits[96];
+    snprintf(with_bits, sizeof with_bits, named == b2 ? "%s" : "%s (%g bits)", named, bits);
+    fprintf(f, "KV cache per token and per sequence of %s tokens, elements in %s, GB = 1e9 bytes.\n",
+            commas((double)ctx, b1, sizeof b1), with_bits);
     fprintf(f, "Baseline: %s.\n\n", base->name);
     fprintf(f, "%-10s %-24s %-4s %-30s %10s %12s %8s", "key", "model", "kind",
             "formula (elements/token)", "elements", "bytes/token", "GB/seq");

@@ -284,7 +284,8 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
     return 0;
 }
 
-int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, Error *e) {
+int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, int last_only,
+                Error *e) {
     const Config *c = &m->cfg;
     const Mtp *mtp = &m->mtp;
     int d = c->hidden_size;
@@ -302,7 +303,8 @@ int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos
     matmul(s->x, s->mtp_in, &mtp->eh_proj, T);
     layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED);
     rmsnorm(s->h, s->x, mtp->head_norm, T, d, c->rms_norm_eps);
-    matmul(logits, s->h, &mtp->head, T);
+    if (last_only) matmul(logits, s->h + (size_t)(T - 1) * d, &mtp->head, 1);
+    else matmul(logits, s->h, &mtp->head, T);
     return 0;
 }
 

@@ -132,8 +132,10 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
 int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, Error *e);
 
 /* MTP drafts for positions pos .. pos+T-1: next_tokens [T] are t_{i+1}; reads s->hidden (filled by
- * model_forward for those positions) and writes logits [T, vocab] for tokens i+2. The MTP cache
- * must hold positions < pos. Fails if the model has no MTP module. */
-int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, Error *e);
+ * model_forward for those positions) and writes logits [T, vocab] for tokens i+2 (last_only: only
+ * the last position's, [vocab], the one a draft needs). The MTP cache must hold positions < pos.
+ * Fails if the model has no MTP module. */
+int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits, int last_only,
+                Error *e);
 
 #endif

@@ -74,9 +74,11 @@ static const char *USAGE =
     "         [--functions LIST] [--shape k=v ...] | --verify G\n"
     "                       every function's inputs and outputs for GPU kernel tests, bit for bit\n"
     "                       reproducible (run golden --help, notes/golden.md)\n"
-    "  ppl DIR (--ids-file IDS.safetensors | -f TEXT) [--window 512] [--windows N]\n"
+    "  ppl DIR (--ids-file IDS.safetensors | -f TEXT) [--window 512] [--windows N] [--compare DIR2]\n"
     "                       perplexity over non-overlapping windows [BOS] + 511 tokens, as\n"
-    "                       train/train.py computes it with HF (tensor heldout_ids, or a text file)\n"
+    "                       train/train.py computes it with HF (tensor heldout_ids, or a text file).\n"
+    "                       --compare DIR2: the same for DIR2 (e.g. its FP8 variant), the change, and\n"
+    "                       the change predicted from the logit differences (notes/fp8.md section 7)\n"
     "  bench [DIR]          speed figures: MLA decode step absorbed vs naive as context grows; with\n"
     "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
@@ -127,7 +129,7 @@ static int *parse_ids(const char *s, int *n) {
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
     int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
-    const char *config, *ids_file;
+    const char *config, *ids_file, *compare;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -154,6 +156,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--ctx") || !strcmp(s, "--window")) { a.ctx = parse_int(s, v); i++; }
         else if (!strcmp(s, "--windows")) { a.n_windows = parse_int(s, v); i++; }
         else if (!strcmp(s, "--ids-file")) { if (!v) die_usage("--ids-file needs a file"); a.ids_file = v; i++; }
+        else if (!strcmp(s, "--compare")) { if (!v) die_usage("--compare needs a checkpoint directory"); a.compare = v; i++; }
         else if (!strcmp(s, "--temp")) {
             char *end;
             if (!v || (a.temp = strtof(v, &end), *end) || !(a.temp >= 0)) die_usage("--temp: expected a number >= 0");
@@ -405,23 +408,28 @@ static int cmd_generate(int argc, char **argv) {
     printf("\n");
     fflush(stdout);
     int n = r.n;
-    fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
-            T, r.prefill_s, T / r.prefill_s, n, r.decode_s, n > 1 ? (n - 1) / r.decode_s : 0.0,
-            r.stopped_at_eos ? ", stopped at EOS" : "");
+    if (n == 0) fprintf(stderr, "run: prompt %d tokens, nothing generated (-n 0)", T);
+    else fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
+                 T, r.prefill_s, T / r.prefill_s, n, r.decode_s, n > 1 ? (n - 1) / r.decode_s : 0.0,
+                 r.stopped_at_eos ? ", stopped at EOS" : "");
     if (a.temp > 0) fprintf(stderr, "; temp %g, top-p %g, seed %llu", a.temp, a.top_p, a.seed);
     fprintf(stderr, "\n");
     if (a.mtp && n > 1) {
-        /* the same prompt and seed decoded plainly, for the speed-up (and, greedy, the equality) */
-        GenOptions po = o;
-        po.mtp = po.stream = 0;
-        GenResult p;
+        /* The same prompt and seed decoded plainly (for the equality at temp 0) and again with MTP,
+         * both quietly and in this now warm process, so the speed-up compares like with like. */
+        GenOptions po = o, qo = o;
+        po.mtp = po.stream = qo.stream = 0;
+        GenResult p, q;
         die_on(generate(&m, &s, tok, ids, T, &po, &p, &e), &e);
+        die_on(generate(&m, &s, tok, ids, T, &qo, &q, &e), &e);
         int same = p.n == n && !memcmp(p.ids, r.ids, sizeof(int) * n);
-        fprintf(stderr, "run: mtp accepted %d of %d drafts (%.1f%%); %.1f tok/s vs %.1f plain: %.2fx%s\n",
-                r.accepted, r.drafted, r.drafted ? 100.0 * r.accepted / r.drafted : 0.0, (n - 1) / r.decode_s,
-                (p.n - 1) / p.decode_s, p.decode_s / r.decode_s * (n - 1) / (p.n > 1 ? p.n - 1 : 1),
+        double mtp_rate = (q.n - 1) / q.decode_s, plain_rate = (p.n - 1) / p.decode_s;
+        fprintf(stderr, "run: mtp accepted %d of %d drafts (%.1f%%); re-run quietly: %.1f tok/s with MTP vs %.1f plain: %.2fx%s\n",
+                r.accepted, r.drafted, r.drafted ? 100.0 * r.accepted / r.drafted : 0.0, mtp_rate, plain_rate,
+                mtp_rate / plain_rate,
                 a.temp <= 0 ? (same ? "; tokens identical to plain greedy" : "; TOKENS DIFFER FROM PLAIN GREEDY") : "");
         free(p.ids);
+        free(q.ids);
     }
     free(r.ids); free(ids);
     if (tok) tokenizer_free(tok);
@@ -511,30 +519,66 @@ static int cmd_ppl(int argc, char **argv) {
     int n_win = n / (W - 1);
     if (a.n_windows > 0 && a.n_windows < n_win) n_win = a.n_windows;
     if (n_win == 0) die("ppl: fewer tokens than one window");
-    State s;
+    State s, s2;
+    Model m2;
     state_or_die(&s, &m, W, W);
-    float *logits = malloc(sizeof(float) * (size_t)W * V);
+    if (a.compare) {
+        load_or_die(&m2, a.compare);
+        if (m2.cfg.vocab_size != V) die("ppl --compare: the two checkpoints have different vocabularies");
+        state_or_die(&s2, &m2, W, W);
+    }
+    float *logits = malloc(sizeof(float) * (size_t)W * V), *logits2 = a.compare ? malloc(sizeof(float) * (size_t)W * V) : NULL;
     int *win = malloc(sizeof(int) * (size_t)W);
-    double nll = 0, t0 = now_s();
+    /* with --compare: per prediction, d = NLL2 - NLL1 and its expansion in the logit change
+     * delta = l2 - l1 under p = softmax(l1): d = (E_p delta - delta_y) + Var_p(delta) / 2 + O(delta^3) */
+    double nll = 0, nll2 = 0, first = 0, first_sq = 0, second = 0, t0 = now_s();
     for (int k = 0; k < n_win; k++) {
         win[0] = bos;
         memcpy(win + 1, ids + (size_t)k * (W - 1), sizeof(int) * (size_t)(W - 1));
         die_on(model_forward(&m, &s, win, W, 0, logits, 0, ATTN_ABSORBED, &e), &e);
+        if (a.compare) die_on(model_forward(&m2, &s2, win, W, 0, logits2, 0, ATTN_ABSORBED, &e), &e);
         for (int t = 0; t < W - 1; t++) { /* -log softmax(logits[t])[win[t+1]], in double */
             const float *l = logits + (size_t)t * V;
+            int y = win[t + 1];
             double mx = l[argmax(l, V)], z = 0;
             for (int v = 0; v < V; v++) z += exp((double)l[v] - mx);
-            nll += log(z) + mx - l[win[t + 1]];
+            nll += log(z) + mx - l[y];
+            if (!a.compare) continue;
+            const float *l2 = logits2 + (size_t)t * V;
+            double mx2 = l2[argmax(l2, V)], z2 = 0, e1 = 0, e2 = 0;
+            for (int v = 0; v < V; v++) {
+                double p = exp((double)l[v] - mx) / z, dl = (double)l2[v] - l[v];
+                z2 += exp((double)l2[v] - mx2);
+                e1 += p * dl;
+                e2 += p * dl * dl;
+            }
+            nll2 += log(z2) + mx2 - l2[y];
+            double f = e1 - ((double)l2[y] - l[y]);
+            first += f;
+            first_sq += f * f;
+            second += (e2 - e1 * e1) / 2;
         }
         if (!a.ids && (k + 1) % 10 == 0) fprintf(stderr, "run: %d / %d windows\r", k + 1, n_win);
     }
-    double mean = nll / ((double)n_win * (W - 1));
+    double N = (double)n_win * (W - 1), mean = nll / N;
     printf("%d windows of %d tokens ([BOS] + %d), %d predictions: mean NLL %.6f, perplexity %.4f\n", n_win, W,
            W - 1, n_win * (W - 1), mean, exp(mean));
-    fprintf(stderr, "run: %.1f s, %.0f tok/s prefill\n", now_s() - t0, n_win * (double)W / (now_s() - t0));
-    free(win); free(logits); free(ids);
+    if (a.compare) {
+        double f_mean = first / N, f_se = sqrt((first_sq / N - f_mean * f_mean) / N), s_mean = second / N;
+        printf("%s: mean NLL %.6f, perplexity %.4f; change %+.6f (%+.4f%% perplexity)\n", a.compare, nll2 / N,
+               exp(nll2 / N), nll2 / N - mean, 100 * (exp(nll2 / N - mean) - 1));
+        printf("expansion in the logit change: first order %+.6f (standard error %.6f), second order %+.6f, "
+               "sum %+.6f\n", f_mean, f_se, s_mean, f_mean + s_mean);
+        printf("predicted change: %+.6f +- %.6f (second order +- 2 standard errors of the first)\n", s_mean, 2 * f_se);
+    }
+    fprintf(stderr, "run: %.1f s, %.0f tok/s prefill\n", now_s() - t0, n_win * (double)W * (a.compare ? 2 : 1) / (now_s() - t0));
+    free(win); free(logits); free(logits2); free(ids);
     state_free(&s);
     model_free(&m);
+    if (a.compare) {
+        state_free(&s2);
+        model_free(&m2);
+    }
     return 0;
 }
 

@@ -140,7 +140,7 @@ static void test_no_mtp_module(void **st) {
     assert_int_equal(state_init(&s, &m, 8, 4, &e), 0);
     float logits[256];
     int t = 1;
-    assert_int_equal(mtp_forward(&m, &s, &t, 1, 0, logits, &e), -1);
+    assert_int_equal(mtp_forward(&m, &s, &t, 1, 0, logits, 1, &e), -1);
     assert_non_null(strstr(e.msg, "no MTP module"));
     state_free(&s);
     model_free(&m);
