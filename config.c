@@ -98,8 +98,12 @@ static void parse_rope(Reader *r, Config *c, int is_v2) {
         if (rc->factor <= 0 && rc->original_max_pos > 0) /* HF: factor defaults to the length ratio */
             rc->factor = (float)c->max_position_embeddings / (float)rc->original_max_pos;
         if (rc->original_max_pos <= 0) rc->original_max_pos = c->max_position_embeddings;
-        rc->beta_fast = get_float(r, rp, "beta_fast", 32.0f);
-        rc->beta_slow = get_float(r, rp, "beta_slow", 1.0f);
+        /* HF: `get("beta_fast") or 32`, so 0 (or null) means the default too */
+        rc->beta_fast = get_float(r, rp, "beta_fast", 0.0f);
+        rc->beta_slow = get_float(r, rp, "beta_slow", 0.0f);
+        if (rc->beta_fast == 0) rc->beta_fast = 32.0f;
+        if (rc->beta_slow == 0) rc->beta_slow = 1.0f;
+        rc->truncate = get_bool(r, rp, "truncate", 1);
         rc->mscale = get_float(r, rp, "mscale", 0.0f);
         rc->mscale_all_dim = get_float(r, rp, "mscale_all_dim", 0.0f);
         rc->attention_factor = get_float(r, rp, "attention_factor", 0.0f);

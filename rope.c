@@ -52,8 +52,12 @@ float rope_inv_freq(float *inv_freq, const RopeConfig *rc, int d_R) {
     }
     if (rc->type != ROPE_YARN) return 1.0f;
 
-    double low = floor(correction_dim(rc->beta_fast, d_R, rc->theta, rc->original_max_pos));
-    double high = ceil(correction_dim(rc->beta_slow, d_R, rc->theta, rc->original_max_pos));
+    double low = correction_dim(rc->beta_fast, d_R, rc->theta, rc->original_max_pos);
+    double high = correction_dim(rc->beta_slow, d_R, rc->theta, rc->original_max_pos);
+    if (rc->truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
     if (low < 0) low = 0;
     if (high > d_R - 1) high = d_R - 1;
     if (low == high) high += 0.001; /* avoid 0/0 */

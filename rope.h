@@ -13,6 +13,7 @@ typedef struct {
     float beta_fast, beta_slow;   /* 32, 1 */
     float mscale, mscale_all_dim; /* 1, 1 in V3 (0 = absent) */
     float attention_factor;       /* 0 = derive from mscale / mscale_all_dim as HF does */
+    int truncate;                 /* 1 (HF's default): floor/ceil the correction range; 0: keep it fractional */
     /* Pair convention: 1 rotates adjacent pairs (x[2i], x[2i+1]) as DeepSeek's code and HF with
      * rope_interleave=true do; 0 rotates (x[i], x[i + d_R/2]) (HF rotate_half, rope_interleave=false). */
     int interleaved;

@@ -24,6 +24,8 @@ static void test_deepseek_v3_671b(void **st) {
     assert_int_equal(c.rope.type, ROPE_YARN);
     assert_float_equal(c.rope.factor, 40.0f, 0);
     assert_int_equal(c.rope.original_max_pos, 4096);
+    assert_int_equal(c.rope.truncate, 1);
+    assert_float_equal(c.rope.beta_fast, 32.0f, 0);
     assert_float_equal(c.rope.theta, 10000.0f, 0);
     assert_int_equal(c.rope.interleaved, 1);
     assert_int_equal(c.fp8, 1);

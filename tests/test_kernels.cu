@@ -15,6 +15,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -388,8 +389,8 @@ static void bench_mla_decode(void) {
         ms /= reps;
         double mb = (n_cache + n_w) * sizeof(float) / 1e6; /* cache and kv_b, each read once */
         printf("       time %s L=%d: kernel %.3f ms (%.1f MB of cache + kv_b: %.0f GB/s if read once), "
-               "launcher with copies %.2f ms, C (1 thread) %.1f ms; %s\n",
-               k->name, L, ms, mb, mb / ms, launcher_ms, cpu_ms, cudaGetErrorString(cudaGetLastError()));
+               "launcher with copies %.2f ms, C (%d OpenMP threads) %.1f ms; %s\n",
+               k->name, L, ms, mb, mb / ms, launcher_ms, omp_get_max_threads(), cpu_ms, cudaGetErrorString(cudaGetLastError()));
         cudaEventDestroy(start); cudaEventDestroy(stop);
         cudaFree(d_q); cudaFree(d_cache); cudaFree(d_w); cudaFree(d_out); cudaFree(d_scratch);
         mla_free(&in); free(ref); free(got);

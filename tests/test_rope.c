@@ -4,6 +4,8 @@
 #include "model.h"
 #include "testutil.h"
 
+#include <cJSON.h>
+
 /* What HF stored for a fixture: rope.inv_freq, rope.attention_scaling, attn.scaling. */
 static void check_against_hf(const char *name) {
     char path[256];
@@ -32,6 +34,48 @@ static void check_against_hf(const char *name) {
     model_free(&m);
 }
 
+/* HF's tables for YaRN settings the model fixtures do not reach (tests/fixtures/make_rope_fixtures.py):
+ * truncate false, beta 0 or absent, an explicit attention_factor, mscale alone. */
+static void test_yarn_variants_match_hf(void **st) {
+    (void)st;
+    Error e;
+    char *json = read_file(FIXTURES "/rope/cases.json", NULL, &e);
+    if (!json) fail_msg("%s", e.msg);
+    cJSON *root = cJSON_Parse(json);
+    const cJSON *c;
+    int n = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+        const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
+        int d_r = cJSON_GetObjectItem(c, "qk_rope_head_dim")->valueint;
+        char *rp = cJSON_PrintUnformatted(cJSON_GetObjectItem(c, "rope_parameters")), text[2048];
+        snprintf(text, sizeof text, "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 64, \"hidden_size\": 64, "
+                 "\"intermediate_size\": 64, \"num_hidden_layers\": 1, \"num_attention_heads\": 2, "
+                 "\"qk_rope_head_dim\": %d, \"qk_nope_head_dim\": %d, \"max_position_embeddings\": %d, "
+                 "\"rope_parameters\": %s}", d_r, cJSON_GetObjectItem(c, "qk_nope_head_dim")->valueint,
+                 cJSON_GetObjectItem(c, "max_position_embeddings")->valueint, rp);
+        free(rp);
+        Config cfg;
+        if (config_parse(&cfg, text, name, &e)) fail_msg("%s", e.msg);
+        float inv[64], want[64];
+        float att = rope_inv_freq(inv, &cfg.rope, d_r);
+        const cJSON *hf = cJSON_GetObjectItem(c, "inv_freq");
+        for (int j = 0; j < d_r / 2; j++) want[j] = (float)cJSON_GetArrayItem(hf, j)->valuedouble;
+        double err = rel_err(inv, want, (size_t)d_r / 2);
+        float scale = (float)(pow(cfg.qk_nope_head_dim + d_r, -0.5) * rope_softmax_mscale(&cfg.rope));
+        float hf_att = (float)cJSON_GetObjectItem(c, "attention_scaling")->valuedouble;
+        float hf_scale = (float)cJSON_GetObjectItem(c, "softmax_scale")->valuedouble;
+        printf("%-22s inv_freq rel err %.2g, attention factor %.7f (HF %.7f), softmax scale %.7f (HF %.7f)\n", name,
+               err, att, hf_att, scale, hf_scale);
+        assert_true(err == 0); /* bit for bit, as for the model fixtures' tables */
+        assert_float_equal(att, hf_att, 1e-7);
+        assert_float_equal(scale, hf_scale, 1e-7);
+        n++;
+    }
+    assert_true(n >= 7);
+    cJSON_Delete(root);
+    free(json);
+}
+
 static void test_tables_match_hf(void **st) {
     (void)st;
     check_against_hf("v3_yarn");   /* YaRN factor 4 over 16, mscale 0.707 / 1 */
@@ -45,7 +89,7 @@ static void test_tables_match_hf(void **st) {
 static void test_yarn_formula(void **st) {
     (void)st;
     RopeConfig rc = {.type = ROPE_YARN, .theta = 10000, .factor = 40, .original_max_pos = 4096,
-                     .beta_fast = 32, .beta_slow = 1, .mscale = 1, .mscale_all_dim = 1, .interleaved = 1};
+                     .beta_fast = 32, .beta_slow = 1, .mscale = 1, .mscale_all_dim = 1, .truncate = 1, .interleaved = 1};
     enum { D = 64 };
     float got[D / 2];
     float att = rope_inv_freq(got, &rc, D);
@@ -59,12 +103,25 @@ static void test_yarn_formula(void **st) {
         assert_true(fabs(got[j] - want) <= 2e-7 * want);
     }
     assert_float_equal(att, 1.0f, 0); /* mscale == mscale_all_dim */
+    /* "truncate": false (HF's option): the correction range stays fractional, 10.47 .. 22.51 */
+    RopeConfig untrunc = rc;
+    untrunc.truncate = 0;
+    float u[D / 2];
+    rope_inv_freq(u, &untrunc, D);
+    double flo = D * log(4096 / (32 * 2 * M_PI)) / (2 * log(10000.0)), fhi = D * log(4096 / (2 * M_PI)) / (2 * log(10000.0));
+    for (int j = 0; j < D / 2; j++) {
+        double base = pow(10000.0, -2.0 * j / D), ramp = fmin(fmax((j - flo) / (fhi - flo), 0), 1);
+        double want = base / 40 * ramp + base * (1 - ramp);
+        /* the float ramp's rounding (~6e-8) is amplified up to 40x where the result is near base/40 */
+        assert_true(fabs(u[j] - want) <= 4e-6 * want);
+    }
+    assert_true(u[11] != got[11]); /* pair 11 sits inside both ranges, at different ramp values */
     /* V3's softmax scale: (128 + 64)^-0.5 * (0.1 ln 40 + 1)^2 = 0.0721688 * 1.8738 */
     double m = 0.1 * log(40.0) + 1;
     assert_float_equal(rope_softmax_mscale(&rc), (float)(m * m), 1e-6);
     /* the worked example of reference-spec section 3: d_R 8, theta 1e4, factor 4, length 32 */
     RopeConfig small = {.type = ROPE_YARN, .theta = 10000, .factor = 4, .original_max_pos = 32,
-                        .beta_fast = 32, .beta_slow = 1, .interleaved = 1};
+                        .beta_fast = 32, .beta_slow = 1, .truncate = 1, .interleaved = 1};
     float s[4];
     float a = rope_inv_freq(s, &small, 8);
     assert_float_equal(s[0], 1.0f, 0);
@@ -124,7 +181,7 @@ static void test_rotation(void **st) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tables_match_hf), cmocka_unit_test(test_yarn_formula), cmocka_unit_test(test_rotation),
+        cmocka_unit_test(test_tables_match_hf), cmocka_unit_test(test_yarn_variants_match_hf), cmocka_unit_test(test_yarn_formula), cmocka_unit_test(test_rotation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
