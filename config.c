@@ -318,3 +318,53 @@ void config_param_counts(const Config *c, double *total, double *activated, doub
     layer_params(c, c->n_layers > c->first_k_dense_replace ? c->n_layers : c->first_k_dense_replace, &a, &b);
     *mtp_extra = c->num_nextn_predict_layers * (3 * d + 2 * d * d + a);
 }
+
+/* The summary `run inspect` prints: one line per idea, the derived numbers (rope table, softmax
+ * scale, parameter counts) computed by the same functions the forward pass uses. */
+static const char *ROPE_NAMES[] = {"default", "yarn"};
+static const char *TOPK_NAMES[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+
+void config_print(FILE *f, const Config *c) {
+    fprintf(f, "model_type      %s\n", c->model_type);
+    fprintf(f, "dtype           %s (config.json)\n", c->dtype[0] ? c->dtype : "not stated");
+    fprintf(f, "layers          %d (%d dense first, then MoE%s)\n", c->n_layers,
+           c->n_routed_experts ? c->first_k_dense_replace : c->n_layers,
+           c->moe_layer_freq != 1 ? "; moe_layer_freq ignored, as HF does" : "");
+    fprintf(f, "hidden          d = %d, vocab %d, dense FFN %d\n", c->hidden_size, c->vocab_size, c->intermediate_size);
+    char qr[32];
+    snprintf(qr, sizeof qr, c->q_lora_rank ? "%d" : "none (q_proj)", c->q_lora_rank);
+    fprintf(f, "attention       MLA, %d heads; q_lora_rank %s, kv_lora_rank d_c = %d, head dims nope %d + rope %d, v %d\n",
+           c->n_heads, qr, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim);
+    fprintf(f, "latent cache    %d floats per token per layer (d_c + d_R)\n", c->kv_lora_rank + c->qk_rope_head_dim);
+    if (c->n_routed_experts)
+        fprintf(f, "experts         %d routed (top %d, %d groups keep %d, %s, %s, scale %.3g%s) + %d shared, width %d\n",
+               c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
+               c->scoring_func == SCORE_SIGMOID ? "sigmoid" : "softmax", TOPK_NAMES[c->topk_method],
+               c->routed_scaling_factor,
+               c->norm_topk_prob ? ", renormalized" : c->norm_topk_prob_ignored ? ", norm_topk_prob ignored as HF's V2 does" : "",
+               c->n_shared_experts,
+               c->moe_intermediate_size);
+    else
+        fprintf(f, "experts         none (dense model)\n");
+    const RopeConfig *r = &c->rope;
+    fprintf(f, "rope            %s, theta %g, %s pairs", ROPE_NAMES[r->type], r->theta, r->interleaved ? "adjacent" : "half-split");
+    if (r->type == ROPE_YARN)
+        fprintf(f, ", factor %g over %d positions, beta %g/%g, mscale %g/%g", r->factor, r->original_max_pos,
+               r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
+    fprintf(f, "; max positions %d\n", c->max_position_embeddings);
+    int half = c->qk_rope_head_dim / 2;
+    float *inv = malloc(sizeof(float) * half);
+    float attn_factor = rope_inv_freq(inv, r, c->qk_rope_head_dim);
+    fprintf(f, "rope table      inv_freq[0..%d] = %.6g %.6g %.6g ... %.6g %.6g; cos/sin factor %.6f\n", half - 1, inv[0],
+           inv[half > 1], inv[half > 2 ? 2 : 0], inv[half > 1 ? half - 2 : 0], inv[half - 1], attn_factor);
+    double qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    fprintf(f, "softmax scale   (%g + %d)^-0.5 * %.6f = %.7f\n", (double)c->qk_nope_head_dim, c->qk_rope_head_dim,
+           rope_softmax_mscale(r), pow(qk, -0.5) * rope_softmax_mscale(r));
+    free(inv);
+    if (c->fp8) fprintf(f, "quantization    fp8 %s, weight blocks %dx%d\n", c->fp8_fmt, c->fp8_block[0], c->fp8_block[1]);
+    double total, active, mtp;
+    config_param_counts(c, &total, &active, &mtp);
+    fprintf(f, "parameters      %.4g total, %.4g activated per token (%.2f%%)", total, active, 100 * active / total);
+    if (c->num_nextn_predict_layers) fprintf(f, "; MTP module(s) per config: +%.4g", mtp);
+    fprintf(f, "\n");
+}

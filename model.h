@@ -2,6 +2,8 @@
 #ifndef MODEL_H
 #define MODEL_H
 
+#include <stdio.h>
+
 #include "ops.h"
 #include "rope.h"
 #include "moe.h"
@@ -56,6 +58,10 @@ int config_is_moe_layer(const Config *c, int l);
  * per token (without the input embedding table, a lookup: V3 gives 671.0B and 36.6B, the report's
  * "671B total, 37B activated"), and the MTP module's own weights (embedding and head shared). */
 void config_param_counts(const Config *c, double *total, double *activated, double *mtp_extra);
+
+/* The summary `run inspect` prints: layers, dims, experts and routing, rope (with its table and the
+ * softmax scale), quantization, parameter counts; the HF rules applied to this config are named. */
+void config_print(FILE *f, const Config *c);
 
 /* ---------------------------------------------------------------------------------------------
  * Weights: views into the mmapped checkpoint (FP8 and BF16 stay as stored); only the small vectors

@@ -13,6 +13,7 @@
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
+#include "bench.h"
 #include "fp8.h"
 #include "generate.h"
 #include "golden.h"
@@ -224,54 +225,6 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
 /* ---------------------------------------------------------------------------------------------
  * run inspect
  */
-static const char *ROPE_NAMES[] = {"default", "yarn"};
-static const char *TOPK_NAMES[] = {"greedy", "group_limited_greedy", "noaux_tc"};
-
-static void print_config(const Config *c) {
-    printf("model_type      %s\n", c->model_type);
-    printf("dtype           %s (config.json)\n", c->dtype[0] ? c->dtype : "not stated");
-    printf("layers          %d (%d dense first, then MoE%s)\n", c->n_layers,
-           c->n_routed_experts ? c->first_k_dense_replace : c->n_layers,
-           c->moe_layer_freq != 1 ? "; moe_layer_freq ignored, as HF does" : "");
-    printf("hidden          d = %d, vocab %d, dense FFN %d\n", c->hidden_size, c->vocab_size, c->intermediate_size);
-    char qr[32];
-    snprintf(qr, sizeof qr, c->q_lora_rank ? "%d" : "none (q_proj)", c->q_lora_rank);
-    printf("attention       MLA, %d heads; q_lora_rank %s, kv_lora_rank d_c = %d, head dims nope %d + rope %d, v %d\n",
-           c->n_heads, qr, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim);
-    printf("latent cache    %d floats per token per layer (d_c + d_R)\n", c->kv_lora_rank + c->qk_rope_head_dim);
-    if (c->n_routed_experts)
-        printf("experts         %d routed (top %d, %d groups keep %d, %s, %s, scale %.3g%s) + %d shared, width %d\n",
-               c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
-               c->scoring_func == SCORE_SIGMOID ? "sigmoid" : "softmax", TOPK_NAMES[c->topk_method],
-               c->routed_scaling_factor,
-               c->norm_topk_prob ? ", renormalized" : c->norm_topk_prob_ignored ? ", norm_topk_prob ignored as HF's V2 does" : "",
-               c->n_shared_experts,
-               c->moe_intermediate_size);
-    else
-        printf("experts         none (dense model)\n");
-    const RopeConfig *r = &c->rope;
-    printf("rope            %s, theta %g, %s pairs", ROPE_NAMES[r->type], r->theta, r->interleaved ? "adjacent" : "half-split");
-    if (r->type == ROPE_YARN)
-        printf(", factor %g over %d positions, beta %g/%g, mscale %g/%g", r->factor, r->original_max_pos,
-               r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
-    printf("; max positions %d\n", c->max_position_embeddings);
-    int half = c->qk_rope_head_dim / 2;
-    float *inv = malloc(sizeof(float) * half);
-    float attn_factor = rope_inv_freq(inv, r, c->qk_rope_head_dim);
-    printf("rope table      inv_freq[0..%d] = %.6g %.6g %.6g ... %.6g %.6g; cos/sin factor %.6f\n", half - 1, inv[0],
-           inv[half > 1], inv[half > 2 ? 2 : 0], inv[half > 1 ? half - 2 : 0], inv[half - 1], attn_factor);
-    double qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    printf("softmax scale   (%g + %d)^-0.5 * %.6f = %.7f\n", (double)c->qk_nope_head_dim, c->qk_rope_head_dim,
-           rope_softmax_mscale(r), pow(qk, -0.5) * rope_softmax_mscale(r));
-    free(inv);
-    if (c->fp8) printf("quantization    fp8 %s, weight blocks %dx%d\n", c->fp8_fmt, c->fp8_block[0], c->fp8_block[1]);
-    double total, active, mtp;
-    config_param_counts(c, &total, &active, &mtp);
-    printf("parameters      %.4g total, %.4g activated per token (%.2f%%)", total, active, 100 * active / total);
-    if (c->num_nextn_predict_layers) printf("; MTP module(s) per config: +%.4g", mtp);
-    printf("\n");
-}
-
 static int cmd_inspect(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.dir) die_usage("inspect: missing the checkpoint directory");
@@ -280,7 +233,7 @@ static int cmd_inspect(int argc, char **argv) {
     Config c;
     Error e;
     if (config_load(&c, path, &e)) die(e.msg);
-    print_config(&c);
+    config_print(stdout, &c);
     StFile st;
     char weights[4200], index[4200];
     snprintf(weights, sizeof weights, "%s/model.safetensors", a.dir);
@@ -583,81 +536,6 @@ static int cmd_ppl(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * run bench: the speed figures (single-threaded unless OPENBLAS_NUM_THREADS says otherwise)
- */
-static float *bench_rand(size_t n, Rng *r) {
-    float *p = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) p[i] = rng_uniform(r) * 2.0f - 1.0f;
-    return p;
-}
-
-/* One decode step of MLA attention (one query over a cache of L tokens), absorbed vs naive, at
- * DeepSeek-V2-Lite's attention shape (16 heads, d_c 512, d_R 64, nope 128, v 128). */
-static void bench_attention(void) {
-    MlaDims m = {.d = 2048, .n_heads = 16, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
-    int width = mla_cache_width(&m), Lmax = 4096;
-    Rng r;
-    rng_seed(&r, 1);
-    float *cache = bench_rand((size_t)Lmax * width, &r), *q = bench_rand((size_t)m.n_heads * (m.nope + m.rope), &r);
-    float *kv_b = bench_rand((size_t)m.n_heads * (m.nope + m.v) * m.kv_lora_rank, &r);
-    float *out = malloc(sizeof(float) * m.n_heads * m.v);
-    MlaWeights w = {.kv_b = {.data = kv_b, .dtype = DT_F32, .rows = m.n_heads * (m.nope + m.v), .cols = m.kv_lora_rank}};
-    printf("attention, one decode step (V2-Lite shape: 16 heads, cache row 576 floats)\n");
-    printf("| context | absorbed ms | naive ms | naive / absorbed | cache read (absorbed) |\n|---|---|---|---|---|\n");
-    for (int L = 256; L <= Lmax; L *= 4) {
-        double t[2];
-        for (int form = 0; form < 2; form++) {
-            int reps = form ? 1 : 20;
-            double t0 = now_s();
-            for (int i = 0; i < reps; i++) {
-                if (form) mla_attend_naive(out, q, cache, 1, L - 1, &w, &m);
-                else mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m);
-            }
-            t[form] = (now_s() - t0) / reps * 1e3;
-        }
-        printf("| %7d | %11.3f | %8.3f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
-    }
-    free(cache); free(q); free(kv_b); free(out);
-}
-
-static void bench_tokenizer(const char *dir) {
-    Tokenizer *tok;
-    Error e;
-    if (tokenizer_load(&tok, dir, &e)) { printf("tokenizer: skipped (%s)\n", e.msg); return; }
-    /* 1 MB of text: the tokenizer's own pieces decoded, in a fixed pseudo-random order */
-    size_t n = 0, cap = 1 << 20;
-    char *text = malloc(cap + 64);
-    Rng r;
-    rng_seed(&r, 2);
-    int V = tokenizer_vocab_size(tok);
-    while (n < cap) {
-        size_t nb;
-        int id = (int)(rng_next(&r) % (uint64_t)V);
-        if (tokenizer_is_special(tok, id)) continue;
-        const char *b = tokenizer_token_bytes(tok, id, &nb);
-        if (nb > 64) continue;
-        memcpy(text + n, b, nb);
-        n += nb;
-    }
-    int *ids, n_ids;
-    double t0 = now_s();
-    if (tokenizer_encode(tok, text, n, &ids, &n_ids, &e)) die(e.msg);
-    double dt = now_s() - t0;
-    printf("tokenizer: encoded %.2f MB into %d tokens in %.3f s: %.1f MB/s\n", n / 1e6, n_ids, dt, n / 1e6 / dt);
-    free(ids);
-    free(text);
-    tokenizer_free(tok);
-}
-
-static int cmd_bench(int argc, char **argv) {
-    Args a = parse_args(argc, argv);
-    bench_attention();
-    if (!a.dir) return 0;
-    bench_tokenizer(a.dir);
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------------
  * run fp8-error: the error of an FP8 dot product per scaling and accumulation mode (notes/fp8.md)
  */
 static int cmd_fp8_error(int argc, char **argv) {
@@ -712,7 +590,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "init")) return cmd_init(argc - 2, argv + 2);
-    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return bench_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "ppl")) return cmd_ppl(argc - 2, argv + 2);
     if (!strcmp(cmd, "golden")) return golden_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "kv")) return kv_main(argc - 2, argv + 2);

@@ -1,0 +1,107 @@
+/* bench.c - `run bench`: the speed figures that need no generation loop.
+ *
+ * One decode step of MLA attention, absorbed against naive, as the cache grows (the absorbed form
+ * reads each cached latent row once for all heads; the naive form first expands every row into
+ * per-head keys and values: notes/mla.md works the costs), and the tokenizer's encode speed.
+ * Timings use whatever threads OpenMP and OpenBLAS are given; `make bench` sets one thread for
+ * these and prints decode tok/s at 1 and all threads.
+ */
+#include "bench.h"
+#include "mla.h"
+#include "tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float *bench_rand(size_t n, Rng *r) {
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = rng_uniform(r) * 2.0f - 1.0f;
+    return p;
+}
+
+/* One decode step of MLA attention (one query over a cache of L tokens), absorbed vs naive, at
+ * DeepSeek-V2-Lite's attention shape (16 heads, d_c 512, d_R 64, nope 128, v 128). */
+static void bench_attention(void) {
+    MlaDims m = {.d = 2048, .n_heads = 16, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
+    int width = mla_cache_width(&m), Lmax = 4096;
+    Rng r;
+    rng_seed(&r, 1);
+    float *cache = bench_rand((size_t)Lmax * width, &r), *q = bench_rand((size_t)m.n_heads * (m.nope + m.rope), &r);
+    float *kv_b = bench_rand((size_t)m.n_heads * (m.nope + m.v) * m.kv_lora_rank, &r);
+    float *out = malloc(sizeof(float) * m.n_heads * m.v);
+    MlaWeights w = {.kv_b = {.data = kv_b, .dtype = DT_F32, .rows = m.n_heads * (m.nope + m.v), .cols = m.kv_lora_rank}};
+    printf("attention, one decode step (V2-Lite shape: 16 heads, cache row 576 floats)\n");
+    printf("| context | absorbed ms | naive ms | naive / absorbed | cache read (absorbed) |\n|---|---|---|---|---|\n");
+    for (int L = 256; L <= Lmax; L *= 4) {
+        double t[2];
+        for (int form = 0; form < 2; form++) {
+            int reps = form ? 1 : 20;
+            double t0 = now_s();
+            for (int i = 0; i < reps; i++) {
+                if (form) mla_attend_naive(out, q, cache, 1, L - 1, &w, &m);
+                else mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m);
+            }
+            t[form] = (now_s() - t0) / reps * 1e3;
+        }
+        printf("| %7d | %11.3f | %8.3f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
+    }
+    free(cache); free(q); free(kv_b); free(out);
+}
+
+static int bench_tokenizer(const char *dir) {
+    Tokenizer *tok;
+    Error e;
+    if (tokenizer_load(&tok, dir, &e)) {
+        printf("tokenizer: skipped (%s)\n", e.msg);
+        return 0;
+    }
+    /* 1 MB of text: the tokenizer's own pieces decoded, in a fixed pseudo-random order */
+    size_t n = 0, cap = 1 << 20;
+    char *text = malloc(cap + 64);
+    Rng r;
+    rng_seed(&r, 2);
+    int V = tokenizer_vocab_size(tok);
+    while (n < cap) {
+        size_t nb;
+        int id = (int)(rng_next(&r) % (uint64_t)V);
+        if (tokenizer_is_special(tok, id)) continue;
+        const char *b = tokenizer_token_bytes(tok, id, &nb);
+        if (nb > 64) continue;
+        memcpy(text + n, b, nb);
+        n += nb;
+    }
+    int *ids, n_ids;
+    double t0 = now_s();
+    int rc = tokenizer_encode(tok, text, n, &ids, &n_ids, &e);
+    if (rc) {
+        fprintf(stderr, "run bench: %s\n", e.msg);
+        free(text);
+        tokenizer_free(tok);
+        return 1;
+    }
+    double dt = now_s() - t0;
+    printf("tokenizer: encoded %.2f MB into %d tokens in %.3f s: %.1f MB/s\n", n / 1e6, n_ids, dt, n / 1e6 / dt);
+    free(ids);
+    free(text);
+    tokenizer_free(tok);
+    return 0;
+}
+
+int bench_main(int argc, char **argv) {
+    const char *dir = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf("usage: run bench [DIR]\n  one MLA decode step, absorbed vs naive, at contexts 256, 1024, 4096\n"
+                   "  (V2-Lite's attention shape); with DIR, the tokenizer's encode speed on 1 MB\n");
+            return 0;
+        }
+        if (argv[i][0] == '-' || dir) {
+            fprintf(stderr, "run bench: unexpected argument \"%s\"\n(see run bench --help)\n", argv[i]);
+            return 2;
+        }
+        dir = argv[i];
+    }
+    bench_attention();
+    return dir ? bench_tokenizer(dir) : 0;
+}
