@@ -5,6 +5,8 @@
 #   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
+#   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
+#                   than make test does (FUZZ_ITERS per parser, default 200000)
 #   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
 #   make bench      print the speed figures
 #   make clean
@@ -112,6 +114,13 @@ bench: run
 test-exhaustive: build/test/exhaustive_fp8
 	@tests/run_tests.sh build/test build/test/exhaustive_fp8
 
+# The parsers of untrusted input on seeded mutations (tests/test_fuzz.c; make test runs a few
+# thousand per parser): 30000 per parser took 2 minutes on 2 cores under ASan.
+FUZZ_ITERS ?= 200000
+fuzz: build/asan/test_fuzz
+	@DSV3_FUZZ_ITERS=$(FUZZ_ITERS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  tests/run_tests.sh fuzz build/asan/test_fuzz
+
 # CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
 # as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
 # with cc, since nvcc compiles .c files as C++. Without OpenBLAS (a bare GPU box) the test brings a
@@ -141,4 +150,4 @@ cuda-test: cuda
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench
