@@ -2,12 +2,13 @@
  *
  * One decode step of MLA attention, absorbed against naive, as the cache grows (the absorbed form
  * reads each cached latent row once for all heads; the naive form first expands every row into
- * per-head keys and values: notes/mla.md works the costs), and the tokenizer's encode speed.
+ * per-head keys and values: notes/mla.md works the costs), the tokenizer's encode speed, and
+ * what a decode step of 1 and of 2 tokens and an MTP draft cost (why --mtp pays or not).
  * Timings use whatever threads OpenMP and OpenBLAS are given; `make bench` sets one thread for
  * these and prints decode tok/s at 1 and all threads.
  */
 #include "bench.h"
-#include "mla.h"
+#include "model.h"
 #include "tokenizer.h"
 
 #include <stdio.h>
@@ -88,12 +89,52 @@ static int bench_tokenizer(const char *dir) {
     return 0;
 }
 
+/* What one step of plain and of speculative decoding costs: a forward of 1 and of 2 tokens at
+ * position 100 (speculative decoding verifies two), and the MTP module on one token (its draft). */
+static int bench_steps(const char *dir) {
+    Model m;
+    State s;
+    Error e;
+    if (model_load(&m, dir, &e)) {
+        printf("decode steps: skipped (%s)\n", e.msg);
+        return 0;
+    }
+    int V = m.cfg.vocab_size, toks[102], R = 200, rc = 0;
+    for (int i = 0; i < 102; i++) toks[i] = (i * 37 + 5) % V;
+    float *logits = malloc(sizeof(float) * 2 * V);
+    int have_state = state_init(&s, &m, 128, 64, &e) == 0;
+    if (!have_state || model_forward(&m, &s, toks, 100, 0, logits, 1, ATTN_ABSORBED, &e)) rc = 1;
+    double t[3] = {0};
+    for (int k = 0; !rc && k < 2; k++) {
+        double t0 = now_s();
+        for (int r = 0; r < R && !rc; r++) rc = model_forward(&m, &s, toks + 100, k + 1, 100, logits, 0, ATTN_ABSORBED, &e);
+        t[k] = (now_s() - t0) / R * 1e3;
+    }
+    if (!rc && m.has_mtp) {
+        rc = mtp_forward(&m, &s, toks + 1, 64, 0, logits, 1, &e) || mtp_forward(&m, &s, toks + 65, 35, 64, logits, 1, &e);
+        double t0 = now_s();
+        for (int r = 0; r < R && !rc; r++) rc = mtp_forward(&m, &s, toks + 100, 1, 99, logits, 1, &e);
+        t[2] = (now_s() - t0) / R * 1e3;
+    }
+    if (rc) fprintf(stderr, "run bench: %s\n", e.msg);
+    else {
+        printf("decode step at position 100: 1 token %.3f ms, 2 tokens %.3f ms (%.2fx)", t[0], t[1], t[1] / t[0]);
+        if (m.has_mtp) printf(", MTP draft %.3f ms (%.0f%% of a 1-token step)", t[2], 100 * t[2] / t[0]);
+        printf("\n");
+    }
+    if (have_state) state_free(&s);
+    free(logits);
+    model_free(&m);
+    return rc;
+}
+
 int bench_main(int argc, char **argv) {
     const char *dir = NULL;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: run bench [DIR]\n  one MLA decode step, absorbed vs naive, at contexts 256, 1024, 4096\n"
-                   "  (V2-Lite's attention shape); with DIR, the tokenizer's encode speed on 1 MB\n");
+                   "  (V2-Lite's attention shape); with DIR, the tokenizer's encode speed on 1 MB and the cost\n"
+                   "  of a decode step of 1 and 2 tokens and of an MTP draft\n");
             return 0;
         }
         if (argv[i][0] == '-' || dir) {
@@ -103,5 +144,5 @@ int bench_main(int argc, char **argv) {
         dir = argv[i];
     }
     bench_attention();
-    return dir ? bench_tokenizer(dir) : 0;
+    return dir ? bench_tokenizer(dir) || bench_steps(dir) : 0;
 }
