@@ -457,6 +457,13 @@ static int run_fns(Golden *g, const int *selected, const char *out_path, const c
         char tol[32];
         snprintf(tol, sizeof tol, "%g", en->tol);
         meta_add(&meta, buf, tol);
+        if (!strcmp(en->name, "fp8_gemm")) { /* its outputs are not all one kind of thing */
+            meta_add(&meta, "tolerance.fp8_gemm.y_unquantized", "1e-4");
+            meta_add(&meta, "tolerance_note.fp8_gemm",
+                     "1e-5 holds for y_fp32 (exact K-block sums, any order) and for a twin of the 14-bit "
+                     "emulations; a real tensor core is not bit-comparable with y_acc14_*: compare its error "
+                     "with theirs (notes/golden.md); y_unquantized is a plain FP32 matmul, 1e-4");
+        }
         snprintf(buf, sizeof buf, "calls.%s", en->name);
         meta_add(&meta, buf, en->calls);
         snprintf(buf, sizeof buf, "inputs.%s", en->name);

@@ -193,6 +193,9 @@ static void test_complete(void **st) {
     for (int i = 0; i < 10; i++) assert_true(cJSON_IsString(cJSON_GetObjectItem(m, keys[i])));
     assert_string_equal(cJSON_GetObjectItem(m, "version")->valuestring, GOLDEN_VERSION);
     assert_string_equal(cJSON_GetObjectItem(m, "seed")->valuestring, "7");
+    /* fp8_gemm's plain FP32 output has its own tolerance, and a note on the 14-bit emulations */
+    assert_string_equal(cJSON_GetObjectItem(m, "tolerance.fp8_gemm.y_unquantized")->valuestring, "1e-4");
+    assert_non_null(strstr(cJSON_GetObjectItem(m, "tolerance_note.fp8_gemm")->valuestring, "tensor core"));
     int listed = 0;
     for (int i = 0; i < GOLDEN_N_FNS; i++) {
         char k[64];
