@@ -1,5 +1,5 @@
-/* generate.c - text generation: the chat prompt, plain decoding, and speculative decoding with the
- * MTP module (DeepSeek-V3 report, 2.2 and 5.4.3).
+/* generate.c - text generation: the chat prompt, plain decoding, speculative decoding with the MTP
+ * module (DeepSeek-V3 report, 2.2 and 5.4.3), and a conversation kept in one latent cache.
  *
  * Plain decoding: one prefill over the prompt, then one forward per new token (T = 1 through the
  * latent cache), each token drawn from softmax(logits / temp) cut to the top-p nucleus (ops.c).
@@ -14,6 +14,11 @@
  * the tokens are distributed exactly as plain decoding's. matmul and the absorbed attention are
  * batch-invariant for T <= SMALL_BATCH (ops.h), so at temp 0 the tokens equal plain greedy's bit
  * for bit. A rejected draft's cache row is overwritten by the next step (rows past pos are unread).
+ *
+ * A chat session appends each turn to the same cache: the previous reply's last token and EOS, then
+ * "<｜User｜>{turn}<｜Assistant｜>", so a reply costs only its own turn's prefill, never the history's.
+ * (DeepSeek-R1's template drops past reasoning when it re-renders a conversation; a session keeps
+ * it in the cache, since the cache cannot drop rows from the middle.)
  */
 #include "generate.h"
 
@@ -78,14 +83,36 @@ int chat_format_detect(ChatFormat *f, const char *dir, const Tokenizer *tok, Err
 }
 
 char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *system, const char *user) {
+    if (chat) return chat_render(f, tok, system, &user, 1);
     int bos_id = tokenizer_bos_id(tok);
     const char *bos = bos_id >= 0 && tokenizer_piece(tok, bos_id) ? tokenizer_piece(tok, bos_id) : "";
-    const char *sys = system ? system : "";
-    size_t len = strlen(bos) + strlen(sys) + strlen(user) + 64;
+    size_t len = strlen(bos) + strlen(user) + 1;
     char *text = malloc(len);
-    if (!chat) snprintf(text, len, "%s%s", bos, user);
-    else if (f == CHAT_V2) snprintf(text, len, "%s%s%sUser: %s\n\nAssistant:", bos, sys, system ? "\n\n" : "", user);
-    else snprintf(text, len, "%s%s%s%s%s%s", bos, sys, USER, user, ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
+    snprintf(text, len, "%s%s", bos, user);
+    return text;
+}
+
+char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const char *const *turns, int n) {
+    int bos_id = tokenizer_bos_id(tok), eos_id = tokenizer_eos_id(tok);
+    const char *bos = bos_id >= 0 && tokenizer_piece(tok, bos_id) ? tokenizer_piece(tok, bos_id) : "";
+    const char *eos = eos_id >= 0 && tokenizer_piece(tok, eos_id) ? tokenizer_piece(tok, eos_id) : "";
+    size_t len = strlen(bos) + (system ? strlen(system) : 0) + 64;
+    for (int i = 0; i < n; i++) len += strlen(turns[i]) + strlen(eos) + 64;
+    char *text = malloc(len), *p = text;
+    p += sprintf(p, "%s%s%s", bos, system ? system : "", f == CHAT_V2 && system ? "\n\n" : "");
+    for (int i = 0; i < n; i++) {
+        const char *t = turns[i];
+        if (i % 2 == 0 && f == CHAT_V2) p += sprintf(p, "User: %s\n\n", t);
+        else if (i % 2 == 0) p += sprintf(p, "%s%s", USER, t);
+        else if (f == CHAT_V2) p += sprintf(p, "Assistant: %s%s", t, eos);
+        else {
+            const char *end_think = NULL;
+            for (const char *q = t; f == CHAT_R1 && (q = strstr(q, "</think>")); q++) end_think = q;
+            p += sprintf(p, "%s%s%s", ASSISTANT, end_think ? end_think + strlen("</think>") : t, eos);
+        }
+    }
+    if (f == CHAT_V2) sprintf(p, "Assistant:");
+    else sprintf(p, "%s%s", ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
     return text;
 }
 
@@ -152,12 +179,13 @@ static int next_token(Gen *g, const float *logits) {
     return sample(logits, g->m->cfg.vocab_size, g->o->temp, g->o->top_p, &g->rng, g->probs, g->order);
 }
 
-/* Plain decoding after the prefill (logits: the prompt's last position): one forward per token. */
-static int decode_plain(Gen *g, float *logits, int T, Error *e) {
+/* Plain decoding after the prefill (logits: the prompt's last position; end: the position after
+ * it): one forward per token. */
+static int decode_plain(Gen *g, float *logits, int end, Error *e) {
     for (;;) {
         int next = next_token(g, logits);
         if (emit(g, next)) return 0;
-        if (model_forward(g->m, g->s, &next, 1, T + g->r->n - 1, logits, 1, ATTN_ABSORBED, e)) return -1;
+        if (model_forward(g->m, g->s, &next, 1, end + g->r->n - 1, logits, 1, ATTN_ABSORBED, e)) return -1;
     }
 }
 
@@ -230,8 +258,10 @@ int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, 
     memset(r, 0, sizeof *r);
     if (o->mtp && !m->has_mtp) return error_set(e, "--mtp: the checkpoint has no MTP module");
     if (o->stream && !tok) return error_set(e, "streaming text needs a tokenizer");
-    if (T <= 0 || T + o->n_new > s->ctx)
-        return error_set(e, "%d prompt tokens + %d new do not fit the %d-token cache (raise --ctx)", T, o->n_new, s->ctx);
+    if (o->mtp && o->pos0) return error_set(e, "--mtp: speculative decoding starts at position 0");
+    if (T <= 0 || o->pos0 < 0 || o->pos0 + T + o->n_new > s->ctx)
+        return error_set(e, "%d prompt tokens + %d new after position %d do not fit the %d-token cache (raise --ctx)",
+                         T, o->n_new, o->pos0, s->ctx);
     Gen g = {.m = m, .s = s, .tok = tok, .o = o, .r = r};
     r->ids = malloc(sizeof(int) * (size_t)(o->n_new + 1));
     g.probs = malloc(sizeof(float) * V);
@@ -242,10 +272,10 @@ int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, 
     int rc = 0;
     double t0 = now_s();
     if (o->n_new > 0) {
-        rc = model_forward(m, s, prompt, T, 0, logits, 1, ATTN_ABSORBED, e);
+        rc = model_forward(m, s, prompt, T, o->pos0, logits, 1, ATTN_ABSORBED, e);
         double t1 = now_s();
         r->prefill_s = t1 - t0;
-        if (!rc) rc = o->mtp ? decode_mtp(&g, logits, prompt, T, e) : decode_plain(&g, logits, T, e);
+        if (!rc) rc = o->mtp ? decode_mtp(&g, logits, prompt, T, e) : decode_plain(&g, logits, o->pos0 + T, e);
         r->decode_s = now_s() - t1;
     }
     if (o->stream) {
@@ -254,5 +284,82 @@ int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, 
         fflush(stdout);
     }
     free(g.probs); free(g.q_probs); free(g.order); free(logits);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A conversation in one cache
+ */
+
+/* One user turn from `in`: a line without its newline; a line ending in '\\' continues on the next. */
+static char *read_turn(FILE *in) {
+    size_t cap = 256, n = 0;
+    char *buf = malloc(cap);
+    int c, got = 0;
+    while ((c = fgetc(in)) != EOF) {
+        got = 1;
+        if (c == '\n') {
+            if (n && buf[n - 1] == '\\') { buf[n - 1] = '\n'; continue; }
+            break;
+        }
+        if (n + 2 > cap) buf = realloc(buf, cap *= 2);
+        buf[n++] = (char)c;
+    }
+    if (!got) { free(buf); return NULL; }
+    buf[n] = 0;
+    return buf;
+}
+
+int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, const char *system, FILE *in,
+                 FILE *out, const GenOptions *o, Error *e) {
+    if (o->mtp) return error_set(e, "--mtp is not available in a chat session");
+    if (o->n_new < 1) return error_set(e, "a chat reply needs -n of at least 1");
+    int eos = tokenizer_eos_id(tok), pos = 0, carry = -1, rc = 0, turn = 0;
+    char *line;
+    while (!rc && (line = read_turn(in))) {
+        if (!*line) { free(line); continue; }
+        /* the first turn: the template from the start; later ones: the previous reply's last token
+         * (emitted, not yet fed), EOS if the reply did not end with it, then the next user turn */
+        char *text;
+        if (turn == 0) text = chat_render(f, tok, system, (const char *const *)&line, 1);
+        else {
+            size_t len = strlen(line) + 64;
+            text = malloc(len);
+            if (f == CHAT_V2) snprintf(text, len, "User: %s\n\nAssistant:", line);
+            else snprintf(text, len, "%s%s%s%s", USER, line, ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
+        }
+        int *enc, n_enc;
+        rc = tokenizer_encode(tok, text, strlen(text), &enc, &n_enc, e);
+        free(text);
+        free(line);
+        if (rc) break;
+        int *ids = malloc(sizeof(int) * (size_t)(n_enc + 2)), T = 0;
+        if (carry >= 0) ids[T++] = carry;
+        if (carry >= 0 && carry != eos && eos >= 0) ids[T++] = eos;
+        memcpy(ids + T, enc, sizeof(int) * (size_t)n_enc);
+        T += n_enc;
+        free(enc);
+        GenOptions turn_o = *o;
+        turn_o.pos0 = pos;
+        GenResult r;
+        rc = generate(m, s, tok, ids, T, &turn_o, &r, e);
+        free(ids);
+        if (rc) {
+            if (pos + T + o->n_new > s->ctx)
+                error_set(e, "turn %d: the conversation (%d tokens so far, %d more, up to %d new) fills the %d-token "
+                          "context (raise --ctx)", turn + 1, pos, T, o->n_new, s->ctx);
+            break;
+        }
+        if (o->stream) fputc('\n', stdout), fflush(stdout);
+        else {
+            for (int i = 0; i < r.n; i++) fprintf(out, "%s%d", i ? " " : "", r.ids[i]);
+            fputc('\n', out);
+            fflush(out);
+        }
+        pos += T + r.n - 1; /* every emitted token but the last is in the cache */
+        carry = r.n ? r.ids[r.n - 1] : -1;
+        free(r.ids);
+        turn++;
+    }
     return rc;
 }

@@ -10,6 +10,7 @@
 #define GENERATE_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "model.h"
 #include "tokenizer.h"
@@ -30,6 +31,12 @@ const char *chat_format_name(ChatFormat f);
 /* The prompt text, malloc'd: the chat layout above, or (chat = 0) BOS then user. system may be NULL. */
 char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *system, const char *user);
 
+/* A whole conversation as the template renders it with the generation prompt: turns [n] alternate
+ * user, assistant, user, ..., ending with a user turn (n odd). Earlier assistant turns are closed
+ * with EOS: V3/R1 "<｜Assistant｜>{reply}<｜end▁of▁sentence｜>" (R1 drops a reply's text up to its
+ * last "</think>", as its template does), V2 "Assistant: {reply}{eos}". malloc'd. */
+char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const char *const *turns, int n);
+
 typedef struct {
     float temp, top_p;  /* temp 0: greedy; top_p 1: no nucleus cut */
     uint64_t seed;
@@ -38,6 +45,7 @@ typedef struct {
     int eos;            /* the EOS id, -1 for none */
     int mtp;            /* speculative decoding with the MTP module (m->has_mtp) */
     int stream;         /* print each token's text to stdout as it comes (needs a tokenizer) */
+    int pos0;           /* the prompt's first position: 0, or where a conversation has got to */
 } GenOptions;
 
 typedef struct {
@@ -47,9 +55,19 @@ typedef struct {
     double prefill_s, decode_s;  /* wall time of the prompt's forward and of the rest */
 } GenResult;
 
-/* Continues prompt [T] (positions 0..T-1 of s's cache, which must hold T + n_new). Same options and
- * seed give the same tokens; with temp 0, mtp on or off gives the same tokens too. */
+/* Continues prompt [T] (positions pos0..pos0+T-1 of s's cache, which must hold pos0 + T + n_new;
+ * rows below pos0 are the conversation so far). The last emitted token is not fed back (the next
+ * call's prompt starts with it). Same options and seed give the same tokens; with temp 0, mtp on or
+ * off gives the same tokens too (mtp needs pos0 = 0). */
 int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, int T, const GenOptions *o,
              GenResult *r, Error *e);
+
+/* A conversation read from `in`, one user turn per line (a line ending in a backslash continues),
+ * until EOF: each reply is generated into the same cache, after the turns before it, with the
+ * template's closing EOS and the next user turn appended (no re-encoding of the history). Replies
+ * stream as text (o->stream) or, with o->stream = 0, are written to `out` as ids, one line each.
+ * A turn that would not fit the cache is an error. o->mtp must be 0. */
+int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, const char *system, FILE *in,
+                 FILE *out, const GenOptions *o, Error *e);
 
 #endif

@@ -61,6 +61,11 @@ static const char *USAGE =
     "  generate ... --mtp   speculative decoding with the checkpoint's MTP module as the draft: prints\n"
     "                       the acceptance rate and the speed-up over plain decoding of the same\n"
     "                       prompt; at --temp 0 the tokens equal plain greedy decoding's\n"
+    "  chat DIR [--system S] [-n N] [--temp T] [--top-p P] [--seed S] [--ids]\n"
+    "                       a conversation: one user turn per line of stdin (a trailing \\ continues\n"
+    "                       the turn), each reply generated after the ones before it in the same\n"
+    "                       latent cache, in the checkpoint's chat format. N: tokens per reply\n"
+    "                       (default 256); --ids prints each reply's ids on one line\n"
     "  init --config CONFIG.json --out DIR [--mtp] [--seed S]\n"
     "                       write a random F32 model for the config (with an MTP module: --mtp)\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
@@ -129,7 +134,7 @@ static int *parse_ids(const char *s, int *n) {
 
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
+    int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
     const char *config, *ids_file, *compare;
     float temp, top_p;
     unsigned long long seed;
@@ -153,7 +158,7 @@ static Args parse_args(int argc, char **argv) {
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) { fputs(USAGE, stdout); exit(0); }
         else if (!strcmp(s, "--tokens")) { if (!v) die_usage("--tokens needs a value"); a.tokens = v; i++; }
         else if (!strcmp(s, "--out")) { if (!v) die_usage("--out needs a file name"); a.out = v; i++; }
-        else if (!strcmp(s, "-n")) { a.n_new = parse_int(s, v); i++; }
+        else if (!strcmp(s, "-n")) { a.n_new = parse_int(s, v); a.n_new_set = 1; i++; }
         else if (!strcmp(s, "--ctx") || !strcmp(s, "--window")) { a.ctx = parse_int(s, v); i++; }
         else if (!strcmp(s, "--windows")) { a.n_windows = parse_int(s, v); i++; }
         else if (!strcmp(s, "--ids-file")) { if (!v) die_usage("--ids-file needs a file"); a.ids_file = v; i++; }
@@ -391,6 +396,31 @@ static int cmd_generate(int argc, char **argv) {
     return 0;
 }
 
+/* run chat: a conversation on stdin, one user turn per line, in one latent cache (generate.h). */
+static int cmd_chat(int argc, char **argv) {
+    Args a = parse_args(argc, argv);
+    if (a.prompt || a.tokens || a.mtp) die_usage("chat: the turns come from stdin, one per line (no -p, --tokens or --mtp)");
+    Model m;
+    State s;
+    Error e;
+    load_or_die(&m, a.dir);
+    Tokenizer *tok = tokenizer_or_die(a.dir);
+    ChatFormat f;
+    die_on(chat_format_detect(&f, a.dir, tok, &e), &e);
+    int max_pos = m.cfg.max_position_embeddings, ctx = a.ctx ? a.ctx : max_pos < 4096 ? max_pos : 4096;
+    if (state_init(&s, &m, ctx, 64, &e)) die(e.msg);
+    if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
+    GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new_set ? a.n_new : 256,
+                    .ignore_eos = a.ignore_eos, .eos = tokenizer_eos_id(tok), .stream = !a.ids};
+    if (isatty(0)) fprintf(stderr, "run: %s chat format, %d-token context; one turn per line, Ctrl-D ends\n",
+                           chat_format_name(f), ctx);
+    die_on(chat_session(&m, &s, tok, f, a.system, stdin, stdout, &o, &e), &e);
+    tokenizer_free(tok);
+    state_free(&s);
+    model_free(&m);
+    return 0;
+}
+
 static int cmd_init(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
@@ -588,6 +618,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "logits")) return cmd_logits(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "chat")) return cmd_chat(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "init")) return cmd_init(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return bench_main(argc - 2, argv + 2);

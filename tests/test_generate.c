@@ -37,11 +37,11 @@ static void test_chat_ids_equal_hf(void **st) {
     cJSON *root = cJSON_Parse(json);
     assert_non_null(root);
     const cJSON *c;
-    int n_cases = 0, per_family[3] = {0};
+    int n_cases = 0, n_multi = 0, per_family[3] = {0};
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
         const char *family = cJSON_GetObjectItem(c, "family")->valuestring;
-        const cJSON *sys = cJSON_GetObjectItem(c, "system");
-        const char *user = cJSON_GetObjectItem(c, "user")->valuestring;
+        const cJSON *sys = cJSON_GetObjectItem(c, "system"), *turns = cJSON_GetObjectItem(c, "turns");
+        const char *user = turns ? NULL : cJSON_GetObjectItem(c, "user")->valuestring;
         char *dir = tokenizer_dir(cJSON_GetObjectItem(c, "template")->valuestring);
         Tokenizer *tok;
         if (tokenizer_load(&tok, dir, &e)) fail_msg("%s", e.msg);
@@ -49,7 +49,18 @@ static void test_chat_ids_equal_hf(void **st) {
         if (chat_format_detect(&f, dir, tok, &e)) fail_msg("%s", e.msg);
         ChatFormat want = !strcmp(family, "r1") ? CHAT_R1 : !strcmp(family, "v2") ? CHAT_V2 : CHAT_V3;
         assert_int_equal(f, want);
-        char *text = prompt_render(1, f, tok, cJSON_IsString(sys) ? sys->valuestring : NULL, user);
+        const char *system = cJSON_IsString(sys) ? sys->valuestring : NULL;
+        char *text;
+        if (turns) { /* a whole conversation: earlier replies closed with EOS (R1: reasoning dropped) */
+            const char *t[16];
+            int nt = cJSON_GetArraySize(turns);
+            assert_true(nt <= 16 && nt % 2 == 1);
+            for (int i = 0; i < nt; i++) t[i] = cJSON_GetArrayItem(turns, i)->valuestring;
+            text = chat_render(f, tok, system, t, nt);
+            n_multi++;
+        } else {
+            text = prompt_render(1, f, tok, system, user);
+        }
         assert_string_equal(text, cJSON_GetObjectItem(c, "text")->valuestring);
         int *ids, n;
         assert_int_equal(tokenizer_encode(tok, text, strlen(text), &ids, &n, &e), 0);
@@ -63,9 +74,9 @@ static void test_chat_ids_equal_hf(void **st) {
         rm_rf(dir);
         free(dir);
     }
-    printf("chat prompts: %d of %d equal HF's apply_chat_template ids (V3 %d, R1 %d, V2 %d)\n", n_cases, n_cases,
-           per_family[CHAT_V3], per_family[CHAT_R1], per_family[CHAT_V2]);
-    assert_true(n_cases >= 12 && per_family[0] && per_family[1] && per_family[2]);
+    printf("chat prompts: %d of %d equal HF's apply_chat_template ids (V3 %d, R1 %d, V2 %d; %d multi-turn)\n", n_cases,
+           n_cases, per_family[CHAT_V3], per_family[CHAT_R1], per_family[CHAT_V2], n_multi);
+    assert_true(n_cases >= 18 && n_multi >= 6 && per_family[0] && per_family[1] && per_family[2]);
     cJSON_Delete(root);
     free(json);
 }
@@ -185,10 +196,73 @@ static void test_generate_sampling_seeded(void **st) {
     model_free(&m);
 }
 
+/* A chat session keeps the conversation in one cache: its second reply equals generate() from a
+ * fresh state on the whole conversation's ids (turn 1, reply 1, EOS, turn 2), prefilled at once. */
+static void test_chat_session_equals_fresh_prefill(void **st) {
+    (void)st;
+    Model m;
+    State s, fresh;
+    Error e;
+    Tokenizer *tok;
+    assert_int_equal(model_load(&m, BUNDLED, &e), 0);
+    assert_int_equal(tokenizer_load(&tok, BUNDLED, &e), 0);
+    assert_int_equal(state_init(&s, &m, 256, 16, &e), 0);
+    const char *u1 = "Who was Moses?", *u2 = "And who was Aaron?";
+    char input[128], *outbuf = NULL;
+    size_t outlen = 0;
+    snprintf(input, sizeof input, "%s\n\n%s\n", u1, u2); /* the empty line is skipped */
+    FILE *in = fmemopen(input, strlen(input), "r"), *out = open_memstream(&outbuf, &outlen);
+    GenOptions o = {.temp = 0, .top_p = 1, .n_new = 12, .ignore_eos = 1, .eos = tokenizer_eos_id(tok)};
+    assert_int_equal(chat_session(&m, &s, tok, CHAT_V3, NULL, in, out, &o, &e), 0);
+    fclose(in);
+    fclose(out);
+    int r1[12], r2[12], used;
+    const char *p = outbuf;
+    for (int i = 0; i < 12; i++, p += used) assert_int_equal(sscanf(p, "%d%n", &r1[i], &used), 1);
+    for (int i = 0; i < 12; i++, p += used) assert_int_equal(sscanf(p, "%d%n", &r2[i], &used), 1);
+    /* the whole conversation's ids, built from its parts */
+    char *first = chat_render(CHAT_V3, tok, NULL, &u1, 1), second[128];
+    snprintf(second, sizeof second, "<｜User｜>%s<｜Assistant｜>", u2);
+    int *a, na, *b, nb;
+    assert_int_equal(tokenizer_encode(tok, first, strlen(first), &a, &na, &e), 0);
+    assert_int_equal(tokenizer_encode(tok, second, strlen(second), &b, &nb, &e), 0);
+    int *all = malloc(sizeof(int) * (size_t)(na + 13 + nb)), n = 0;
+    memcpy(all, a, sizeof(int) * na);
+    n = na;
+    memcpy(all + n, r1, sizeof r1);
+    n += 12;
+    all[n++] = tokenizer_eos_id(tok);
+    memcpy(all + n, b, sizeof(int) * nb);
+    n += nb;
+    assert_int_equal(state_init(&fresh, &m, 256, 64, &e), 0);
+    GenResult r;
+    assert_int_equal(generate(&m, &fresh, tok, all, n, &o, &r, &e), 0);
+    assert_memory_equal(r.ids, r2, sizeof r2);
+    printf("chat session: reply 2 (%d tokens) equals a fresh prefill of the %d-token conversation\n", r.n, n);
+    /* a conversation that outgrows the cache is stopped with a message */
+    State small;
+    assert_int_equal(state_init(&small, &m, 30, 16, &e), 0); /* turn 1 needs 19, turn 2 up to 39 */
+    in = fmemopen(input, strlen(input), "r");
+    out = fopen("/dev/null", "w");
+    assert_int_equal(chat_session(&m, &small, tok, CHAT_V3, NULL, in, out, &o, &e), -1);
+    printf("error: %s\n", e.msg);
+    assert_non_null(strstr(e.msg, "turn 2"));
+    assert_non_null(strstr(e.msg, "raise --ctx"));
+    fclose(in);
+    fclose(out);
+    free(r.ids); free(all); free(a); free(b); free(first); free(outbuf);
+    state_free(&small);
+    state_free(&fresh);
+    state_free(&s);
+    tokenizer_free(tok);
+    model_free(&m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_ids_equal_hf),         cmocka_unit_test(test_chat_format_errors),
         cmocka_unit_test(test_generate_greedy_equals_hf), cmocka_unit_test(test_generate_sampling_seeded),
+        cmocka_unit_test(test_chat_session_equals_fresh_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
