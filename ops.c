@@ -138,7 +138,8 @@ static void bf16_widen(float *restrict out, const uint16_t *restrict h, size_t n
  * magnitude bits e.eee.m.mm shifted left by 20 are the FP32 with exponent field e and mantissa mmm:
  * 2^(e-127) * 1.mmm, or for e = 0 the FP32 subnormal mmm * 2^-129; times 2^120 (exact) both are the
  * E4M3 value, 2^(e-7) * 1.mmm and mmm * 2^-9. S.1111.111 is NaN. Then the sign, then the scale: one
- * rounding, as decode-then-multiply. Equals fp8_e4m3_decode for all 256 codes (tests/test_ops.c). */
+ * rounding, as decode-then-multiply. Equals fp8_e4m3_decode for all 256 codes (tests/test_ops.c).
+ * The subnormal codes rely on FP32 subnormals being honoured (no -ffast-math, no DAZ mode). */
 static void e4m3_widen(float *restrict out, const uint8_t *restrict b, size_t n, float scale) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++) {
