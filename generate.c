@@ -55,8 +55,7 @@ static const char *template_of(const cJSON *root) {
 int chat_format_detect(ChatFormat *f, const char *dir, const Tokenizer *tok, Error *e) {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    size_t n;
-    char *text = read_file(path, &n, NULL);
+    char *text = read_file(path, NULL, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     const char *tmpl = root ? template_of(root) : NULL;
@@ -82,10 +81,22 @@ int chat_format_detect(ChatFormat *f, const char *dir, const Tokenizer *tok, Err
     return rc;
 }
 
+/* The spelling of a special token (BOS, EOS), "" when the tokenizer has none. */
+static const char *piece_or_empty(const Tokenizer *tok, int id) {
+    const char *p = id >= 0 ? tokenizer_piece(tok, id) : NULL;
+    return p ? p : "";
+}
+
+/* One user turn and the generation prompt after it (the assistant's opening), written at p;
+ * returns the bytes written. p must hold strlen(user) + 64. */
+static int user_turn_and_prompt(char *p, ChatFormat f, const char *user) {
+    if (f == CHAT_V2) return sprintf(p, "User: %s\n\nAssistant:", user);
+    return sprintf(p, "%s%s%s%s", USER, user, ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
+}
+
 char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *system, const char *user) {
     if (chat) return chat_render(f, tok, system, &user, 1);
-    int bos_id = tokenizer_bos_id(tok);
-    const char *bos = bos_id >= 0 && tokenizer_piece(tok, bos_id) ? tokenizer_piece(tok, bos_id) : "";
+    const char *bos = piece_or_empty(tok, tokenizer_bos_id(tok));
     size_t len = strlen(bos) + strlen(user) + 1;
     char *text = malloc(len);
     snprintf(text, len, "%s%s", bos, user);
@@ -93,14 +104,12 @@ char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *sy
 }
 
 char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const char *const *turns, int n) {
-    int bos_id = tokenizer_bos_id(tok), eos_id = tokenizer_eos_id(tok);
-    const char *bos = bos_id >= 0 && tokenizer_piece(tok, bos_id) ? tokenizer_piece(tok, bos_id) : "";
-    const char *eos = eos_id >= 0 && tokenizer_piece(tok, eos_id) ? tokenizer_piece(tok, eos_id) : "";
+    const char *bos = piece_or_empty(tok, tokenizer_bos_id(tok)), *eos = piece_or_empty(tok, tokenizer_eos_id(tok));
     size_t len = strlen(bos) + (system ? strlen(system) : 0) + 64;
     for (int i = 0; i < n; i++) len += strlen(turns[i]) + strlen(eos) + 64;
     char *text = malloc(len), *p = text;
     p += sprintf(p, "%s%s%s", bos, system ? system : "", f == CHAT_V2 && system ? "\n\n" : "");
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i + 1 < n; i++) { /* the history: user and assistant turns, each reply closed */
         const char *t = turns[i];
         if (i % 2 == 0 && f == CHAT_V2) p += sprintf(p, "User: %s\n\n", t);
         else if (i % 2 == 0) p += sprintf(p, "%s%s", USER, t);
@@ -111,8 +120,7 @@ char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const 
             p += sprintf(p, "%s%s%s", ASSISTANT, end_think ? end_think + strlen("</think>") : t, eos);
         }
     }
-    if (f == CHAT_V2) sprintf(p, "Assistant:");
-    else sprintf(p, "%s%s", ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
+    user_turn_and_prompt(p, f, turns[n - 1]);
     return text;
 }
 
@@ -322,12 +330,7 @@ int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, c
          * (emitted, not yet fed), EOS if the reply did not end with it, then the next user turn */
         char *text;
         if (turn == 0) text = chat_render(f, tok, system, (const char *const *)&line, 1);
-        else {
-            size_t len = strlen(line) + 64;
-            text = malloc(len);
-            if (f == CHAT_V2) snprintf(text, len, "User: %s\n\nAssistant:", line);
-            else snprintf(text, len, "%s%s%s%s", USER, line, ASSISTANT, f == CHAT_R1 ? "<think>\n" : "");
-        }
+        else user_turn_and_prompt(text = malloc(strlen(line) + 64), f, line);
         int *enc, n_enc;
         rc = tokenizer_encode(tok, text, strlen(text), &enc, &n_enc, e);
         free(text);
@@ -342,14 +345,12 @@ int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, c
         GenOptions turn_o = *o;
         turn_o.pos0 = pos;
         GenResult r;
-        rc = generate(m, s, tok, ids, T, &turn_o, &r, e);
+        if (pos + T + o->n_new > s->ctx)
+            rc = error_set(e, "turn %d: the conversation (%d tokens so far, %d more, up to %d new) fills the %d-token "
+                           "context (raise --ctx)", turn + 1, pos, T, o->n_new, s->ctx);
+        else rc = generate(m, s, tok, ids, T, &turn_o, &r, e);
         free(ids);
-        if (rc) {
-            if (pos + T + o->n_new > s->ctx)
-                error_set(e, "turn %d: the conversation (%d tokens so far, %d more, up to %d new) fills the %d-token "
-                          "context (raise --ctx)", turn + 1, pos, T, o->n_new, s->ctx);
-            break;
-        }
+        if (rc) break;
         if (o->stream) fputc('\n', stdout), fflush(stdout);
         else {
             for (int i = 0; i < r.n; i++) fprintf(out, "%s%d", i ? " " : "", r.ids[i]);

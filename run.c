@@ -407,13 +407,12 @@ static int cmd_chat(int argc, char **argv) {
     Tokenizer *tok = tokenizer_or_die(a.dir);
     ChatFormat f;
     die_on(chat_format_detect(&f, a.dir, tok, &e), &e);
-    int max_pos = m.cfg.max_position_embeddings, ctx = a.ctx ? a.ctx : max_pos < 4096 ? max_pos : 4096;
-    if (state_init(&s, &m, ctx, 64, &e)) die(e.msg);
+    state_or_die(&s, &m, a.ctx, 1);
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
     GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new_set ? a.n_new : 256,
                     .ignore_eos = a.ignore_eos, .eos = tokenizer_eos_id(tok), .stream = !a.ids};
     if (isatty(0)) fprintf(stderr, "run: %s chat format, %d-token context; one turn per line, Ctrl-D ends\n",
-                           chat_format_name(f), ctx);
+                           chat_format_name(f), s.ctx);
     die_on(chat_session(&m, &s, tok, f, a.system, stdin, stdout, &o, &e), &e);
     tokenizer_free(tok);
     state_free(&s);
