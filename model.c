@@ -334,9 +334,14 @@ static void add(Manifest *f, int kind, int rows, int cols, const char *fmt, ...)
     size_t n = (size_t)rows * (cols ? cols : 1);
     float *d = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) {
-        float u = rng_uniform(&f->rng), v = rng_uniform(&f->rng);
-        float gauss = sqrtf(-2.0f * logf(1.0f - u)) * cosf(6.2831853f * v); /* Box-Muller */
-        d[i] = kind == 0 ? gauss / sqrtf((float)cols) : kind == 1 ? 0.8f + 0.4f * u : kind == 2 ? 0.01f + 0.1f * u : gauss;
+        if (kind == 0 || kind == 3) {
+            float gauss = rng_normal(&f->rng);
+            d[i] = kind == 0 ? gauss / sqrtf((float)cols) : gauss;
+        } else {
+            float u = rng_uniform(&f->rng);
+            rng_uniform(&f->rng); /* every value takes two draws, as a normal does */
+            d[i] = kind == 1 ? 0.8f + 0.4f * u : 0.01f + 0.1f * u;
+        }
     }
     f->data[f->n] = d;
     f->t[f->n] = (StWriteTensor){.name = strdup(name), .dtype = DT_F32, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = d};

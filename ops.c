@@ -366,6 +366,11 @@ uint64_t rng_next(Rng *r) {
 
 float rng_uniform(Rng *r) { return (float)(rng_next(r) >> 40) / 16777216.0f; }
 
+float rng_normal(Rng *r) {
+    float u = rng_uniform(r), v = rng_uniform(r);
+    return sqrtf(-2.0f * logf(1.0f - u)) * cosf(6.2831853f * v);
+}
+
 /* order [n] sorted by descending p, ties by ascending index: insertion into a heap would be faster;
  * qsort_r is not portable C11, so a plain merge sort over indices. */
 static void sort_desc(int *order, int *tmp, const float *p, int n) {

@@ -104,6 +104,9 @@ typedef struct {
 void rng_seed(Rng *r, uint64_t seed);
 uint64_t rng_next(Rng *r);
 float rng_uniform(Rng *r); /* [0, 1) */
+/* A standard normal by Box-Muller from two uniforms u, v: sqrt(-2 ln(1 - u)) cos(2 pi v). The one
+ * normal sampler of the codebase (random checkpoints, the FP8 error experiment, the tests). */
+float rng_normal(Rng *r);
 
 /* Draw a token from logits [n]. temp == 0: argmax. Otherwise p = softmax(logits / temp); with
  * 0 < top_p < 1 only the nucleus is kept: the fewest most-probable tokens whose mass reaches top_p
