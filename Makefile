@@ -151,3 +151,31 @@ clean:
 	rm -rf build run
 
 .PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench
+
+# Batched paged MLA decode on the GPU (mla_decode.cu, notes/mla_decode.md): `make mla-decode` builds
+# the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;
+# `make mla-decode-test` runs the test, `make mla-decode-bench` the benchmark (an sm_90 GPU, torch).
+MLA_DEC_DIR := build/mla_decode
+ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
+MLA_DEC_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
+MLA_DEC_BLAS_LINK   := $(shell pkg-config --libs openblas)
+else
+MLA_DEC_BLAS_CFLAGS := -I$(MLA_DEC_DIR)/shim
+MLA_DEC_BLAS_LINK   := -DDSV3_CBLAS_SHIM
+endif
+mla-decode:
+	@mkdir -p $(MLA_DEC_DIR)/shim
+	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_mla_decode.cu > $(MLA_DEC_DIR)/shim/cblas.h
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c mla_decode.cu -o $(MLA_DEC_DIR)/mla_decode.o 2>&1 | grep -E "spill|registers" || true
+	$(NVCC) $(NVCCFLAGS) -shared -o $(MLA_DEC_DIR)/libmla_decode.so $(MLA_DEC_DIR)/mla_decode.o
+	for f in ops fp8 mla_paged; do $(CC) $(CSTD) $(OPT) -I. $(MLA_DEC_BLAS_CFLAGS) -c $$f.c -o $(MLA_DEC_DIR)/$$f.o || exit 1; done
+	$(NVCC) $(NVCCFLAGS) -I. -o $(MLA_DEC_DIR)/test_mla_decode tests/test_mla_decode.cu $(MLA_DEC_DIR)/mla_decode.o \
+	  $(MLA_DEC_DIR)/ops.o $(MLA_DEC_DIR)/fp8.o $(MLA_DEC_DIR)/mla_paged.o $(MLA_DEC_BLAS_LINK) -lgomp -lm
+
+mla-decode-test: mla-decode
+	./$(MLA_DEC_DIR)/test_mla_decode
+
+mla-decode-bench: mla-decode
+	python3 tests/bench_mla_decode.py $(MLA_DEC_DIR)/libmla_decode.so
+
+.PHONY: mla-decode mla-decode-test mla-decode-bench

@@ -1,0 +1,133 @@
+/* tests/test_mla_decode.cu - mla_decode.cu's kernel against its C twin, mla_paged_decode_latent.
+ *
+ *   make mla-decode-test    (builds, then runs ./build/mla_decode/test_mla_decode; an sm_90 GPU)
+ *
+ * Random paged batches (ragged lengths around tile and page boundaries, length 1, pages shuffled
+ * in the pool, 16, 20 and 128 heads, a batch that needs no split) in BF16 and FP8. q is drawn
+ * BF16-exact, so what separates the two is the kernel's own rounding (p in BF16, FP8 values
+ * widened to BF16) and its summation order. One line per case: OK/NOT OK, o_lat's
+ * max|gpu - cpu| / max|cpu| and lse's max|gpu - cpu|, against the tolerances below.
+ * Not a cmocka test (the Makefile's tests/test_*.c glob does not see a .cu file).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mla_decode.h"
+
+static int failures = 0;
+static Rng rng;
+
+static double rel_err(const float *got, const float *want, size_t n) {
+    double maxdiff = 0, maxref = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        if (isnan(d) || d > maxdiff) maxdiff = isnan(d) ? INFINITY : d;
+        maxref = fmax(maxref, fabs((double)want[i]));
+    }
+    return maxref > 0 ? maxdiff / maxref : maxdiff;
+}
+static double abs_err(const float *got, const float *want, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        m = isnan(d) ? INFINITY : fmax(m, d);
+    }
+    return m;
+}
+
+/* Tolerances, per format: o_lat relative, lse absolute. BF16 cache: p's BF16 rounding (2^-9) is
+ * the largest term; FP8: also each value's BF16 rounding of code * scale. */
+static const double TOL_O[] = {0, 1e-2, 1e-2}, TOL_LSE[] = {0, 1e-4, 1e-2};
+
+static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_lse) {
+    const int W = MLA_DEC_DC + MLA_DEC_DR;
+    int max_pages = 0;
+    for (int b = 0; b < B; b++) {
+        int np = (lens[b] + MLA_PAGE - 1) / MLA_PAGE;
+        max_pages = np > max_pages ? np : max_pages;
+    }
+    int n_pages = B * max_pages + 3; /* a few pages nobody owns */
+    int32_t *tables = (int32_t *)malloc(sizeof(int32_t) * B * max_pages), *perm = (int32_t *)malloc(sizeof(int32_t) * n_pages);
+    for (int i = 0; i < n_pages; i++) perm[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) {
+        int j = (int)(rng_next(&rng) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < B * max_pages; i++) tables[i] = perm[i];
+    MlaPagedCache c;
+    Error e;
+    if (mla_paged_init(&c, f, MLA_DEC_DC, MLA_DEC_DR, n_pages, &e)) { printf("%s\n", e.msg); exit(1); }
+    for (size_t i = 0; i < (size_t)n_pages * MLA_PAGE * c.row_bytes; i++) c.data[i] = 0xff; /* NaN rows */
+    float *row = (float *)malloc(sizeof(float) * W);
+    for (int b = 0; b < B; b++)
+        for (int s = 0; s < lens[b]; s++) {
+            for (int i = 0; i < W; i++) row[i] = rng_normal(&rng);
+            mla_paged_write(&c, tables + b * max_pages, s, row);
+        }
+    size_t nq = (size_t)B * n_h * W, no = (size_t)B * n_h * MLA_DEC_DC, nl = (size_t)B * n_h;
+    float *q = (float *)malloc(sizeof(float) * nq);
+    for (size_t i = 0; i < nq; i++) q[i] = bf16_to_f32(f32_to_bf16(rng_normal(&rng)));
+    float *o_ref = (float *)malloc(sizeof(float) * no), *o = (float *)malloc(sizeof(float) * no);
+    float *l_ref = (float *)malloc(sizeof(float) * nl), *l = (float *)malloc(sizeof(float) * nl);
+    float scale = 0.0722f; /* 192^-0.5, V3's softmax scale before YaRN's mscale */
+    mla_paged_decode_latent(o_ref, l_ref, q, &c, tables, max_pages, lens, B, n_h, scale);
+    mla_paged_decode_latent_cuda(o, want_lse ? l : NULL, q, &c, tables, max_pages, lens, B, n_h, scale);
+    int max_len = 0;
+    for (int b = 0; b < B; b++) max_len = lens[b] > max_len ? lens[b] : max_len;
+    MlaDecodePlan p;
+    mla_decode_plan(&p, B, n_h, max_len);
+    double eo = rel_err(o, o_ref, no), el = want_lse ? abs_err(l, l_ref, nl) : 0;
+    int ok = eo <= TOL_O[f] && el <= TOL_LSE[f];
+    failures += !ok;
+    printf("%s %-4s heads %3d, B %3d, lengths %d..%d, %2d chunks of %3d tiles: o_lat rel err %.2e (tol %.0e)  "
+           "lse abs err %.2e (tol %.0e)%s\n",
+           ok ? "OK    " : "NOT OK", mla_kv_format_name(f), n_h, B, lens[0], max_len, p.n_split, p.chunk_tiles, eo,
+           TOL_O[f], el, TOL_LSE[f], want_lse ? "" : " (lse not asked)");
+    mla_paged_free(&c);
+    free(tables); free(perm); free(row); free(q); free(o_ref); free(o); free(l_ref); free(l);
+}
+
+int main(void) {
+    rng_seed(&rng, 1616);
+    const int ragged[] = {1, 31, 32, 33, 63, 64, 65, 200, 1000, 4097};
+    const int v3[] = {1, 64, 129, 2000};
+    const int pad[] = {5, 300};
+    const int short_[] = {1, 40, 64};
+    int many[64];
+    for (int i = 0; i < 64; i++) many[i] = 1 + (int)(rng_next(&rng) % 3000);
+    for (int f = MLA_KV_BF16; f <= MLA_KV_FP8; f++) {
+        run_case((MlaKvFormat)f, 16, ragged, 10, 1);
+        run_case((MlaKvFormat)f, 128, v3, 4, 1);
+        run_case((MlaKvFormat)f, 20, pad, 2, 1);
+        run_case((MlaKvFormat)f, 16, short_, 3, 0);
+        run_case((MlaKvFormat)f, 16, many, 64, 1);
+    }
+    printf(failures ? "%d case(s) NOT OK\n" : "all cases OK\n", failures);
+    return failures != 0;
+}
+
+#ifdef DSV3_CBLAS_SHIM
+extern "C" {
+/* BEGIN cblas.h: without OpenBLAS, the Makefile copies the lines from here to END into
+ * build/mla_decode/shim/cblas.h for ops.c; the definitions follow below. */
+enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
+                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc);
+/* END cblas.h */
+
+/* ops.c's matmul calls it; this test never does (no weights here). */
+void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
+                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc) {
+    (void)order; (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda;
+    (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+    fprintf(stderr, "test_mla_decode: cblas_sgemm is not linked\n");
+    abort();
+}
+}
+#endif
