@@ -135,8 +135,8 @@ def run_shape(B, L, h, fmt, bw, peak, out):
 
     def widen(i):
         if fmt == "bf16":
-            return kvs[i]
-        r = raws[i]
+            return kvs[i % len(kvs)]
+        r = raws[i % len(raws)]
         codes = r[..., :DC].contiguous().view(torch.float8_e4m3fn).float().reshape(B, L, 4, 128)
         sc = r[..., DC:DC + 16].contiguous().view(torch.float32).reshape(B, L, 4, 1)
         rope = r[..., DC + 16:].contiguous().view(torch.bfloat16)
@@ -184,7 +184,7 @@ def main():
            "    B      L    h   fmt spl |  kernel      GB/s  %copy  TFLOP/s %peak | PyTorch (contiguous bf16)"
            "                  speedup | vs float64"]
     print("\n".join(out), flush=True)
-    for B in (1, 64, 128):
+    for B in [int(x) for x in os.environ.get("BENCH_B", "1,64,128").split(",")]:
         for L in (4096, 16384):
             for h in (16, 128):
                 for fmt in ("bf16", "fp8"):
