@@ -127,7 +127,7 @@ fuzz: build/asan/test_fuzz
 # naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CUDA_REF  := ops fp8 rope mla moe
+CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
 CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
