@@ -187,12 +187,11 @@ __attribute__((target("avx2"), always_inline)) static inline void rows_avx2(WKin
 
 /* Whether any of n E4M3 codes is NaN (S.1111.111, i.e. c | 0x80 == 0xFF). */
 __attribute__((target("avx2"))) static int e4m3_has_nan_avx2(const unsigned char *p, size_t n) {
-    __m256i any = _mm256_setzero_si256(), hi = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi8(-1);
+    __m256i top = _mm256_setzero_si256(), hi = _mm256_set1_epi8((char)0x80);
     size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m256i v = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + i)), hi);
-        any = _mm256_or_si256(any, _mm256_cmpeq_epi8(v, ones));
-    }
+    for (; i + 32 <= n; i += 32) /* the largest c | 0x80 per byte lane: 0xFF iff a NaN went by */
+        top = _mm256_max_epu8(top, _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + i)), hi));
+    __m256i any = _mm256_cmpeq_epi8(top, _mm256_set1_epi8(-1));
     int nan = !_mm256_testz_si256(any, any);
     for (; i < n; i++) nan |= (p[i] | 0x80) == 0xFF;
     return nan;
