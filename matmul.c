@@ -33,7 +33,8 @@
  * The kernels, chosen at run time (matmul_small_with names them for tests and the benchmark):
  *   plain   tensor_rows_f32 widens SMALL_ROWS rows into a buffer, then dot_f32 on each: the
  *           readable reference, any dtype, any CPU.
- *   avx2    KERNEL_ROWS rows per pass: each 8-float load of x feeds all of them, and the next
+ *   avx2    one token: KERNEL_ROWS rows per pass, each 8-float load of x feeds all of them;
+ *           2..8 tokens: row by row, each 8 weights widened once for 4 (or 2) tokens. The next
  *           group's rows are prefetched in step, so that memory streams while this group computes
  *           (without it an FP8 decode ran at memory time + compute time: notes/performance.md).
  * Threads (OpenMP) take whole blocks of SMALL_ROWS output rows, never a part of a sum: every output
@@ -185,6 +186,48 @@ __attribute__((target("avx2"), always_inline)) static inline void rows_avx2(WKin
     for (int r = 0; r < R; r++) res[r] = hsum8(acc[r]);
 }
 
+/* NT = 2 or 4 tokens of one row: each 8 weights, widened once, feed NT tokens (x: NT rows of
+ * ldx floats). The same products and sums per output as above, so the same bits. The row of the
+ * next 4-row group is prefetched in step. */
+__attribute__((target("avx2"), always_inline)) static inline void toks_avx2(WKind k, float *res, const float *x, size_t ldx,
+                                                                            const unsigned char *w, size_t ld, int cols, int NT,
+                                                                            const float *sf, int block_c) {
+    size_t es = k == W_F32 ? 4 : k == W_BF16 ? 2 : 1;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, s = a0;
+    int span = k == W_E4M3 ? block_c : cols > 0 ? cols : 1, n_sp = (cols + span - 1) / span;
+    for (int sp = 0; sp < n_sp; sp++) {
+        int c = sp * span, c1 = c + span < cols ? c + span : cols;
+        if (k == W_E4M3) s = _mm256_set1_ps(sf[sp]);
+        for (; c + 8 <= c1; c += 8) {
+            size_t o = es * (size_t)c;
+            _mm_prefetch((const char *)w + 4 * ld + o, _MM_HINT_T0);
+            __m256 wv = widen8(k, w + o, s);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(x0 + c), wv));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(x1 + c), wv));
+            if (NT == 4) {
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(_mm256_loadu_ps(x2 + c), wv));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(_mm256_loadu_ps(x3 + c), wv));
+            }
+        }
+        if (c < c1) {
+            __m256 wv = widen_tail(k, w + es * (size_t)c, c1 - c, s);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(load_tail(x0 + c, c1 - c), wv));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(load_tail(x1 + c, c1 - c), wv));
+            if (NT == 4) {
+                a2 = _mm256_add_ps(a2, _mm256_mul_ps(load_tail(x2 + c, c1 - c), wv));
+                a3 = _mm256_add_ps(a3, _mm256_mul_ps(load_tail(x3 + c, c1 - c), wv));
+            }
+        }
+    }
+    res[0] = hsum8(a0);
+    res[1] = hsum8(a1);
+    if (NT == 4) {
+        res[2] = hsum8(a2);
+        res[3] = hsum8(a3);
+    }
+}
+
 /* Whether any of n E4M3 codes is NaN (S.1111.111, i.e. c | 0x80 == 0xFF). */
 __attribute__((target("avx2"))) static int e4m3_has_nan_avx2(const unsigned char *p, size_t n) {
     __m256i top = _mm256_setzero_si256(), hi = _mm256_set1_epi8((char)0x80);
@@ -218,6 +261,13 @@ __attribute__((target("avx2"))) static void rows_avx2_bf16_4(float *res, const f
 __attribute__((target("avx2"))) static void rows_avx2_bf16_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_BF16, res, x, w, ld, cols, 1, sf, bc); }
 __attribute__((target("avx2"))) static void rows_avx2_e4m3_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_E4M3, res, x, w, ld, cols, 4, sf, bc); }
 __attribute__((target("avx2"))) static void rows_avx2_e4m3_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_E4M3, res, x, w, ld, cols, 1, sf, bc); }
+typedef void TokKernel(float *, const float *, size_t, const unsigned char *, size_t, int, const float *, int);
+__attribute__((target("avx2"))) static void toks_avx2_f32_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 4, sf, bc); }
+__attribute__((target("avx2"))) static void toks_avx2_f32_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 2, sf, bc); }
+__attribute__((target("avx2"))) static void toks_avx2_bf16_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 4, sf, bc); }
+__attribute__((target("avx2"))) static void toks_avx2_bf16_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 2, sf, bc); }
+__attribute__((target("avx2"))) static void toks_avx2_e4m3_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_E4M3, res, x, ldx, w, ld, cols, 4, sf, bc); }
+__attribute__((target("avx2"))) static void toks_avx2_e4m3_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_E4M3, res, x, ldx, w, ld, cols, 2, sf, bc); }
 
 /* Rows [r0, r0+nr) of W for n tokens through the AVX2 kernels; returns 0, or -1 when some row
  * group needs the plain path (the caller then runs it for the whole block). sf: scratch for
@@ -226,7 +276,9 @@ static int block_avx2(float *out, const float *x, const Tensor *W, int n, int r0
     typedef void Kernel(float *, const float *, const unsigned char *, size_t, int, const float *, int);
     Kernel *k4 = W->dtype == DT_BF16 ? rows_avx2_bf16_4 : W->dtype == DT_F8_E4M3 ? rows_avx2_e4m3_4 : rows_avx2_f32_4;
     Kernel *k1 = W->dtype == DT_BF16 ? rows_avx2_bf16_1 : W->dtype == DT_F8_E4M3 ? rows_avx2_e4m3_1 : rows_avx2_f32_1;
-    int rows = W->rows, cols = W->cols;
+    TokKernel *t4 = W->dtype == DT_BF16 ? toks_avx2_bf16_4 : W->dtype == DT_F8_E4M3 ? toks_avx2_e4m3_4 : toks_avx2_f32_4;
+    TokKernel *t2 = W->dtype == DT_BF16 ? toks_avx2_bf16_2 : W->dtype == DT_F8_E4M3 ? toks_avx2_e4m3_2 : toks_avx2_f32_2;
+    int rows = W->rows, cols = W->cols, n_cb = W->scale_inv ? (cols + W->block_c - 1) / W->block_c : 0;
     size_t ld = (size_t)cols * dtype_size(W->dtype);
     for (int g = 0; g < nr;) {
         int R = nr - g >= KERNEL_ROWS ? KERNEL_ROWS : 1, r = r0 + g;
@@ -234,11 +286,22 @@ static int block_avx2(float *out, const float *x, const Tensor *W, int n, int r0
         /* the NaN scan is also this group's first touch of its weights: it waits on memory */
         if (W->dtype == DT_F8_E4M3 && (e4m3_has_nan_avx2(w, R * ld) || !e4m3_fold_scales(sf, W, r, R)))
             return -1;
-        for (int t = 0; t < n; t++) {
+        if (n == 1) {
             float res[KERNEL_ROWS];
-            (R == KERNEL_ROWS ? k4 : k1)(res, x + (size_t)t * cols, w, ld, cols, sf, W->block_c);
-            for (int i = 0; i < R; i++) out[(size_t)t * rows + r + i] = res[i];
-        }
+            (R == KERNEL_ROWS ? k4 : k1)(res, x, w, ld, cols, sf, W->block_c);
+            for (int i = 0; i < R; i++) out[r + i] = res[i];
+        } else /* several tokens: row by row, each weight widened once for 4 or 2 tokens at a time */
+            for (int i = 0; i < R; i++) {
+                const unsigned char *wi = w + (size_t)i * ld;
+                const float *sfi = sf + (size_t)i * n_cb;
+                int t = 0;
+                for (float res[4]; n - t >= 2; t += n - t >= 4 ? 4 : 2) {
+                    int nt = n - t >= 4 ? 4 : 2;
+                    (nt == 4 ? t4 : t2)(res, x + (size_t)t * cols, (size_t)cols, wi, ld, cols, sfi, W->block_c);
+                    for (int j = 0; j < nt; j++) out[(size_t)(t + j) * rows + r + i] = res[j];
+                }
+                if (t < n) k1(out + (size_t)t * rows + r + i, x + (size_t)t * cols, wi, ld, cols, sfi, W->block_c);
+            }
         g += R;
     }
     return 0;
