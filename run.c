@@ -17,6 +17,7 @@
 #include "fp8.h"
 #include "generate.h"
 #include "golden.h"
+#include "init.h"
 #include "kv.h"
 #include "mla.h"
 #include "model.h"

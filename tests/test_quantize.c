@@ -8,6 +8,7 @@
  *   - the errors: missing IN, OUT == IN, a link into IN, bad --to, bad --block.
  * Logit gaps are reported per position (max_v |diff| / max |HF logit|, one number per token): the
  * median is the typical gap; a few positions jump where a perturbed MoE router picks other experts. */
+#include "init.h"
 #include "quantize.h"
 #include "testutil.h"
 

@@ -1,0 +1,16 @@
+/* init.h - `run init`: random checkpoints of any config's shape (init.c). */
+#ifndef INIT_H
+#define INIT_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "safetensors.h"
+
+/* A random checkpoint for config.json at config_path (written to out_dir with model.safetensors,
+ * F32): weights N(0, 1/fan_in), norms near 1, a small positive correction bias, embeddings N(0, 1);
+ * the same seed gives the same bytes anywhere (Rng). with_mtp adds the MTP module at layer index
+ * num_hidden_layers (and sets num_nextn_predict_layers to 1 in the written config). */
+int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, Error *e);
+
+#endif
