@@ -1,17 +1,14 @@
 /* model.c - the whole DeepSeek-V3 forward pass: embedding, pre-norm decoder layers (MLA, then MoE
- * or dense FFN), final norm, lm_head. Weights are views into the mmapped safetensors (weights.c
- * loads them; init.c writes random ones).
+ * or dense FFN), final norm, lm_head; and the MTP module's draft. Weights are views into the
+ * mmapped safetensors (weights.c loads them; init.c writes random ones).
  *
- *   h = embed[token]
- *   for each layer:  h += o_proj(MLA(rmsnorm(h)))        (mla.c; RoPE from rope.c)
- *                    h += FFN(rmsnorm(h))                 (moe.c: MoE, or dense for l < first_k_dense)
- *   logits = lm_head(rmsnorm(h))
+ *   x = embed[token]                                                  [T, d]
+ *   for each layer:  x += mla_forward(rmsnorm(x))   (mla.c: q, latent, RoPE, cache, attention, o_proj)
+ *                    x += FFN(rmsnorm(x))           (moe.c: MoE, or dense for l < first_k_dense)
+ *   logits = lm_head(rmsnorm(x))                                      [T, vocab]
  *
- * One MLA step as this file wires it (T tokens at positions pos .. pos+T-1):
- *   q      = mla_query(h)                 [T, n_h*(nope+rope)]   then rotate each head's q_pe
- *   latent = mla_latent(h)                [T, d_c + d_R]         then rotate k_pe, append to cache
- *   attn   = mla_attend_absorbed(q, cache[0 .. pos+T))           or the naive form (--naive)
- * Prefill and decode are the same call: decode is T = 1.
+ * T tokens at positions pos .. pos+T-1 in one call, each layer appending T rows to its latent cache;
+ * prefill and decode are the same call: decode is T = 1.
  */
 #include "model.h"
 
@@ -32,14 +29,13 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
     s->out = malloc(sizeof(float) * T * d);
     s->q = malloc(sizeof(float) * T * nh * qk);
     s->q_scratch = malloc(sizeof(float) * T * (size_t)(c->q_lora_rank ? c->q_lora_rank : 1));
-    s->latent = malloc(sizeof(float) * T * width);
     s->attn = malloc(sizeof(float) * T * nh * (size_t)c->v_head_dim);
     if (m->has_mtp) {
         s->hidden = malloc(sizeof(float) * (size_t)ctx * d);
         s->mtp_cache = calloc((size_t)ctx * width, sizeof(float));
         s->mtp_in = malloc(sizeof(float) * T * 2 * d);
     }
-    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->latent || !s->attn ||
+    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->attn ||
         (m->has_mtp && (!s->hidden || !s->mtp_cache || !s->mtp_in))) {
         state_free(s);
         return error_set(e, "out of memory for a %d-token latent cache (%.1f MB)", ctx,
@@ -50,31 +46,21 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
 
 void state_free(State *s) {
     free(s->cache); free(s->x); free(s->h); free(s->out); free(s->q); free(s->q_scratch);
-    free(s->latent); free(s->attn); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
+    free(s->attn); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
     memset(s, 0, sizeof *s);
 }
 
-/* One decoder layer on s->x [T, d] in place, positions pos .. pos+T-1, its latent cache given. */
-static void layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form) {
+void model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+                         float *after_attn) {
     const Config *c = &m->cfg;
-    const MlaDims *md = &m->mla;
-    int d = c->hidden_size, width = mla_cache_width(md), d_R = md->rope;
-    int qk = md->nope + md->rope, q_stride = md->n_heads * qk;
+    int d = c->hidden_size;
+    MlaScratch scratch = {.q = s->q, .q_lora = s->q_scratch, .attn = s->attn};
+    MlaRope rope = {.inv_freq = m->inv_freq, .attn_factor = m->rope_attn_factor, .interleaved = c->rope.interleaved};
     /* attention */
     rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
-    mla_query(s->q, s->q_scratch, s->h, T, &L->attn, md);
-    mla_latent(s->latent, s->h, T, &L->attn, md);
-    for (int t = 0; t < T; t++) {
-        rope_rotate(s->q + (size_t)t * q_stride + md->nope, md->n_heads, qk, d_R, pos + t, m->inv_freq,
-                    m->rope_attn_factor, c->rope.interleaved);
-        rope_rotate(s->latent + (size_t)t * width + md->kv_lora_rank, 1, width, d_R, pos + t, m->inv_freq,
-                    m->rope_attn_factor, c->rope.interleaved);
-    }
-    memcpy(cache + (size_t)pos * width, s->latent, sizeof(float) * (size_t)T * width);
-    if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos, &L->attn, md);
-    else mla_attend_absorbed(s->attn, s->q, cache, T, pos, &L->attn, md);
-    matmul(s->out, s->attn, &L->attn.o, T);
+    mla_forward(s->out, cache, &scratch, s->h, T, pos, &L->attn, &m->mla, &rope, form);
     for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    if (after_attn) memcpy(after_attn, s->x, sizeof(float) * (size_t)T * d);
     /* feed-forward */
     rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
     if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
@@ -89,7 +75,7 @@ static void forward_chunk(const Model *m, State *s, const int *tokens, int T, in
     int d = c->hidden_size, width = mla_cache_width(&m->mla);
     for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
     for (int l = 0; l < c->n_layers; l++)
-        layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form);
+        model_layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form, NULL);
     rmsnorm(s->h, s->x, m->final_norm, T, d, c->rms_norm_eps);
     if (s->hidden) memcpy(s->hidden + (size_t)pos * d, s->h, sizeof(float) * (size_t)T * d);
 }
@@ -131,7 +117,7 @@ int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos
         rmsnorm(in + d, s->hidden + (size_t)(pos + t) * d, mtp->hnorm, 1, d, c->rms_norm_eps);
     }
     matmul(s->x, s->mtp_in, &mtp->eh_proj, T);
-    layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED);
+    model_layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED, NULL);
     rmsnorm(s->h, s->x, mtp->head_norm, T, d, c->rms_norm_eps);
     if (last_only) matmul(logits, s->h + (size_t)(T - 1) * d, &mtp->head, 1);
     else matmul(logits, s->h, &mtp->head, T);

@@ -55,14 +55,17 @@ typedef struct {
 int model_load(Model *m, const char *dir, Error *e);
 void model_free(Model *m);
 
-typedef enum { ATTN_ABSORBED, ATTN_NAIVE } AttnForm;
+/* What model_load derives from the config: the attention's dims (softmax scale with YaRN's mscale^2)
+ * and every MoE layer's gate settings. */
+MlaDims model_mla_dims(const Config *c);
+MoeGate model_moe_gate(const Config *c);
 
 /* Activations for up to max_T tokens per forward call, and the latent cache
  * [n_layers][ctx][d_c + d_R] (576 floats per token per layer in V3). */
 typedef struct {
     int ctx, max_T;
     float *cache;
-    float *x, *h, *q, *q_scratch, *latent, *attn, *out; /* [max_T, ...] */
+    float *x, *h, *q, *q_scratch, *attn, *out; /* [max_T, ...]: x the residual stream; h, out, and mla_forward's scratch */
     /* with an MTP module: the main model's normed final hidden state of every position [ctx, d],
      * the MTP layer's own latent cache [ctx, d_c + d_R], and its input [max_T, 2d] */
     float *hidden, *mtp_cache, *mtp_in;
@@ -76,6 +79,12 @@ void state_free(State *s);
  * max_T (it is processed in chunks). Fails if pos + T > ctx. */
 int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
                   int last_only, AttnForm form, Error *e);
+
+/* One decoder layer on s->x [T, d] in place at positions pos .. pos+T-1, with its own latent cache
+ * [ctx, d_c + d_R]: x += mla_forward(rmsnorm(x)), then x += FFN(rmsnorm(x)). after_attn [T, d] (or
+ * NULL) gets x after the attention residual (the golden files record it). */
+void model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+                         float *after_attn);
 
 /* MTP drafts for positions pos .. pos+T-1: next_tokens [T] are t_{i+1}; reads s->hidden (filled by
  * model_forward for those positions) and writes logits [T, vocab] for tokens i+2 (last_only: only

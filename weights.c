@@ -99,10 +99,7 @@ static int load_layer(Model *m, Layer *L, int l, Error *e) {
         return load_ffn(m, &L->dense, n, d, c->intermediate_size, e);
     }
     Moe *moe = &L->moe;
-    moe->gate = (MoeGate){.n_experts = c->n_routed_experts, .top_k = c->num_experts_per_tok,
-                          .n_group = c->n_group, .topk_group = c->topk_group, .scoring = c->scoring_func,
-                          .method = c->topk_method, .norm_topk_prob = c->norm_topk_prob,
-                          .routed_scaling_factor = c->routed_scaling_factor};
+    moe->gate = model_moe_gate(c);
     snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
     if (load_matrix(m, &moe->router, n, c->n_routed_experts, d, e)) return -1;
     snprintf(n, sizeof n, "%s.mlp.gate.e_score_correction_bias", p);
@@ -136,6 +133,19 @@ static int load_mtp(Model *m, Error *e) {
     return load_layer(m, &t->layer, c->n_layers, e);
 }
 
+MlaDims model_mla_dims(const Config *c) {
+    int qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    return (MlaDims){.n_heads = c->n_heads, .q_lora_rank = c->q_lora_rank, .kv_lora_rank = c->kv_lora_rank,
+                     .nope = c->qk_nope_head_dim, .rope = c->qk_rope_head_dim, .v = c->v_head_dim,
+                     .eps = c->rms_norm_eps, .softmax_scale = (float)(pow(qk, -0.5) * rope_softmax_mscale(&c->rope))};
+}
+
+MoeGate model_moe_gate(const Config *c) {
+    return (MoeGate){.n_experts = c->n_routed_experts, .top_k = c->num_experts_per_tok, .n_group = c->n_group,
+                     .topk_group = c->topk_group, .scoring = c->scoring_func, .method = c->topk_method,
+                     .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor};
+}
+
 int model_load(Model *m, const char *dir, Error *e) {
     memset(m, 0, sizeof *m);
     char path[4096];
@@ -152,11 +162,7 @@ int model_load(Model *m, const char *dir, Error *e) {
     for (int l = 0; l < c->n_layers; l++)
         if (load_layer(m, &m->layers[l], l, e)) goto fail;
 
-    int qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    m->mla = (MlaDims){.d = d, .n_heads = c->n_heads, .q_lora_rank = c->q_lora_rank,
-                       .kv_lora_rank = c->kv_lora_rank, .nope = c->qk_nope_head_dim,
-                       .rope = c->qk_rope_head_dim, .v = c->v_head_dim, .eps = c->rms_norm_eps,
-                       .softmax_scale = (float)(pow(qk, -0.5) * rope_softmax_mscale(&c->rope))};
+    m->mla = model_mla_dims(c);
     m->inv_freq = own(m, malloc(sizeof(float) * (size_t)c->qk_rope_head_dim / 2));
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
     snprintf(path, sizeof path, "model.layers.%d.eh_proj.weight", c->n_layers);

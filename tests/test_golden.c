@@ -259,7 +259,7 @@ static void test_replay(void **st) {
     free(x); free(want); free(pos);
 
     /* absorbed (prefill and decode) and naive attention; the two forms agree to rounding */
-    MlaDims md = {.d = 64, .n_heads = 4, .q_lora_rank = 48, .kv_lora_rank = 32, .nope = 16, .rope = 8, .v = 16};
+    MlaDims md = {.n_heads = 4, .q_lora_rank = 48, .kv_lora_rank = 32, .nope = 16, .rope = 8, .v = 16};
     const char *fns[] = {"mla_absorbed", "mla_decode", "mla_naive"};
     float *outs[3];
     for (int i = 0; i < 3; i++) {

@@ -56,7 +56,7 @@ static void attention_reference(double *out, const float *q, const float *cache,
 
 static void test_absorbed_equals_naive_equals_definition(void **st) {
     (void)st;
-    MlaDims m = {.d = 32, .n_heads = 3, .q_lora_rank = 0, .kv_lora_rank = 24, .nope = 8, .rope = 6, .v = 10,
+    MlaDims m = {.n_heads = 3, .q_lora_rank = 0, .kv_lora_rank = 24, .nope = 8, .rope = 6, .v = 10,
                  .eps = 1e-6f, .softmax_scale = 0.3f};
     int width = mla_cache_width(&m), qk = m.nope + m.rope;
     /* a cache already holding 5 positions, then 4 new queries (a prefill chunk after earlier ones) */
@@ -92,7 +92,7 @@ static void test_absorbed_equals_naive_equals_definition(void **st) {
 static void test_projections(void **st) {
     (void)st;
     /* latent = [rmsnorm(c_kv) | k_pe]: only the first d_c entries are normalized */
-    MlaDims m = {.d = 4, .n_heads = 1, .q_lora_rank = 2, .kv_lora_rank = 2, .nope = 1, .rope = 2, .v = 1, .eps = 0};
+    MlaDims m = {.n_heads = 1, .q_lora_rank = 2, .kv_lora_rank = 2, .nope = 1, .rope = 2, .v = 1, .eps = 0};
     float kv_a[4 * 4] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1}; /* identity: latent = x */
     float norm[2] = {1, 1}, x[4] = {3, 4, 5, 6}, lat[4];
     MlaWeights w = {.kv_a = {.data = kv_a, .dtype = DT_F32, .rows = 4, .cols = 4}, .kv_a_norm = norm};
