@@ -12,7 +12,7 @@
  * The query is compressed too, to save activation memory in training:
  *   q = W_UQ RMSNorm(W_DQ x)  -> per head [q_nope (nope) ; q_pe (d_R)], q_pe rotated.
  *
- * mla_forward, T tokens at positions pos0 .. pos0+T-1 (V3 sizes in brackets' second column):
+ * mla_forward, T tokens at positions pos0 .. pos0+T-1 (the right column: V3's sizes):
  *   q      = mla_query(x)                   [T, n_h * (nope + d_R)]   [T, 128 * 192]
  *   latent = mla_latent(x) -> cache rows    [T, d_c + d_R]            [T, 576]
  *   rotate each head's q_pe and each token's k_pe by the token's position (rope.c)
