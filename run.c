@@ -6,7 +6,7 @@
  *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
  *   run generate ... --mtp                             speculative decoding with the MTP module
- *   run init --config CONFIG.json --out DIR [--mtp]   a random model
+ *   run init --config C.json --out DIR [--mtp] [--dtype D] a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
@@ -67,8 +67,10 @@ static const char *USAGE =
     "                       the turn), each reply generated after the ones before it in the same\n"
     "                       latent cache, in the checkpoint's chat format. N: tokens per reply\n"
     "                       (default 256); --ids prints each reply's ids on one line\n"
-    "  init --config CONFIG.json --out DIR [--mtp] [--seed S]\n"
-    "                       write a random F32 model for the config (with an MTP module: --mtp)\n"
+    "  init --config CONFIG.json --out DIR [--mtp] [--seed S] [--dtype f32|bf16|fp8]\n"
+    "                       write a random model for the config (with an MTP module: --mtp), F32 or\n"
+    "                       what run quantize --to bf16 / fp8 makes of it (E4M3, 128 x 128 blocks),\n"
+    "                       one tensor at a time (a V2-Lite-sized FP8 model needs no 16 GB of RAM)\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
     "                       only the ids, space-separated on one line. DIR needs only tokenizer.json.\n"
@@ -136,7 +138,7 @@ static int *parse_ids(const char *s, int *n) {
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
     int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
-    const char *config, *ids_file, *compare;
+    const char *config, *ids_file, *compare, *dtype;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -189,6 +191,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--mtp")) a.mtp = 1;
         else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
+        else if (!strcmp(s, "--dtype")) { if (!v) die_usage("--dtype needs f32, bf16 or fp8"); a.dtype = v; i++; }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -425,9 +428,12 @@ static int cmd_init(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
     if (a.dir) die_usage("init: unexpected argument (use --config and --out)");
+    const char *dt = a.dtype ? a.dtype : "f32";
+    QuantTarget to = !strcmp(dt, "f32") ? QUANT_TO_F32 : !strcmp(dt, "bf16") ? QUANT_TO_BF16 : QUANT_TO_FP8;
+    if (strcmp(dt, "f32") && strcmp(dt, "bf16") && strcmp(dt, "fp8")) die_usage("init: --dtype: expected f32, bf16 or fp8");
     Error e;
-    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, &e)) die(e.msg);
-    fprintf(stderr, "run: wrote a random model%s to %s\n", a.mtp ? " with an MTP module" : "", a.out);
+    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, to, &e)) die(e.msg);
+    fprintf(stderr, "run: wrote a random %s model%s to %s\n", dt, a.mtp ? " with an MTP module" : "", a.out);
     return 0;
 }
 

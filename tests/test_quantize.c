@@ -513,7 +513,7 @@ static void test_mtp(void **state) {
     snprintf(in, sizeof in, "%s/in", dir);
     snprintf(out, sizeof out, "%s/out", dir);
     Error e;
-    if (model_init_random(FIXTURES "/v3_yarn/config.json", in, 5, 1, &e)) fail_msg("%s", e.msg);
+    if (model_init_random(FIXTURES "/v3_yarn/config.json", in, 5, 1, QUANT_TO_F32, &e)) fail_msg("%s", e.msg);
     convert_ok(in, out, QUANT_TO_FP8, 128, FP8_SCALE_F32, NULL);
     StFile f;
     open_ok(&f, out);
