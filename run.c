@@ -8,7 +8,7 @@
  *   run generate ... --mtp                             speculative decoding with the MTP module
  *   run init --config CONFIG.json --out DIR [--mtp]   a random model
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
- *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
+ *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
