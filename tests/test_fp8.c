@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include "fp8.h"
+#include "fp8_error.h"
 #include "safetensors.h"
 
 #include <stdint.h>
@@ -398,11 +399,7 @@ static void test_error_table(void **state) {
     Fp8ErrorRow rows[FP8_ERROR_ROWS];
     int n = fp8_error_table(rows, FP8_ERROR_ROWS, 4096, 1234);
     assert_int_equal(n, FP8_ERROR_ROWS);
-    printf("| data     | scaling x / W        | accumulator                  | vs FP64  | accum only |\n");
-    printf("|----------|----------------------|------------------------------|----------|------------|\n");
-    for (int i = 0; i < n; i++)
-        printf("| %-8s | %-20s | %-28s | %.2e | %.2e   |\n", rows[i].data, rows[i].scaling,
-               rows[i].accum, rows[i].err_f64, rows[i].err_acc);
+    fp8_error_print(stdout, rows, n);
     for (int i = 0; i < n; i++) {
         if (rows[i].acc.man_bits == 0) assert_true(rows[i].err_acc < 1e-6); /* FP32: rounding only */
         assert_true(rows[i].err_f64 < 0.07);   /* E4M3's half ulp is 6.25% of an element */
@@ -415,13 +412,17 @@ static void test_error_table(void **state) {
     assert_true(strcmp(rows[14].scaling, "1x128 / 128x128") == 0 && strcmp(rows[9].scaling, "per-row / per-tensor") == 0);
     assert_true(strcmp(rows[14].data, "outliers") == 0 && strcmp(rows[9].data, "outliers") == 0);
     assert_true(rows[14].err_f64 < rows[9].err_f64);
-    /* UE8M0 scales (a power of two >= amax/448) leave part of E4M3's range unused: a larger error
-     * than FP32 scales, but still E4M3's few percent */
+    /* UE8M0 scales (a power of two >= amax/448) leave part of E4M3's range unused: still E4M3's few
+     * percent. With outliers they cost more than FP32 scales, since an outlier, the largest of its
+     * tile, loses its exact +-448 code (larger for every seed 1..10 and 1234). On Gaussian data the
+     * two are within the seed's noise (E4M3's relative precision does not depend on the scale but at
+     * the top code and in the subnormals; UE8M0 was the larger for 7 of those 11 seeds): not asserted. */
     for (int d = 0; d < 2; d++) {
         const Fp8ErrorRow *f32 = &rows[9 * d + 5], *ue = &rows[9 * d + 8];
         assert_true(strstr(ue->scaling, "UE8M0") && !strstr(f32->scaling, "UE8M0"));
-        assert_true(ue->err_f64 >= f32->err_f64 && ue->err_f64 < 0.07);
+        assert_true(ue->err_f64 < 0.07);
     }
+    assert_true(strcmp(rows[17].data, "outliers") == 0 && rows[17].err_f64 > rows[14].err_f64);
 }
 
 /* ---- PyTorch fixtures ------------------------------------------------------------------------ */

@@ -1,4 +1,4 @@
-/* test_golden.c - `run golden` (golden.c, golden_fns.c): two runs give identical bytes; every
+/* test_golden.c - `run golden` (golden*.c): two runs give identical bytes; every
  * function is in the file under its documented names, dtypes and shapes; the stored inputs fed back
  * through the C functions (by hand here, and by --verify) give the stored outputs bit for bit; the
  * inputs follow the documented generator; with --model the logits are model_forward's, bit for bit;
