@@ -10,19 +10,6 @@
 #include <stdint.h>
 #include <unistd.h>
 
-/* splitmix64 -> uniform / normal, so every test draws the same numbers everywhere */
-static uint64_t rnd_u64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static double rnd_unif(uint64_t *s) { return (rnd_u64(s) >> 11) * 0x1p-53; }
-static float rnd_normal(uint64_t *s) {
-    double u1 = 1.0 - rnd_unif(s), u2 = rnd_unif(s);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
-
 static uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 
 /* ---- codecs ---------------------------------------------------------------------------------- */
@@ -165,9 +152,10 @@ static void test_scale(void **state) {
     assert_true(fp8_scale(448.0f, FP8_SCALE_UE8M0) == 1.0f);  /* already a power of two */
     assert_true(fp8_scale(449.0f, FP8_SCALE_UE8M0) == 2.0f);
     assert_true(fp8_scale(1.0f, FP8_SCALE_UE8M0) == 0x1p-8f); /* 1/448 in (2^-9, 2^-8] */
-    uint64_t s = 7;
+    Rng s;
+    rng_seed(&s, 7);
     for (int i = 0; i < 10000; i++) {
-        float amax = (float)ldexp(rnd_unif(&s) + 1e-3, (int)(rnd_u64(&s) % 80) - 40);
+        float amax = (float)ldexp(rng_uniform(&s) + 1e-3, (int)(rng_next(&s) % 80) - 40);
         float f = fp8_scale(amax, FP8_SCALE_F32), u = fp8_scale(amax, FP8_SCALE_UE8M0);
         int e;
         assert_true(frexpf(u, &e) == 0.5f);        /* a power of two */
@@ -237,9 +225,10 @@ static void test_block_quant_partial_blocks(void **state) {
     float *w = malloc(rows * cols * sizeof *w);
     uint8_t *q = malloc(rows * cols);
     float scale[2 * 3];
-    uint64_t s = 11;
+    Rng s;
+    rng_seed(&s, 11);
     for (int i = 0; i < rows * cols; i++) /* magnitudes spread over 2^-20..2^10 to reach subnormals */
-        w[i] = rnd_normal(&s) * (float)ldexp(1.0, (int)(rnd_u64(&s) % 31) - 20);
+        w[i] = rng_normal(&s) * (float)ldexp(1.0, (int)(rng_next(&s) % 31) - 20);
     for (int c = 256; c < cols; c++) w[150 * cols + c] = 0; /* make one block's row zero */
     for (int f = 0; f < 2; f++) {
         fp8_quant_block(q, scale, w, rows, cols, 128, 128, (Fp8ScaleFmt)f);
@@ -259,8 +248,9 @@ static void test_act_quant_tiles(void **state) {
     const int rows = 5, cols = 300;   /* 1x128 tiles: scale [5, 3], last tile 44 wide */
     float x[5 * 300], back[5 * 300], scale[5 * 3], scale2[5 * 3];
     uint8_t q[5 * 300], q2[5 * 300];
-    uint64_t s = 12;
-    for (int i = 0; i < rows * cols; i++) x[i] = rnd_normal(&s) * (i % 97 == 0 ? 50.0f : 1.0f);
+    Rng s;
+    rng_seed(&s, 12);
+    for (int i = 0; i < rows * cols; i++) x[i] = rng_normal(&s) * (i % 97 == 0 ? 50.0f : 1.0f);
     for (int f = 0; f < 2; f++) {
         fp8_quant_act(q, scale, x, rows, cols, 128, (Fp8ScaleFmt)f);
         check_block_quant(x, q, scale, rows, cols, 1, 128, (Fp8ScaleFmt)f);
@@ -302,9 +292,10 @@ static Gemm gemm_make(int M, int N, int K, int bn, int bk, uint64_t seed) {
     g.x = malloc((size_t)M * K * 4); g.w = malloc((size_t)N * K * 4);
     g.sx = malloc((size_t)M * nkb * 4); g.sw = malloc((size_t)nnb * nkb * 4);
     g.y = malloc((size_t)M * N * 4); g.qx = malloc((size_t)M * K); g.qw = malloc((size_t)N * K);
-    uint64_t s = seed;
-    for (size_t i = 0; i < (size_t)M * K; i++) g.x[i] = rnd_normal(&s);
-    for (size_t i = 0; i < (size_t)N * K; i++) g.w[i] = rnd_normal(&s) * (i % 1009 == 0 ? 30.0f : 1.0f);
+    Rng s;
+    rng_seed(&s, seed);
+    for (size_t i = 0; i < (size_t)M * K; i++) g.x[i] = rng_normal(&s);
+    for (size_t i = 0; i < (size_t)N * K; i++) g.w[i] = rng_normal(&s) * (i % 1009 == 0 ? 30.0f : 1.0f);
     fp8_quant_act(g.qx, g.sx, g.x, M, K, bk, FP8_SCALE_F32);
     fp8_quant_block(g.qw, g.sw, g.w, N, K, bn, bk, FP8_SCALE_F32);
     return g;

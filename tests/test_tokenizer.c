@@ -346,15 +346,16 @@ static void test_invalid_utf8_round_trip(void **state) {
                           "<｜User｜>", "\xe4", "\xb8", "\xff", "\xc0", "\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "!",
                           "'s", "\0"};
     const int n_pool = (int)(sizeof pool / sizeof *pool);
-    uint32_t rng = 12345;
+    Rng rng; /* testutil.h: ops.h's generator */
+    rng_seed(&rng, 12345);
     char buf[512];
     for (int iter = 0; iter < 2000; iter++) {
         size_t n = 0;
         int parts = iter % 40;
         for (int p = 0; p < parts; p++) {
-            rng = rng * 1664525u + 1013904223u;
-            int which = (int)(rng >> 16) % (n_pool + 1);
-            if (which == n_pool) buf[n++] = (char)(rng >> 8); /* any byte at all */
+            uint32_t r = (uint32_t)rng_next(&rng);
+            int which = (int)(r >> 16) % (n_pool + 1);
+            if (which == n_pool) buf[n++] = (char)(r >> 8); /* any byte at all */
             else {
                 size_t len = which == n_pool - 1 ? 1 : strlen(pool[which]);
                 memcpy(buf + n, pool[which], len), n += len;

@@ -12,7 +12,21 @@
 #include <cmocka.h>
 #include <sys/wait.h>
 
+#include "ops.h"
+
 #define FIXTURES "tests/fixtures"
+
+/* Random test data comes from ops.h's generator, the codebase's one: Rng (xorshift64*, seeded
+ * through splitmix64), rng_uniform, rng_normal (Box-Muller). Seeded, so every machine draws the
+ * same numbers. These two only shape its draws. */
+static inline float test_uniform(Rng *r) { return rng_uniform(r) * 2.0f - 1.0f; } /* [-1, 1) */
+/* p [n] uniform on [-scale, scale), malloc'ed (the caller frees). */
+static inline float *test_rand_buf(Rng *r, size_t n, float scale) {
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = test_uniform(r) * scale;
+    return p;
+}
 
 /* max_i |a_i - b_i| / max_i |b_i|: the "relative error" every numerics test reports. */
 static inline double rel_err(const float *a, const float *b, size_t n) {
