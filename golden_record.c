@@ -45,6 +45,31 @@ static uint64_t fnv1a64(const char *s) {
 
 static float uniform(uint64_t *s) { return (float)((int32_t)(splitmix64(s) >> 40) - (1 << 23)) * 0x1p-23f; }
 
+/* How a new tensor is filled when it is made (and, verifying, what the file's must equal). */
+typedef enum { FILL_UNIFORM, FILL_IDS, FILL_CODES, FILL_GIVEN, FILL_OUTPUT } FillKind;
+typedef struct {
+    FillKind kind;
+    float offset, scale; /* FILL_UNIFORM: fmaf(scale, u, offset) */
+    int n;               /* FILL_IDS: ids in [0, n) */
+    const void *values;  /* FILL_GIVEN: the values (NULL: zeros, or the file's when verifying) */
+} Fill;
+
+/* r's elements from r's own stream, as the top of the file writes the generator. */
+static void draw(const Golden *g, GoldenTensor *r, Fill f) {
+    uint64_t s = g->seed ^ fnv1a64(r->name);
+    float *x = r->data;
+    int *ids = r->data;
+    uint8_t *codes = r->data;
+    for (size_t i = 0; i < r->nbytes / dtype_size(r->dtype); i++) {
+        if (f.kind == FILL_UNIFORM) x[i] = fmaf(f.scale, uniform(&s), f.offset);
+        else if (f.kind == FILL_IDS) ids[i] = (int)(((splitmix64(&s) >> 32) * (uint64_t)f.n) >> 32);
+        else {
+            uint8_t b = (uint8_t)splitmix64(&s);
+            codes[i] = (b & 0x7F) == 0x7F ? b ^ 1 : b; /* any code but NaN */
+        }
+    }
+}
+
 /* ---- inputs drawn (or read back when verifying), outputs kept (or compared) ------------------- */
 
 void *g_tmp(Golden *g, size_t bytes) {
@@ -60,10 +85,9 @@ void *g_tmp(Golden *g, size_t bytes) {
     return g->tmp[g->n_tmp++] = p;
 }
 
-/* A new tensor <function>.<arg> [dims...]. An input is read from the file when verifying; otherwise
- * *fresh is set and the caller fills it. NULL (and g->failed) on any error. */
-static void *add(Golden *g, const char *arg, DType dt, int output, int *fresh, int ndim, va_list ap) {
-    *fresh = 0;
+/* A new tensor <function>.<arg> [dims...], filled as f says; an input is read from the file instead
+ * when verifying (a given one must then equal f.values). NULL (and g->failed) on any error. */
+static void *add(Golden *g, const char *arg, DType dt, Fill f, int ndim, va_list ap) {
     if (g->failed) return NULL;
     if (g->n == g->cap) {
         GoldenTensor *r = realloc(g->ts, sizeof(GoldenTensor) * (size_t)(g->cap = 2 * g->cap + 16));
@@ -75,7 +99,7 @@ static void *add(Golden *g, const char *arg, DType dt, int output, int *fresh, i
     snprintf(r->name, sizeof r->name, "%s.%s", g->fn, arg);
     r->dtype = dt;
     r->ndim = ndim;
-    r->output = output;
+    r->output = f.kind == FILL_OUTPUT;
     double numel = 1;
     for (int i = 0; i < ndim; i++) numel *= (double)(r->shape[i] = va_arg(ap, int));
     if (g->bytes + numel * dtype_size(dt) > GOLDEN_MAX_BYTES) {
@@ -92,8 +116,12 @@ static void *add(Golden *g, const char *arg, DType dt, int output, int *fresh, i
     }
     g->bytes += r->nbytes;
     g->n++;
-    if (output) return r->data;
-    if (!g->check) return *fresh = 1, r->data;
+    if (f.kind == FILL_OUTPUT) return r->data;
+    if (!g->check) {
+        if (f.kind != FILL_GIVEN) draw(g, r, f);
+        else if (f.values) memcpy(r->data, f.values, r->nbytes);
+        return r->data;
+    }
     const StTensor *t = st_find(g->check, r->name);
     int same = t && t->dtype == dt && t->ndim == ndim && t->nbytes == r->nbytes;
     for (int i = 0; same && i < ndim; i++) same = t->shape[i] == r->shape[i];
@@ -104,79 +132,52 @@ static void *add(Golden *g, const char *arg, DType dt, int output, int *fresh, i
         return NULL;
     }
     memcpy(r->data, t->data, r->nbytes);
+    if (f.kind == FILL_GIVEN && f.values && memcmp(r->data, f.values, r->nbytes)) {
+        g->failed = 1;
+        error_set(g->e, "%s: the file's value differs from the one its config and shapes give", r->name);
+        return NULL;
+    }
     return r->data;
 }
 
-static const char *last_name(const Golden *g) { return g->ts[g->n - 1].name; }
-
-/* Input: fmaf(scale, u, offset) per element (see the top). */
+/* The inputs and outputs of golden.h, each a new tensor of ndim int dims. */
 float *g_rand(Golden *g, const char *arg, float offset, float scale, int ndim, ...) {
     va_list ap;
-    int fresh;
     va_start(ap, ndim);
-    float *x = add(g, arg, DT_F32, 0, &fresh, ndim, ap);
+    float *x = add(g, arg, DT_F32, (Fill){.kind = FILL_UNIFORM, .offset = offset, .scale = scale}, ndim, ap);
     va_end(ap);
-    if (fresh) {
-        uint64_t s = g->seed ^ fnv1a64(last_name(g));
-        for (size_t i = 0; i < g->ts[g->n - 1].nbytes / 4; i++) x[i] = fmaf(scale, uniform(&s), offset);
-    }
     return x;
 }
 
-/* Input: ids in [0, n). */
 int *g_ids(Golden *g, const char *arg, int n, int ndim, ...) {
     va_list ap;
-    int fresh;
     va_start(ap, ndim);
-    int *x = add(g, arg, DT_I32, 0, &fresh, ndim, ap);
+    int *x = add(g, arg, DT_I32, (Fill){.kind = FILL_IDS, .n = n}, ndim, ap);
     va_end(ap);
-    if (fresh) {
-        uint64_t s = g->seed ^ fnv1a64(last_name(g));
-        for (size_t i = 0; i < g->ts[g->n - 1].nbytes / 4; i++) x[i] = (int)(((splitmix64(&s) >> 32) * (uint64_t)n) >> 32);
-    }
     return x;
 }
 
-/* Input: E4M3 codes, any but NaN. */
 uint8_t *g_codes(Golden *g, const char *arg, int ndim, ...) {
     va_list ap;
-    int fresh;
     va_start(ap, ndim);
-    uint8_t *x = add(g, arg, DT_F8_E4M3, 0, &fresh, ndim, ap);
+    uint8_t *x = add(g, arg, DT_F8_E4M3, (Fill){.kind = FILL_CODES}, ndim, ap);
     va_end(ap);
-    if (fresh) {
-        uint64_t s = g->seed ^ fnv1a64(last_name(g));
-        for (size_t i = 0; i < g->ts[g->n - 1].nbytes; i++) {
-            uint8_t b = (uint8_t)splitmix64(&s);
-            x[i] = (b & 0x7F) == 0x7F ? b ^ 1 : b;
-        }
-    }
     return x;
 }
 
-/* Input with given values (a parameter: eps, pos0, softmax_scale, a prompt). When verifying, the
- * file's value must equal the one the config gives (values NULL: take the file's). */
+/* A parameter (eps, pos0, softmax_scale, a prompt): values NULL takes the file's when verifying. */
 void *g_given(Golden *g, const char *arg, DType dt, const void *values, int ndim, ...) {
     va_list ap;
-    int fresh;
     va_start(ap, ndim);
-    void *x = add(g, arg, dt, 0, &fresh, ndim, ap);
+    void *x = add(g, arg, dt, (Fill){.kind = FILL_GIVEN, .values = values}, ndim, ap);
     va_end(ap);
-    if (!x || !values) return x;
-    if (fresh) memcpy(x, values, g->ts[g->n - 1].nbytes);
-    else if (memcmp(x, values, g->ts[g->n - 1].nbytes)) {
-        g->failed = 1;
-        error_set(g->e, "%s: the file's value differs from the one its config and shapes give", last_name(g));
-        return NULL;
-    }
     return x;
 }
 
 void *g_out(Golden *g, const char *arg, DType dt, int ndim, ...) {
     va_list ap;
-    int fresh;
     va_start(ap, ndim);
-    void *x = add(g, arg, dt, 1, &fresh, ndim, ap);
+    void *x = add(g, arg, dt, (Fill){.kind = FILL_OUTPUT}, ndim, ap);
     va_end(ap);
     return x;
 }
