@@ -78,6 +78,18 @@ static void test_decode_hand_values(void **state) {
 
 typedef struct { float x; uint8_t torch, sat; } Case;
 
+/* Each case through encode with both overflow policies; a miss prints the case before failing. */
+static void check_cases(const char *fmt, uint8_t (*encode)(float, Fp8Overflow), const Case *cs, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t t = encode(cs[i].x, FP8_TORCH), s = encode(cs[i].x, FP8_SATURATE);
+        if (t != cs[i].torch || s != cs[i].sat)
+            printf("%s(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
+                   fmt, cs[i].x, t, cs[i].torch, s, cs[i].sat);
+        assert_int_equal(t, cs[i].torch);
+        assert_int_equal(s, cs[i].sat);
+    }
+}
+
 static void test_e4m3_encode_hand_values(void **state) {
     (void)state;
     const Case cs[] = {
@@ -101,14 +113,7 @@ static void test_e4m3_encode_hand_values(void **state) {
         {INFINITY, 0x7F, 0x7E},      {-INFINITY, 0xFF, 0xFE},
         {NAN, 0x7F, 0x7F},           {-NAN, 0xFF, 0xFF},
     };
-    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-        uint8_t t = fp8_e4m3_encode(cs[i].x, FP8_TORCH), s = fp8_e4m3_encode(cs[i].x, FP8_SATURATE);
-        if (t != cs[i].torch || s != cs[i].sat)
-            printf("e4m3(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
-                   cs[i].x, t, cs[i].torch, s, cs[i].sat);
-        assert_int_equal(t, cs[i].torch);
-        assert_int_equal(s, cs[i].sat);
-    }
+    check_cases("e4m3", fp8_e4m3_encode, cs, sizeof cs / sizeof cs[0]);
 }
 
 static void test_e5m2_encode_hand_values(void **state) {
@@ -127,14 +132,7 @@ static void test_e5m2_encode_hand_values(void **state) {
         {65536.0f, 0x7C, 0x7B},      {1e5f, 0x7C, 0x7B},           {-1e5f, 0xFC, 0xFB},
         {INFINITY, 0x7C, 0x7B},      {-INFINITY, 0xFC, 0xFB},
     };
-    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-        uint8_t t = fp8_e5m2_encode(cs[i].x, FP8_TORCH), s = fp8_e5m2_encode(cs[i].x, FP8_SATURATE);
-        if (t != cs[i].torch || s != cs[i].sat)
-            printf("e5m2(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
-                   cs[i].x, t, cs[i].torch, s, cs[i].sat);
-        assert_int_equal(t, cs[i].torch);
-        assert_int_equal(s, cs[i].sat);
-    }
+    check_cases("e5m2", fp8_e5m2_encode, cs, sizeof cs / sizeof cs[0]);
     assert_true(isnan(fp8_e5m2_decode(fp8_e5m2_encode(NAN, FP8_TORCH))));
     assert_true(isnan(fp8_e5m2_decode(fp8_e5m2_encode(NAN, FP8_SATURATE))));
     assert_int_equal(fp8_e5m2_encode(-NAN, FP8_TORCH) & 0x80, 0x80);
@@ -427,16 +425,21 @@ static const StTensor *need(const StFile *f, const char *name, DType dt, int64_t
     return t;
 }
 
-static void test_torch_casts(void **state) {
-    (void)state;
-    const char *path = FIXTURES "/fp8/casts.safetensors";
-    StFile f;
+/* The fixture at path, opened into f; the test is skipped when it was never made. */
+static void open_fixture(StFile *f, const char *path) {
     Error e;
     if (access(path, R_OK) != 0) {
         printf("SKIP   %s absent: run tests/fixtures/make_fp8_fixtures.py (torch) to make it\n", path);
         skip();
     }
-    assert_int_equal(st_open(&f, path, &e), 0);
+    assert_int_equal(st_open(f, path, &e), 0);
+}
+
+static void test_torch_casts(void **state) {
+    (void)state;
+    const char *path = FIXTURES "/fp8/casts.safetensors";
+    StFile f;
+    open_fixture(&f, path);
     const StTensor *x = need(&f, "x", DT_F32, -1);
     const char *names[] = {"e4m3", "e5m2", "e4m3_cuda", "e5m2_cuda"};
     for (int v = 0; v < 4; v++) {
@@ -463,12 +466,7 @@ static void test_torch_gemm(void **state) {
     (void)state;
     const char *path = FIXTURES "/fp8/gemm.safetensors";
     StFile f;
-    Error e;
-    if (access(path, R_OK) != 0) {
-        printf("SKIP   %s absent: run tests/fixtures/make_fp8_fixtures.py (torch) to make it\n", path);
-        skip();
-    }
-    assert_int_equal(st_open(&f, path, &e), 0);
+    open_fixture(&f, path);
     enum { M = 4, N = 200, K = 384 };
     const float *x = need(&f, "x", DT_F32, M * K)->data, *w = need(&f, "w", DT_F32, N * K)->data;
     const uint8_t *qx_t = need(&f, "x_q", DT_U8, M * K)->data, *qw_t = need(&f, "w_q", DT_U8, N * K)->data;

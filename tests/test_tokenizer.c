@@ -507,25 +507,12 @@ static char *hex_decode(const char *hex, size_t *n) {
     return out;
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 /* Every case of dir/cases.json: ids equal to HF's, decode(encode(s)) == s; raw-byte cases
  * (not valid UTF-8, so HF cannot take them) round-trip only. Then the encode speed. */
 static void check_fixture(const char *dir) {
     char path[512];
     snprintf(path, sizeof path, "%s/cases.json", dir);
-    char *text = slurp(path);
+    char *text = slurp(path, NULL);
     if (!text) {
         printf("SKIP   %s/cases.json is absent: run tests/fixtures/make_tokenizer_fixtures.py\n", dir);
         return;

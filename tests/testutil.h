@@ -46,6 +46,13 @@ static inline void check_close(const char *what, const float *got, const float *
     assert_true(err <= tol);
 }
 
+/* The whole file at path, NUL-terminated (ops.h's read_file; the caller frees), its size in *n
+ * when n is not NULL; NULL when it cannot be read. */
+static inline char *slurp(const char *path, size_t *n) {
+    Error e;
+    return read_file(path, n, &e);
+}
+
 /* A fresh temporary directory (mkdtemp) under /tmp; the caller removes it with rm_rf. */
 static inline char *make_tmpdir(void) {
     char *p = strdup("/tmp/dsv3test.XXXXXX");
