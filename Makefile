@@ -1,8 +1,11 @@
 # dsv3.c - DeepSeek-V3 in plain C.
-#   make            build ./run (release, -O2)
+#   make            build ./run (release, -O2); never installs: a missing package stops it with the
+#                   apt-get line to type
 #   make run        install missing Debian packages (root or sudo), build, run the bundled model
 #                   (RUN_ARGS="..." runs another command, e.g. RUN_ARGS="inspect models/kjv-v3")
-#   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
+#   make deps       only install the missing packages
+#   make test       install missing packages as make run does, build with -Wall -Wextra -Werror,
+#                   run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
@@ -19,7 +22,11 @@ PKGS    := openblas cmocka libcjson libpcre2-8
 # Debian package that provides each pkg-config module, in the same order as PKGS.
 DEBS    := libopenblas-dev libcmocka-dev libcjson-dev libpcre2-dev
 
-# --- dependencies: found with pkg-config; installed with apt-get when we can ----------------------
+# --- dependencies: found with pkg-config; installed with apt-get only by make deps / run / test ---
+# The stamp records that every package was found. Whoever needs it first decides what a missing one
+# does: under `make deps`, `make run` and `make test` (DEPS_INSTALL, inherited by everything those
+# goals build) it is installed when we are root or have sudo; under any other goal (a plain `make`,
+# one test binary, bench, fuzz) nothing is installed and the build stops with the line to type.
 DEPS_STAMP := build/.deps-ok
 $(DEPS_STAMP):
 	@mkdir -p build
@@ -27,12 +34,15 @@ $(DEPS_STAMP):
 	  pkg-config --exists $$m 2>/dev/null || missing="$$missing $$1"; shift; done; \
 	command -v pkg-config >/dev/null || missing="pkg-config $$missing"; \
 	if [ -n "$$missing" ]; then \
+	  if [ -z "$(DEPS_INSTALL)" ]; then echo "missing packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing   (or: make deps)"; exit 1; fi; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
 	  else echo "missing packages:$$missing"; echo "install them with: sudo apt-get install -y$$missing"; exit 1; fi; \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
 	    || { echo "apt-get failed; run: sudo apt-get install -y$$missing"; exit 1; }; \
 	fi; touch $@
+deps: DEPS_INSTALL := 1
 deps: $(DEPS_STAMP)
 
 PKG_CFLAGS = $(shell pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/null)
@@ -52,11 +62,12 @@ BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run run.c $(LIB_SRC) $
 RUN_ARGS ?= generate models/kjv-v3 -p "And God said" -n 96 --seed 42
 ifeq ($(filter run,$(MAKECMDGOALS)),run)
 .PHONY: run
+run: DEPS_INSTALL := 1
 run: $(DEPS_STAMP)
 	$(BUILD_RUN)
 	./run $(RUN_ARGS)
 else
-run: $(DEPS_STAMP) $(LIB_SRC) run.c $(HDRS)
+run: $(LIB_SRC) run.c $(HDRS) | $(DEPS_STAMP)
 	$(BUILD_RUN)
 endif
 
@@ -80,7 +91,7 @@ build/asan/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
 
 .SECONDARY: $(TEST_OBJS) $(ASAN_OBJS)  # kept between runs, not deleted as intermediates
 
-build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) run | $(DEPS_STAMP)
+build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) | $(DEPS_STAMP)
 	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(TEST_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 
 build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
@@ -89,6 +100,12 @@ build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
 TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
 ASAN_BINS := $(patsubst tests/%.c,build/asan/%,$(TESTS))
 
+# These tests exec ./run, so building one also brings ./run up to date; order-only, because a test
+# binary does not link run.c: changing run.c rebuilds ./run and relinks no test.
+RUN_TESTS := test_bundled test_cli test_golden test_mtp test_quantize
+$(RUN_TESTS:%=build/test/%) $(RUN_TESTS:%=build/asan/%): | run
+
+test: DEPS_INSTALL := 1
 test: $(TEST_BINS) $(ASAN_BINS) run
 	@OPENBLAS_NUM_THREADS=1 tests/run_tests.sh build/test $(TEST_BINS)
 	@$(MAKE) --no-print-directory test-asan

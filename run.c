@@ -8,13 +8,13 @@
  *   run generate ... --mtp                             speculative decoding with the MTP module
  *   run init --config C.json --out DIR [--mtp] [--dtype D] a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
- *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
- *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
+ *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
+ *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "bench.h"
-#include "fp8.h"
+#include "fp8_error.h"
 #include "generate.h"
 #include "golden.h"
 #include "init.h"
@@ -583,10 +583,7 @@ static int cmd_fp8_error(int argc, char **argv) {
     int n = fp8_error_table(r, FP8_ERROR_ROWS, K, seed);
     if (n < 0) die("fp8-error: out of memory");
     printf("K = %d, seed %llu: relative error of y = x . W^T\n", K, seed);
-    printf("| data     | scaling x / W        | accumulator                  | vs FP64  | accum only |\n");
-    printf("|----------|----------------------|------------------------------|----------|------------|\n");
-    for (int i = 0; i < n; i++)
-        printf("| %-8s | %-20s | %-28s | %.2e | %.2e   |\n", r[i].data, r[i].scaling, r[i].accum, r[i].err_f64, r[i].err_acc);
+    fp8_error_print(stdout, r, n);
     return 0;
 }
 

@@ -164,15 +164,8 @@ static void test_errors(void **st) {
 /* run tokenize -f FILE --ids equals HF's ids (tests/fixtures/tokenizer/cases.json), for every case. */
 static void test_tokenize_cli(void **st) {
     (void)st;
-    FILE *f = fopen(FIXTURES "/tokenizer/cases.json", "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)n + 1);
-    assert_int_equal(fread(text, 1, (size_t)n, f), (size_t)n);
-    text[n] = 0;
-    fclose(f);
+    char *text = slurp(FIXTURES "/tokenizer/cases.json", NULL);
+    assert_non_null(text);
     cJSON *root = cJSON_Parse(text), *cases = cJSON_GetObjectItem(root, "cases"), *c;
     char *dir = make_tmpdir(), path[512], cmd[1024], want[8192], *out;
     snprintf(path, sizeof path, "%s/case.txt", dir);

@@ -6,16 +6,8 @@
 #include "mla.h"
 #include "testutil.h"
 
-static unsigned long long rng = 88172645463325252ull;
-static float frand(void) { /* xorshift64, uniform in [-1, 1) */
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
-}
-static float *rand_buf(size_t n, float scale) {
-    float *p = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++) p[i] = frand() * scale;
-    return p;
-}
+static Rng rng = {88172645463325252ull}; /* testutil.h: ops.h's generator, one stream for the file */
+static float *rand_buf(size_t n, float scale) { return test_rand_buf(&rng, n, scale); }
 
 /* out [T, n_h*v], in double: the definition, one head and one query at a time. */
 static void attention_reference(double *out, const float *q, const float *cache, const float *kv_b, int T,
