@@ -562,16 +562,9 @@ static void test_init_dtypes(void **state) {
             snprintf(ref, sizeof ref, "%s/model.safetensors", conv);
             expect_same_tensors(direct, ref, &n_fp8);
             assert_int_equal(n_fp8 > 0, to[k] == QUANT_TO_FP8);
-            size_t na, nb;
             snprintf(path, sizeof path, "%s/config.json", direct);
             snprintf(ref, sizeof ref, "%s/config.json", conv);
-            char *ca = read_file(path, &na, &e), *cb = read_file(ref, &nb, &e);
-            assert_non_null(ca);
-            assert_non_null(cb);
-            assert_int_equal(na, nb);
-            assert_memory_equal(ca, cb, na);
-            free(ca);
-            free(cb);
+            assert_files_equal(path, ref);
             Model a, b;
             State sa, sb;
             int tok[5] = {1, 7, 3, 42, 5};
