@@ -11,7 +11,7 @@
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
 #                   than make test does (FUZZ_ITERS per parser, default 200000)
 #   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
-#   make bench      print the speed figures
+#   make bench      print the speed figures   make bench-models  write the V2-Lite-shape benchmark models
 #   make clean
 
 CC      ?= cc
@@ -114,17 +114,36 @@ test-asan: $(ASAN_BINS) run
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 DSV3_QUICK=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
-# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
+# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP;
+# with BENCH_LIMITS set (e.g. BENCH_LIMITS="$(BENCH_DIR)/v2lite-4l-bf16 $(BENCH_DIR)/v2lite-4l-fp8"),
+# first each one's decode and prefill against the bandwidth and sgemm rate measured in the same
+# run, at 1 thread and at all cores (notes/performance.md).
 BENCH_MODEL ?= models/kjv-v3/config.json
+BENCH_LIMITS ?=
 # Decode runs once on one thread and once on every core (OMP_NUM_THREADS unset: OpenMP's default).
 BENCH_THREADS ?= 1 $(shell nproc)
 bench: run
+	@for m in $(BENCH_LIMITS); do for th in $(BENCH_THREADS); do \
+	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=$$th ./run bench $$m --limits; done; done
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
 	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do for th in $(BENCH_THREADS); do \
 	  echo "decode, $$m, $$th thread(s):"; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos >/dev/null; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos --mtp >/dev/null; \
 	done; done
+
+# The memory-bound benchmark model (notes/performance.md): DeepSeek-V2-Lite's published shape,
+# BENCH_LAYERS of its 27 layers (every matrix at its shape; 4 layers: 9 GB of F32 while it is
+# written, then 4.5 GB BF16 and 2.7 GB FP8), kept out of the repository in BENCH_DIR.
+BENCH_DIR ?= build/bench-models
+BENCH_LAYERS ?= 4
+bench-models: run
+	@mkdir -p $(BENCH_DIR)
+	sed 's/"num_hidden_layers": 27/"num_hidden_layers": $(BENCH_LAYERS)/' tests/fixtures/configs/deepseek_v2_lite/config.json > $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json
+	./run init --config $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json --out $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 --seed 1
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 --to bf16
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-fp8 --to fp8
+	rm -rf $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32
 
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
 # against a slower formulation written in the test (1-3 minutes on 2 cores; .ci/run runs it).
@@ -144,7 +163,7 @@ fuzz: build/asan/test_fuzz
 # naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CUDA_REF  := ops fp8 rope mla moe
+CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
 CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
@@ -167,4 +186,4 @@ cuda-test: cuda
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench bench-models
