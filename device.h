@@ -28,4 +28,11 @@ int mtp_forward_device(const Model *m, State *s, const int *next_tokens, int T, 
 int model_forward_argmax_device(const Model *m, State *s, const int *tokens, int T, int pos, int *next,
                                 Error *e);
 
+/* Host-pointer twins of two device steps, for tests/test_forward_twins.cu: matmul (out [n, rows] =
+ * x [n, cols] . W^T, W as stored: the GEMV for n <= 8, widen + cuBLAS above, in tiles of a third of
+ * the rows) and moe_forward (out [T, d], decode kernels for T <= 8, grouped by expert above). Every
+ * device buffer starts as NaN. CUDA builds only (model.cu). */
+int matmul_cuda_host(float *out, const float *x, const Tensor *W, int n, Error *e);
+int moe_forward_cuda_host(float *out, const float *x, int T, const Moe *moe, Error *e);
+
 #endif

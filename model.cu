@@ -144,6 +144,24 @@ static int up_ffn(Dev *d, DevFfn *f, const Ffn *w, Error *e) {
 
 __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n);
 
+/* A MoE block: gate, router, bias, shared experts, and the routed experts' table (host and device). */
+static int up_moe(Dev *d, DevLayer *L, const Moe *moe, Error *e) {
+    int E = moe->gate.n_experts;
+    L->gate = moe->gate;
+    if (up_tensor(d, &L->router, &moe->router, e)) return -1;
+    if (moe->bias && !(L->bias = up_vec(d, moe->bias, E, e))) return -1;
+    if (moe->shared.gate.data && up_ffn(d, &L->shared, &moe->shared, e)) return -1;
+    L->experts = (DevFfn *)calloc((size_t)E, sizeof(DevFfn));
+    for (int x = 0; x < E; x++)
+        if (up_ffn(d, &L->experts[x], &moe->experts[x], e)) return -1;
+    DevFfn *ed = (DevFfn *)dev_alloc(d, sizeof(DevFfn) * E, e);
+    if (!ed) return -1;
+    cudaError_t err = cudaMemcpy(ed, L->experts, sizeof(DevFfn) * E, cudaMemcpyHostToDevice);
+    if (err != cudaSuccess) return cuda_err(e, err, "expert table");
+    L->experts_dev = ed;
+    return 0;
+}
+
 static int up_layer(Dev *d, DevLayer *L, const Layer *h, const Config *c, Error *e) {
     memset(L, 0, sizeof *L);
     const MlaWeights *a = &h->attn;
@@ -161,20 +179,7 @@ static int up_layer(Dev *d, DevLayer *L, const Layer *h, const Config *c, Error 
     L->kv_b_f32 = wf;
     L->is_moe = h->is_moe;
     if (!h->is_moe) return up_ffn(d, &L->dense, &h->dense, e);
-    L->gate = h->moe.gate;
-    if (up_tensor(d, &L->router, &h->moe.router, e)) return -1;
-    if (h->moe.bias && !(L->bias = up_vec(d, h->moe.bias, c->n_routed_experts, e))) return -1;
-    if (h->moe.shared.gate.data && up_ffn(d, &L->shared, &h->moe.shared, e)) return -1;
-    int E = c->n_routed_experts;
-    L->experts = (DevFfn *)calloc((size_t)E, sizeof(DevFfn));
-    for (int x = 0; x < E; x++)
-        if (up_ffn(d, &L->experts[x], &h->experts[x], e)) return -1;
-    DevFfn *ed = (DevFfn *)dev_alloc(d, sizeof(DevFfn) * E, e);
-    if (!ed) return -1;
-    cudaError_t err = cudaMemcpy(ed, L->experts, sizeof(DevFfn) * E, cudaMemcpyHostToDevice);
-    if (err != cudaSuccess) return cuda_err(e, err, "expert table");
-    L->experts_dev = ed;
-    return 0;
+    return up_moe(d, L, &h->moe, e);
 }
 
 /* ---- reading a stored weight on the device -------------------------------------------------------- */
@@ -742,4 +747,95 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
         return -1;
     }
     return 0;
+}
+
+/* ---- host-pointer twins, for the function-level checks (tests/test_forward_twins.cu) ------------- */
+
+/* A Dev with a cuBLAS handle and the scratch that matmul_cuda / moe_forward_cuda of T tokens use;
+ * every buffer poisoned with NaN (0xFF bytes), so an element read before it is written shows. */
+static Dev *twin_dev(int T, int dim, int ffn, int E, int K, size_t widen, Error *e) {
+    Dev *d = (Dev *)calloc(1, sizeof(Dev));
+    if (cublasCreate(&d->blas) != CUBLAS_STATUS_SUCCESS) {
+        free(d);
+        error_set(e, "cublas: cannot create a handle");
+        return NULL;
+    }
+    cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH);
+    d->widen_n = widen;
+    d->max_T = T;
+    size_t t = (size_t)T;
+    struct { float **p; size_t n; } bufs[] = {
+        {&d->widen, widen}, {&d->ffn_h, t * ffn}, {&d->ffn_u, t * ffn}, {&d->router_logits, t * E},
+        {&d->gate_w, t * K}, {&d->moe_h, (size_t)SMALL_BATCH * K * ffn}, {&d->tw, t * K}, {&d->xb, 2 * t * dim},
+        {&d->yb, t * dim}, {&d->out, t * dim},
+    };
+    int rc = 0;
+    for (size_t i = 0; !rc && i < sizeof bufs / sizeof bufs[0]; i++)
+        rc = !(*bufs[i].p = (float *)dev_alloc(d, sizeof(float) * bufs[i].n, e)) ||
+             cudaMemset(*bufs[i].p, 0xFF, sizeof(float) * bufs[i].n) != cudaSuccess;
+    if (!rc) rc = !(d->idx = (int *)dev_alloc(d, sizeof(int) * t * K, e)) || !(d->tok = (int *)dev_alloc(d, sizeof(int) * t * K, e));
+    if (rc) {
+        State s = {};
+        s.dev = d;
+        state_free_device(&s);
+        if (!e->msg[0]) error_set(e, "cuda: cannot set up the twin's buffers");
+        return NULL;
+    }
+    return d;
+}
+
+static int twin_finish(Dev *d, float *out, const float *d_out, size_t n, Error *e) {
+    int rc = dev_status(d, e);
+    if (!rc) {
+        cudaError_t err = cudaMemcpy(out, d_out, sizeof(float) * n, cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess) rc = cuda_err(e, err, "twin output");
+    }
+    State s = {};
+    s.dev = d;
+    state_free_device(&s);
+    return rc;
+}
+
+extern "C" int matmul_cuda_host(float *out, const float *x, const Tensor *W, int n, Error *e) {
+    e->msg[0] = 0;
+    /* a widening tile of about a third of the rows, so that prefill's tile loop runs several times */
+    size_t tile_rows = W->rows / 3 > 0 ? W->rows / 3 : 1;
+    Dev *d = twin_dev(n, W->cols, 1, 1, 1, tile_rows * W->cols, e);
+    if (!d) return -1;
+    DevTensor t;
+    float *dx = NULL, *dout = NULL;
+    int rc = up_tensor(d, &t, W, e) || !(dx = (float *)dev_alloc(d, sizeof(float) * (size_t)n * W->cols, e)) ||
+             !(dout = (float *)dev_alloc(d, sizeof(float) * (size_t)n * W->rows, e));
+    if (!rc) {
+        cudaMemcpy(dx, x, sizeof(float) * (size_t)n * W->cols, cudaMemcpyHostToDevice);
+        cudaMemset(dout, 0xFF, sizeof(float) * (size_t)n * W->rows);
+        matmul_cuda(d, dout, dx, t, n, 0);
+        return twin_finish(d, out, dout, (size_t)n * W->rows, e);
+    }
+    State s = {};
+    s.dev = d;
+    state_free_device(&s);
+    return -1;
+}
+
+extern "C" int moe_forward_cuda_host(float *out, const float *x, int T, const Moe *moe, Error *e) {
+    e->msg[0] = 0;
+    int dim = moe->router.cols, E = moe->gate.n_experts, K = moe->gate.top_k, ffn = moe->experts[0].gate.rows;
+    if (moe->shared.gate.data && moe->shared.gate.rows > ffn) ffn = moe->shared.gate.rows;
+    Dev *d = twin_dev(T, dim, ffn, E, K, (size_t)ffn * dim, e);
+    if (!d) return -1;
+    float *dx = NULL, *dres = NULL;
+    /* the block adds its output to a residual: here zeros, so that the result is moe_forward's out */
+    int rc = up_moe(d, &d->mtp_layer, moe, e) || !(dx = (float *)dev_alloc(d, sizeof(float) * (size_t)T * dim, e)) ||
+             !(dres = (float *)dev_alloc(d, sizeof(float) * (size_t)T * dim, e));
+    if (!rc) {
+        cudaMemcpy(dx, x, sizeof(float) * (size_t)T * dim, cudaMemcpyHostToDevice);
+        cudaMemset(dres, 0, sizeof(float) * (size_t)T * dim);
+        if (moe_forward_cuda(d, dres, dx, T, d->mtp_layer, dim, e)) rc = -1;
+    }
+    if (!rc) return twin_finish(d, out, dres, (size_t)T * dim, e);
+    State s = {};
+    s.dev = d;
+    state_free_device(&s);
+    return -1;
 }
