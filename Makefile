@@ -130,7 +130,7 @@ fuzz: build/asan/test_fuzz
 #   build/cuda/bench_device   prefill and decode tok/s, the copy bandwidth and the decode's floor
 # `make cuda-test` runs the checks on a GPU (sm_90: H100/H200), `make cuda-bench` prints the speed
 # figures. The C files are compiled with cc (nvcc would compile .c files as C++), the .cu files
-# with -rdc (model.cu launches kernels.cu's kernels). Without OpenBLAS (a bare GPU box) the C
+# with -rdc (the device forward, model.cu mla.cu moe.cu ops.cu, launches kernels.cu's kernels). Without OpenBLAS (a bare GPU box) the C
 # reference of test_kernels links the naive CBLAS of tests/cblas_shim/.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
@@ -145,7 +145,9 @@ CUDA_BLAS_CFLAGS := -Itests/cblas_shim
 CUDA_BLAS_OBJ    := build/cuda/ref/cblas_shim.o
 CUDA_BLAS_LINK   :=
 endif
-CUDA_HDRS := kernels.h kernels.cuh $(HDRS)
+CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
+# the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
+CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
 CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) run.c
 CUDA_OBJS := $(patsubst %.c,build/cuda/obj/%.o,$(CUDA_C))
 
@@ -165,15 +167,15 @@ build/cuda/ref/cblas_shim.o: tests/cblas_shim/cblas_shim.c tests/cblas_shim/cbla
 build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) $(CUDA_BLAS_OBJ) $(CUDA_HDRS)
 	$(NVCC) $(NVCC_ALL) -I. $(CUDA_BLAS_CFLAGS) -o $@ $< build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) \
 	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
-build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o build/cuda/model.o
+build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
-build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o build/cuda/model.o
+build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
 	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 
-build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o build/cuda/model.o
+build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
-build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o build/cuda/model.o
+build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 
 cuda:

@@ -1,27 +1,27 @@
 /* model.cu - the forward pass on a GPU: model.c's model_forward and mtp_forward, run on weights
  * uploaded once and a latent cache that lives on the device (device.h says how run reaches it).
  *
- * It reads in model.c's order, each step the device twin of a C function (name + _cuda):
- *   embed gather (tensor_rows_f32)   -> embed_rows_cuda
+ * The device forward is one .cu beside each C file it mirrors (device.cuh has what they share), and
+ * reads in model.c's order; each step is the device twin of a C function (name + _cuda):
+ *   embed gather (tensor_rows_f32)   -> embed_rows_kernel (here)
  *   rmsnorm                           -> rmsnorm_kernel (kernels.cu, strided rows)
- *   mla_query / mla_latent            -> mla_query_cuda / mla_latent_cuda (the latent written straight
- *                                        into the cache row, normed and rotated in place there)
+ *   mla_query / mla_latent            -> mla_query_cuda / mla_latent_cuda (mla.cu; the latent written
+ *                                        straight into the cache row, normed and rotated in place there)
  *   rope_rotate                       -> rope_rotate_kernel (kernels.cu, all T tokens in one launch)
  *   mla_attend_absorbed               -> mla_attend_absorbed_kernel (kernels.cu; kv_b widened to FP32
  *                                        once at upload, as the C code widens it per call)
- *   mla_attend_naive                  -> mla_attend_naive_cuda (cuBLAS, the C code's five products)
- *   matmul                            -> matmul_cuda: n <= SMALL_BATCH a GEMV kernel of ours reading
- *                                        the stored BF16/FP8/F32 directly, FP32 accumulation (decode is
- *                                        bandwidth-bound: this is what makes it fast); larger n widens
- *                                        the weight tile by tile to FP32 (tensor_rows_f32_kernel) and
- *                                        calls cublasSgemm in CUBLAS_DEFAULT_MATH (no TF32)
+ *   mla_attend_naive                  -> mla_attend_naive_cuda (mla.cu: cuBLAS, the C code's products)
+ *   matmul                            -> matmul_cuda (ops.cu): n <= SMALL_BATCH a GEMV kernel of ours
+ *                                        reading the stored BF16/FP8/F32 directly, FP32 accumulation
+ *                                        (decode is bandwidth-bound); larger n widens the weight tile
+ *                                        by tile to FP32 and calls cublasSgemm (no TF32)
  *   moe_gate                          -> moe_gate_kernel (kernels.cu)
- *   moe_forward                       -> moe_forward_cuda: T <= SMALL_BATCH the selected experts only,
- *                                        on the device (no host round trip); larger T grouped by
- *                                        expert over the tokens as moe.c does (the routing comes back
- *                                        to the host to size the groups)
- *   ffn_swiglu                        -> ffn_swiglu_cuda
- *   final norm, lm_head, MTP module   -> in model_forward_device / mtp_forward_device
+ *   moe_forward                       -> moe_forward_cuda (moe.cu): T <= SMALL_BATCH the selected
+ *                                        experts only, on the device (no host round trip); larger T
+ *                                        grouped by expert over the tokens as moe.c does (the routing
+ *                                        comes back to the host to size the groups)
+ *   ffn_swiglu                        -> ffn_swiglu_cuda (moe.cu)
+ *   final norm, lm_head, MTP module   -> model_forward_device / mtp_forward_device (here)
  * Activations are FP32, as in C: logits agree with the C forward to ~1e-6 relative (notes/cuda.md).
  * Where the order of a sum differs from C: GEMV dot products are 32 lane partials and a butterfly
  * (C: dot_f32's 8 lanes); cuBLAS picks its own order; the MoE sum is in expert order as in moe.c.
@@ -29,63 +29,11 @@
  * the other tokens of the call, so --mtp greedy equals plain greedy on the device bit for bit.
  * Errors (CUDA, cuBLAS, out of memory) come back as -1 with Error, never an exit.
  */
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-#include <string.h>
+#include "device.cuh"
 
-#include "kernels.cuh"
-extern "C" {
-#include "device.h"
-}
+/* ---- the weights on the device (device.cuh has the structs) --------------------------------------- */
 
-/* ---- the weights on the device ------------------------------------------------------------------ */
-
-/* A weight as stored (ops.h's Tensor, device pointers); FP8 brings its block scales. */
-struct DevTensor {
-    const void *data;
-    DType dtype;
-    int rows, cols;
-    const float *scale; /* [ceil(rows/block_r), ceil(cols/block_c)] or NULL */
-    int block_r, block_c;
-};
-struct DevFfn { DevTensor gate, up, down; };
-struct DevLayer {
-    const float *attn_norm, *ffn_norm, *q_a_norm, *kv_a_norm;
-    DevTensor q_a, q_b, q, kv_a, kv_b, o;
-    const float *kv_b_f32; /* [n_h * (nope + v), d_c], for the attention kernel */
-    int is_moe;
-    DevFfn dense, shared;   /* shared.gate.data NULL when there is none */
-    DevTensor router;
-    const float *bias;
-    MoeGate gate;
-    DevFfn *experts;        /* host array [n_experts] of device tensors */
-    DevFfn *experts_dev;    /* the same array on the device, for the decode kernels */
-};
-
-struct Dev {
-    cublasHandle_t blas;
-    cublasStatus_t blas_err;
-    DevTensor embed, lm_head, eh_proj, mtp_head;
-    const float *final_norm, *enorm, *hnorm, *head_norm, *inv_freq;
-    DevLayer *layers, mtp_layer;
-    /* activations [max_T, ...] and caches, as State's */
-    float *cache, *mtp_cache, *hidden, *x, *h, *q, *q_scratch, *attn, *out, *mtp_in;
-    float *ffn_h, *ffn_u, *scores, *logits, *router_logits, *gate_w, *widen, *moe_h, *tw, *xb, *yb;
-    int *tokens, *idx, *tok, *next;
-    size_t widen_n;
-    int max_T, ctx, n_layers;
-    /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
-     * by two names (a tied lm_head, the MTP head) is uploaded once */
-    void **owned;
-    int n_owned, cap_owned;
-    const void **up_host;
-    const void **up_dev;
-    int n_up;
-};
-
-static int cuda_err(Error *e, cudaError_t err, const char *what) {
+int cuda_err(Error *e, cudaError_t err, const char *what) {
     return error_set(e, "cuda: %s: %s", what, cudaGetErrorString(err));
 }
 
@@ -142,8 +90,6 @@ static int up_ffn(Dev *d, DevFfn *f, const Ffn *w, Error *e) {
     return up_tensor(d, &f->gate, &w->gate, e) || up_tensor(d, &f->up, &w->up, e) || up_tensor(d, &f->down, &w->down, e);
 }
 
-__global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n);
-
 /* A MoE block: gate, router, bias, shared experts, and the routed experts' table (host and device). */
 static int up_moe(Dev *d, DevLayer *L, const Moe *moe, Error *e) {
     int E = moe->gate.n_experts;
@@ -182,357 +128,10 @@ static int up_layer(Dev *d, DevLayer *L, const Layer *h, const Config *c, Error 
     return up_moe(d, L, &h->moe, e);
 }
 
-/* ---- reading a stored weight on the device -------------------------------------------------------- */
-
-/* Element i of a stored array widened to FP32, exactly (ops.c's dtype_load_f32 for the weight
- * dtypes; the hardware converts FP8 to half, exact, then to float). */
-static __device__ __forceinline__ float load_f32(DType t, const void *p, size_t i) {
-    switch (t) {
-    case DT_F32: return ((const float *)p)[i];
-    case DT_BF16: return __uint_as_float((uint32_t)((const uint16_t *)p)[i] << 16);
-    case DT_F16: return __half2float(((const __half *)p)[i]);
-    case DT_F8_E4M3:
-        return __half2float(__half(__nv_cvt_fp8_to_halfraw(((const __nv_fp8_storage_t *)p)[i], __NV_E4M3)));
-    case DT_F8_E5M2:
-        return __half2float(__half(__nv_cvt_fp8_to_halfraw(((const __nv_fp8_storage_t *)p)[i], __NV_E5M2)));
-    default: return __int_as_float(0x7fc00000);
-    }
-}
-
-/* W[r][c] as tensor_rows_f32 gives it: the stored value, times its block's scale (one rounding). */
-static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) {
-    float v = load_f32(W.dtype, W.data, (size_t)r * W.cols + c);
-    if (W.scale) v *= W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c];
-    return v;
-}
-
-/* tensor_rows_f32 (ops.c): rows [r0, r0+n) of W into out [n, cols] as FP32. A thread per element. */
-__global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)n * W.cols) return;
-    int r = (int)(i / W.cols), c = (int)(i % W.cols);
-    out[i] = w_at(W, r0 + r, c);
-}
-
-/* 8 consecutive weights of row r from column c (c % 8 == 0, cols % 8 == 0): one 16-byte load for
- * F32 halves, BF16 and F16, one 8-byte load for FP8; FP8 times its block's scale. */
-template <int DT>
-static __device__ __forceinline__ void load8(float *w, const DevTensor &W, int r, int c) {
-    size_t i = (size_t)r * W.cols + c;
-    if (DT == DT_F32) {
-        float4 a = ((const float4 *)W.data)[i / 4], b = ((const float4 *)W.data)[i / 4 + 1];
-        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else if (DT == DT_BF16 || DT == DT_F16) {
-        uint4 u = ((const uint4 *)W.data)[i / 8];
-        uint32_t p[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            if (DT == DT_BF16) {
-                w[2 * k] = __uint_as_float(p[k] << 16);
-                w[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
-            } else {
-                __half2 h2 = *(__half2 *)&p[k];
-                float2 f = __half22float2(h2);
-                w[2 * k] = f.x;
-                w[2 * k + 1] = f.y;
-            }
-        }
-    } else { /* FP8 */
-        uint2 u = ((const uint2 *)W.data)[i / 8];
-        uint32_t p[2] = {u.x, u.y};
-        float s = W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            __nv_fp8_storage_t b = (__nv_fp8_storage_t)((p[k / 4] >> (8 * (k % 4))) & 0xff);
-            w[k] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3))) * s;
-        }
-    }
-}
-
-/* The dot products of row r of W with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: lane l
- * takes the 8-column chunks l, l+32, ... (coalesced), then a butterfly adds the 32 partials. C's
- * order is dot_f32's (8 lanes, pairwise): the same products, summed in another order. */
-template <int DT>
-static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,
-                                                 int x_stride) {
-    int lane = threadIdx.x % 32, cols = W.cols;
-#pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = 0.0f;
-    int vec = cols % 8 == 0 && (DT == DT_F32 || DT == DT_BF16 || DT == DT_F16 || !W.scale || W.block_c % 8 == 0);
-    int c_vec = vec ? cols : 0;
-    for (int c = lane * 8; c < c_vec; c += 256) {
-        float w[8];
-        load8<DT>(w, W, r, c);
-#pragma unroll
-        for (int t = 0; t < SMALL_BATCH; t++) {
-            if (t >= n) break;
-            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
-            float4 a = xv[0], b = xv[1];
-            acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
-        }
-    }
-    for (int c = c_vec + lane; c < cols; c += 32) { /* any shape: one element at a time */
-        float w = w_at(W, r, c);
-        for (int t = 0; t < n; t++) acc[t] += w * x[(size_t)t * x_stride + c];
-    }
-#pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = warp_sum(acc[t]);
-}
-
-/* matmul for n <= SMALL_BATCH: out [n, rows] (= or +=) x [n, cols] . W^T, a warp per output row. */
-template <int DT>
-__global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int n, int accumulate) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= W.rows) return;
-    float acc[SMALL_BATCH];
-    warp_dots<DT>(acc, W, r, x, n, W.cols);
-    if (threadIdx.x % 32 == 0)
-        for (int t = 0; t < n; t++) {
-            float *o = out + (size_t)t * W.rows + r;
-            *o = accumulate ? *o + acc[t] : acc[t];
-        }
-}
-
-/* ---- matmul (ops.c) ---------------------------------------------------------------------------- */
-
-static void blas_check(Dev *d, cublasStatus_t st) {
-    if (st != CUBLAS_STATUS_SUCCESS && d->blas_err == CUBLAS_STATUS_SUCCESS) d->blas_err = st;
-}
-
-/* out [n, rows] = x [n, cols] . W^T, or += with accumulate (the residual add, folded in). */
-static void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
-    if (n <= SMALL_BATCH) {
-        unsigned blocks = (unsigned)((W.rows + THREADS / 32 - 1) / (THREADS / 32));
-        switch (W.dtype) {
-        case DT_F32: matmul_gemv_kernel<DT_F32><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_BF16: matmul_gemv_kernel<DT_BF16><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_F16: matmul_gemv_kernel<DT_F16><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_F8_E4M3: matmul_gemv_kernel<DT_F8_E4M3><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        default: matmul_gemv_kernel<DT_F8_E5M2><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        }
-        return;
-    }
-    /* column-major view: out^T [rows, n] = W [rows, cols] (lda cols, transposed) . x^T [cols, n] */
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    if (W.dtype == DT_F32) {
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, W.rows, n, W.cols, &one, (const float *)W.data,
-                                  W.cols, x, W.cols, &beta, out, W.rows));
-        return;
-    }
-    int tile = (int)(d->widen_n / W.cols);
-    if (tile > W.rows) tile = W.rows;
-    for (int r0 = 0; r0 < W.rows; r0 += tile) { /* as ops.c: widen a tile of rows, then one GEMM */
-        int nr = W.rows - r0 < tile ? W.rows - r0 : tile;
-        size_t ne = (size_t)nr * W.cols;
-        tensor_rows_f32_kernel<<<(unsigned)((ne + THREADS - 1) / THREADS), THREADS>>>(d->widen, W, r0, nr);
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, W.cols, &one, d->widen, W.cols, x, W.cols,
-                                  &beta, out + r0, W.rows));
-    }
-}
-
-/* ---- small elementwise steps --------------------------------------------------------------------- */
-
 /* x [T, d] rows = embed[tokens[t]] (model.c's gather; out_stride d, or 2d for the MTP's input). */
 __global__ void embed_rows_kernel(float *x, int out_stride, DevTensor W, const int *tokens) {
     for (int c = threadIdx.x; c < W.cols; c += blockDim.x)
         x[(size_t)blockIdx.x * out_stride + c] = w_at(W, tokens[blockIdx.x], c);
-}
-
-/* h = silu(h) * u, as ffn_swiglu: silu(x) = x / (1 + expf(-x)), then the product. */
-__global__ void silu_mul_kernel(float *h, const float *u, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) h[i] = h[i] / (1.0f + expf(-h[i])) * u[i];
-}
-
-__global__ void add_kernel(float *y, const float *x, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] += x[i];
-}
-
-static unsigned blocks_for(size_t n) { return (unsigned)((n + THREADS - 1) / THREADS); }
-
-static void rmsnorm_cuda_dev(float *out, const float *x, const float *w, int n, int d, int out_stride, int x_stride,
-                             float eps) {
-    rmsnorm_kernel<<<n, THREADS>>>(out, x, w, d, out_stride, x_stride, eps);
-}
-
-/* ---- the feed-forward blocks (moe.c) ------------------------------------------------------------- */
-
-/* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
-static void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
-    size_t n = (size_t)T * f.gate.rows;
-    matmul_cuda(d, d->ffn_h, x, f.gate, T, 0);
-    matmul_cuda(d, d->ffn_u, x, f.up, T, 0);
-    silu_mul_kernel<<<blocks_for(n), THREADS>>>(d->ffn_h, d->ffn_u, n);
-    matmul_cuda(d, out, d->ffn_h, f.down, T, accumulate);
-}
-
-/* Decode MoE, step 1: for each token t and each of its top_k experts e = idx[t][k], the rows of
- * silu(gate_e x_t) * up_e x_t, a warp per row: moe_h [T * top_k, inter]. */
-template <int DT>
-__global__ void moe_up_kernel(float *moe_h, const float *x, const DevFfn *experts, const int *idx, int top_k, int d) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, tk = blockIdx.y;
-    const DevFfn &f = experts[idx[tk]];
-    if (r >= f.gate.rows) return;
-    float g[SMALL_BATCH], u[SMALL_BATCH];
-    const float *xt = x + (size_t)(tk / top_k) * d;
-    warp_dots<DT>(g, f.gate, r, xt, 1, d);
-    warp_dots<DT>(u, f.up, r, xt, 1, d);
-    if (threadIdx.x % 32 == 0) moe_h[(size_t)tk * f.gate.rows + r] = g[0] / (1.0f + expf(-g[0])) * u[0];
-}
-
-/* Decode MoE, step 2: x[t][i] += sum_k w_k (down_e moe_h[t][k])[i] + shared[t][i], the experts added
- * in ascending expert index as moe.c does (its loop over e), then the shared experts' output. */
-template <int DT>
-__global__ void moe_down_kernel(float *x, const float *moe_h, const float *shared, const DevFfn *experts,
-                                const int *idx, const float *wts, int top_k, int d) {
-    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, t = blockIdx.y;
-    if (i >= d) return;
-    float y[MOE_MAX_TOPK];
-    for (int k = 0; k < top_k; k++) {
-        const DevFfn &f = experts[idx[t * top_k + k]];
-        float acc[SMALL_BATCH];
-        warp_dots<DT>(acc, f.down, i, moe_h + (size_t)(t * top_k + k) * f.down.cols, 1, f.down.cols);
-        y[k] = acc[0];
-    }
-    if (threadIdx.x % 32) return;
-    float out = 0.0f;
-    for (int done = 0, last = -1; done < top_k; done++) { /* next larger expert index */
-        int best = -1;
-        for (int k = 0; k < top_k; k++) {
-            int e = idx[t * top_k + k];
-            if (e > last && (best < 0 || e < idx[t * top_k + best])) best = k;
-        }
-        last = idx[t * top_k + best];
-        out += wts[t * top_k + best] * y[best];
-    }
-    if (shared) out += shared[(size_t)t * d + i];
-    x[(size_t)t * d + i] += out;
-}
-
-/* Prefill MoE helpers: gather the tokens routed to one expert, and add w * y back to their rows. */
-__global__ void gather_rows_kernel(float *xb, const float *x, const int *tok, int d) {
-    for (int c = threadIdx.x; c < d; c += blockDim.x) xb[(size_t)blockIdx.x * d + c] = x[(size_t)tok[blockIdx.x] * d + c];
-}
-__global__ void scatter_add_kernel(float *out, const float *yb, const int *tok, const float *tw, int d) {
-    for (int c = threadIdx.x; c < d; c += blockDim.x)
-        out[(size_t)tok[blockIdx.x] * d + c] += tw[blockIdx.x] * yb[(size_t)blockIdx.x * d + c];
-}
-
-/* moe_forward, then x += its output. h: the normed input [T, d]. */
-static int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L, int dim, Error *e) {
-    const MoeGate &g = L.gate;
-    int E = g.n_experts, K = g.top_k, inter = L.experts[0].gate.rows;
-    matmul_cuda(d, d->router_logits, h, L.router, T, 0);
-    moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
-    if (L.shared.gate.data) ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
-    if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
-        dim3 up_grid((inter + THREADS / 32 - 1) / (THREADS / 32), T * K), down_grid((dim + THREADS / 32 - 1) / (THREADS / 32), T);
-        const float *sh = L.shared.gate.data ? d->yb : NULL;
-        switch (L.experts[0].gate.dtype) {
-#define MOE_CASE(DT)                                                                                         \
-    case DT:                                                                                                 \
-        moe_up_kernel<DT><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);                   \
-        moe_down_kernel<DT><<<down_grid, THREADS>>>(x, d->moe_h, sh, L.experts_dev, d->idx, d->gate_w, K, dim); \
-        break;
-        MOE_CASE(DT_F32) MOE_CASE(DT_BF16) MOE_CASE(DT_F16) MOE_CASE(DT_F8_E4M3)
-        default: MOE_CASE(DT_F8_E5M2)
-#undef MOE_CASE
-        }
-        return 0;
-    }
-    /* prefill: the routing comes back to size each expert's batch (moe.c's grouping) */
-    size_t nk = (size_t)T * K;
-    int *idx = (int *)malloc(sizeof(int) * nk), *tok = (int *)malloc(sizeof(int) * nk), *start = (int *)calloc(E + 1, sizeof(int));
-    float *wts = (float *)malloc(sizeof(float) * nk), *tw = (float *)malloc(sizeof(float) * nk);
-    cudaError_t err = cudaMemcpy(idx, d->idx, sizeof(int) * nk, cudaMemcpyDeviceToHost);
-    if (err == cudaSuccess) err = cudaMemcpy(wts, d->gate_w, sizeof(float) * nk, cudaMemcpyDeviceToHost);
-    if (err == cudaSuccess) {
-        int n = 0;
-        for (int x_ = 0; x_ < E; x_++) {
-            start[x_] = n;
-            for (int t = 0; t < T; t++)
-                for (int k = 0; k < K; k++)
-                    if (idx[(size_t)t * K + k] == x_) { tok[n] = t; tw[n] = wts[(size_t)t * K + k]; n++; }
-        }
-        start[E] = n;
-        err = cudaMemcpy(d->tok, tok, sizeof(int) * n, cudaMemcpyHostToDevice);
-        if (err == cudaSuccess) err = cudaMemcpy(d->tw, tw, sizeof(float) * n, cudaMemcpyHostToDevice);
-    }
-    if (err == cudaSuccess) {
-        cudaMemsetAsync(d->out, 0, sizeof(float) * (size_t)T * dim);
-        for (int x_ = 0; x_ < E; x_++) {
-            int n = start[x_ + 1] - start[x_];
-            if (n == 0) continue;
-            gather_rows_kernel<<<n, THREADS>>>(d->xb, h, d->tok + start[x_], dim);
-            ffn_swiglu_cuda(d, d->xb + (size_t)n * dim, d->xb, n, L.experts[x_], 0);
-            scatter_add_kernel<<<n, THREADS>>>(d->out, d->xb + (size_t)n * dim, d->tok + start[x_], d->tw + start[x_], dim);
-        }
-        if (L.shared.gate.data) add_kernel<<<blocks_for((size_t)T * dim), THREADS>>>(d->out, d->yb, (size_t)T * dim);
-        add_kernel<<<blocks_for((size_t)T * dim), THREADS>>>(x, d->out, (size_t)T * dim);
-    }
-    free(idx); free(tok); free(start); free(wts); free(tw);
-    return err == cudaSuccess ? 0 : cuda_err(e, err, "MoE routing");
-}
-
-/* ---- attention (mla.c) --------------------------------------------------------------------------- */
-
-static void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T) {
-    if (m->q_lora_rank == 0) {
-        matmul_cuda(d, d->q, d->h, L.q, T, 0);
-        return;
-    }
-    matmul_cuda(d, d->q_scratch, d->h, L.q_a, T, 0);
-    rmsnorm_cuda_dev(d->q_scratch, d->q_scratch, L.q_a_norm, T, m->q_lora_rank, m->q_lora_rank, m->q_lora_rank, m->eps);
-    matmul_cuda(d, d->q, d->q_scratch, L.q_b, T, 0);
-}
-
-/* latent rows [T, d_c + d_R] written straight into the cache at rows pos.., the latent part normed. */
-static void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, int T) {
-    int width = mla_cache_width(m);
-    matmul_cuda(d, rows, d->h, L.kv_a, T, 0);
-    rmsnorm_cuda_dev(rows, rows, L.kv_a_norm, T, m->kv_lora_rank, width, width, m->eps);
-}
-
-/* The naive form (mla.c's mla_attend_naive), per head with cuBLAS: kv [L, nope+v] = C . W_h^T,
- * scores = q_nope . K^T + q_pe . K_pe^T, causal softmax, out_h = P . V. */
-__global__ void causal_softmax_kernel(float *scores, int L, int pos0, float scale) {
-    __shared__ float red[32];
-    float *row = scores + (size_t)blockIdx.x * L;
-    int visible = pos0 + blockIdx.x + 1;
-    float mx = -INFINITY;
-    for (int s = threadIdx.x; s < visible; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int s = threadIdx.x; s < L; s += blockDim.x) {
-        float p = s < visible ? expf(row[s] * scale - mx) : 0.0f;
-        row[s] = p;
-        sum += p;
-    }
-    sum = block_sum(sum, red);
-    for (int s = threadIdx.x; s < L; s += blockDim.x) row[s] /= sum;
-}
-
-static void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos) {
-    int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m), Lk = pos + T;
-    int q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v, nv = m->nope + m->v;
-    const float one = 1.0f, zero = 0.0f;
-    float *kv = d->widen; /* [L, nope+v] */
-    for (int hh = 0; hh < m->n_heads; hh++) {
-        const float *w_h = L.kv_b_f32 + (size_t)hh * nv * d_c;
-        /* column-major: kv^T [nv, L] = W_h [nv, d_c] . C^T */
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, nv, Lk, d_c, &one, w_h, d_c, cache, width, &zero, kv, nv));
-        const float *q_nope = d->q + (size_t)hh * qk, *q_pe = q_nope + m->nope;
-        /* scores^T [L, T] = K_nope [L, nope] . q_nope^T, then += K_pe . q_pe^T */
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, T, m->nope, &one, kv, nv, q_nope, q_stride, &zero,
-                                  d->scores, Lk));
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, T, m->rope, &one, cache + d_c, width, q_pe, q_stride,
-                                  &one, d->scores, Lk));
-        causal_softmax_kernel<<<T, THREADS>>>(d->scores, Lk, pos, m->softmax_scale);
-        /* out_h^T [v, T] = V^T [v, L] . P^T [L, T] */
-        blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_N, CUBLAS_OP_N, m->v, T, Lk, &one, kv + m->nope, nv, d->scores, Lk, &zero,
-                                  d->attn + (size_t)hh * m->v, out_stride));
-    }
 }
 
 /* ---- one decoder layer and the whole forward (model.c) -------------------------------------------- */
@@ -564,7 +163,7 @@ static int layer_forward_cuda(Dev *d, const Model *mm, const DevLayer &L, float 
 }
 
 /* Any error of the launches so far (and cuBLAS's), as one line. */
-static int dev_status(Dev *d, Error *e) {
+int dev_status(Dev *d, Error *e) {
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return cuda_err(e, err, "forward");
     if (d->blas_err != CUBLAS_STATUS_SUCCESS) return error_set(e, "cublas: status %d", (int)d->blas_err);
