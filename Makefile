@@ -10,7 +10,8 @@
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
 #                   than make test does (FUZZ_ITERS per parser, default 200000)
-#   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
+#   make cuda       build/cuda/run (--device cuda) and the CUDA tests (nvcc; no GPU needed)
+#   make cuda-test  run the CUDA checks (GPU)   make cuda-bench  the GPU speed figures
 #   make bench      print the speed figures   make bench-models  write the V2-Lite-shape benchmark models
 #   make clean
 
@@ -157,33 +158,80 @@ fuzz: build/asan/test_fuzz
 	@DSV3_FUZZ_ITERS=$(FUZZ_ITERS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run_tests.sh fuzz build/asan/test_fuzz
 
-# CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
-# as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
-# with cc, since nvcc compiles .c files as C++. Without OpenBLAS (a bare GPU box) the test brings a
-# naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
+# CUDA (notes/cuda.md). `make cuda` builds, with nvcc and no GPU needed (CI does this):
+#   build/cuda/run            run with --device cuda (model.cu: the forward pass on the GPU)
+#   build/cuda/test_kernels   every twin of kernels.cu against its C function
+#   build/cuda/test_device    the device forward against the C forward (logits, greedy, MTP)
+#   build/cuda/test_forward_twins  model.cu's matmul and moe_forward against C, one by one
+#   build/cuda/bench_device   prefill and decode tok/s, the copy bandwidth and the decode's floor
+# `make cuda-test` runs the checks on a GPU (sm_90: H100/H200), `make cuda-bench` prints the speed
+# figures. The C files are compiled with cc (nvcc would compile .c files as C++), the .cu files
+# with -rdc (the device forward, model.cu mla.cu moe.cu ops.cu, launches kernels.cu's kernels). Without OpenBLAS (a bare GPU box) the C
+# reference of test_kernels links the naive CBLAS of tests/cblas_shim/.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCC_ALL  := $(NVCCFLAGS) -rdc=true
 CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
+CUDA_BLAS_OBJ    :=
 CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
 else
-CUDA_BLAS_CFLAGS := -Ibuild/cuda/shim
-CUDA_BLAS_LINK   := -DDSV3_CBLAS_SHIM
+CUDA_BLAS_CFLAGS := -Itests/cblas_shim
+CUDA_BLAS_OBJ    := build/cuda/ref/cblas_shim.o
+CUDA_BLAS_LINK   :=
 endif
-cuda:
-	@mkdir -p build/cuda/shim
-	@echo "cuda: $(NVCC), OpenBLAS $(if $(filter -DDSV3_CBLAS_SHIM,$(CUDA_BLAS_LINK)),not found: naive CBLAS of the test,found)"
-	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_kernels.cu > build/cuda/shim/cblas.h
-	$(NVCC) $(NVCCFLAGS) -I. -c kernels.cu -o build/cuda/kernels.o
-	for f in $(CUDA_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o build/cuda/$$f.o || exit 1; done
-	$(NVCC) $(NVCCFLAGS) -I. -o build/cuda/test_kernels tests/test_kernels.cu build/cuda/kernels.o \
-	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lgomp -lm
+CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
+# the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
+CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
+CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) run.c
+CUDA_OBJS := $(patsubst %.c,build/cuda/obj/%.o,$(CUDA_C))
 
+build/cuda/%.o: %.cu $(CUDA_HDRS)
+	@mkdir -p build/cuda
+	$(NVCC) $(NVCC_ALL) -I. -c $< -o $@
+build/cuda/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/cuda/obj
+	$(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -c -o $@ $<
+build/cuda/ref/%.o: %.c $(HDRS)
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c -o $@ $<
+build/cuda/ref/cblas_shim.o: tests/cblas_shim/cblas_shim.c tests/cblas_shim/cblas.h
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -c -o $@ $<
+
+build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) $(CUDA_BLAS_OBJ) $(CUDA_HDRS)
+	$(NVCC) $(NVCC_ALL) -I. $(CUDA_BLAS_CFLAGS) -o $@ $< build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) \
+	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
+build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
+	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+cuda:
+	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
+	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
+	  build/cuda/bench_device
+
+# The checks: the twins, the device forward against C (tests/device_forward.c), perplexity and the
+# CLI's --device cuda against the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
 cuda-test: cuda
 	./build/cuda/test_kernels
+	./build/cuda/test_forward_twins
+	./build/cuda/test_device
+	tests/cuda_checks.sh
+
+# Speed: decode (batch 1, 256 tokens) and prefill (512) tok/s, tests/cuda_bench.sh.
+cuda-bench: cuda
+	tests/cuda_bench.sh
 
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench bench-models
+.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test cuda-bench bench bench-models

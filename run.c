@@ -14,6 +14,7 @@
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "bench.h"
+#include "device.h"
 #include "fp8_error.h"
 #include "generate.h"
 #include "golden.h"
@@ -100,6 +101,8 @@ static const char *USAGE =
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
+    "  --device cpu|cuda    where the forward runs (default cpu); cuda needs a run built with make cuda\n"
+    "                       (build/cuda/run): weights and latent cache on the GPU, notes/cuda.md\n"
     "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
     "                       load average leaves free). Results are bit-identical at any count\n"
     "  -h, --help           this text\n";
@@ -219,6 +222,8 @@ static void load_or_die(Model *m, const char *dir) {
 }
 
 
+static const char *device; /* --device: NULL (the CPU) or "cuda" (take_device) */
+
 static void state_or_die(State *s, const Model *m, int ctx, int need) {
     Error e;
     int max_pos = m->cfg.max_position_embeddings;
@@ -230,7 +235,7 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
     }
     if (ctx > max_pos)
         fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
-    if (state_init(s, m, ctx, 64, &e)) die(e.msg);
+    if (state_init_device(s, m, ctx, 64, device, &e)) die(e.msg);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -613,8 +618,22 @@ static int take_threads(int argc, char **argv) {
     return out;
 }
 
+/* --device cpu|cuda anywhere on the line, taken out as --threads is. */
+static int take_device(int argc, char **argv) {
+    int out = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--device")) { argv[out++] = argv[i]; continue; }
+        if (i + 1 >= argc || (strcmp(argv[i + 1], "cpu") && strcmp(argv[i + 1], "cuda")))
+            die_usage("--device: expected cpu or cuda");
+        device = argv[++i];
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv) {
     argc = take_threads(argc, argv);
+    argc = take_device(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
