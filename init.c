@@ -13,7 +13,7 @@
  * 128 x 128 block, DeepSeek-V3's layout, and keeps the rest F32; config.json gets quantize's
  * quantization_config and torch_dtype. The safetensors file is streamed: its header first, then each
  * tensor drawn, converted, written and freed, so memory holds one tensor (V2-Lite's largest is
- * embed_tokens [102400, 2048], 0.84 GB in F32), not the checkpoint (15.7 GB in FP8 for V2-Lite).
+ * embed_tokens [102400, 2048], 0.84 GB in F32), not the checkpoint (17.0 GB in FP8 for V2-Lite).
  */
 #include "init.h"
 
