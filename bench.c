@@ -38,7 +38,7 @@ static float *bench_rand(size_t n, Rng *r) {
 /* One decode step of MLA attention (one query over a cache of L tokens), absorbed vs naive, at
  * DeepSeek-V3's attention shape (128 heads, d_c 512, d_R 64, nope 128, v 128). */
 static void bench_attention(void) {
-    MlaDims m = {.d = 7168, .n_heads = 128, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
+    MlaDims m = {.n_heads = 128, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
     int width = mla_cache_width(&m), Lmax = 16384;
     Rng r;
     rng_seed(&r, 1);
