@@ -1,14 +1,18 @@
 # dsv3.c - DeepSeek-V3 in plain C.
-#   make            build ./run (release, -O2)
+#   make            build ./run (release, -O2); never installs: a missing package stops it with the
+#                   apt-get line to type
 #   make run        install missing Debian packages (root or sudo), build, run the bundled model
 #                   (RUN_ARGS="..." runs another command, e.g. RUN_ARGS="inspect models/kjv-v3")
-#   make test       build with -Wall -Wextra -Werror, run every test, then again under ASan+UBSan
+#   make deps       only install the missing packages
+#   make test       install missing packages as make run does, build with -Wall -Wextra -Werror,
+#                   run every test, then again under ASan+UBSan
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
 #                   than make test does (FUZZ_ITERS per parser, default 200000)
-#   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
-#   make bench      print the speed figures
+#   make cuda       build/cuda/run (--device cuda) and the CUDA tests (nvcc; no GPU needed)
+#   make cuda-test  run the CUDA checks (GPU)   make cuda-bench  the GPU speed figures
+#   make bench      print the speed figures   make bench-models  write the V2-Lite-shape benchmark models
 #   make clean
 
 CC      ?= cc
@@ -19,7 +23,11 @@ PKGS    := openblas cmocka libcjson libpcre2-8
 # Debian package that provides each pkg-config module, in the same order as PKGS.
 DEBS    := libopenblas-dev libcmocka-dev libcjson-dev libpcre2-dev
 
-# --- dependencies: found with pkg-config; installed with apt-get when we can ----------------------
+# --- dependencies: found with pkg-config; installed with apt-get only by make deps / run / test ---
+# The stamp records that every package was found. Whoever needs it first decides what a missing one
+# does: under `make deps`, `make run` and `make test` (DEPS_INSTALL, inherited by everything those
+# goals build) it is installed when we are root or have sudo; under any other goal (a plain `make`,
+# one test binary, bench, fuzz) nothing is installed and the build stops with the line to type.
 DEPS_STAMP := build/.deps-ok
 $(DEPS_STAMP):
 	@mkdir -p build
@@ -27,12 +35,15 @@ $(DEPS_STAMP):
 	  pkg-config --exists $$m 2>/dev/null || missing="$$missing $$1"; shift; done; \
 	command -v pkg-config >/dev/null || missing="pkg-config $$missing"; \
 	if [ -n "$$missing" ]; then \
+	  if [ -z "$(DEPS_INSTALL)" ]; then echo "missing packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing   (or: make deps)"; exit 1; fi; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
 	  else echo "missing packages:$$missing"; echo "install them with: sudo apt-get install -y$$missing"; exit 1; fi; \
 	  echo "installing:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
 	    || { echo "apt-get failed; run: sudo apt-get install -y$$missing"; exit 1; }; \
 	fi; touch $@
+deps: DEPS_INSTALL := 1
 deps: $(DEPS_STAMP)
 
 PKG_CFLAGS = $(shell pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/null)
@@ -52,11 +63,12 @@ BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run run.c $(LIB_SRC) $
 RUN_ARGS ?= generate models/kjv-v3 -p "And God said" -n 96 --seed 42
 ifeq ($(filter run,$(MAKECMDGOALS)),run)
 .PHONY: run
+run: DEPS_INSTALL := 1
 run: $(DEPS_STAMP)
 	$(BUILD_RUN)
 	./run $(RUN_ARGS)
 else
-run: $(DEPS_STAMP) $(LIB_SRC) run.c $(HDRS)
+run: $(LIB_SRC) run.c $(HDRS) | $(DEPS_STAMP)
 	$(BUILD_RUN)
 endif
 
@@ -80,7 +92,7 @@ build/asan/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
 
 .SECONDARY: $(TEST_OBJS) $(ASAN_OBJS)  # kept between runs, not deleted as intermediates
 
-build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) run | $(DEPS_STAMP)
+build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) | $(DEPS_STAMP)
 	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(TEST_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 
 build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
@@ -89,6 +101,12 @@ build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
 TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
 ASAN_BINS := $(patsubst tests/%.c,build/asan/%,$(TESTS))
 
+# These tests exec ./run, so building one also brings ./run up to date; order-only, because a test
+# binary does not link run.c: changing run.c rebuilds ./run and relinks no test.
+RUN_TESTS := test_bundled test_cli test_golden test_mtp test_quantize
+$(RUN_TESTS:%=build/test/%) $(RUN_TESTS:%=build/asan/%): | run
+
+test: DEPS_INSTALL := 1
 test: $(TEST_BINS) $(ASAN_BINS) run
 	@OPENBLAS_NUM_THREADS=1 tests/run_tests.sh build/test $(TEST_BINS)
 	@$(MAKE) --no-print-directory test-asan
@@ -97,17 +115,36 @@ test-asan: $(ASAN_BINS) run
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 DSV3_QUICK=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
-# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
+# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP;
+# with BENCH_LIMITS set (e.g. BENCH_LIMITS="$(BENCH_DIR)/v2lite-4l-bf16 $(BENCH_DIR)/v2lite-4l-fp8"),
+# first each one's decode and prefill against the bandwidth and sgemm rate measured in the same
+# run, at 1 thread and at all cores (notes/performance.md).
 BENCH_MODEL ?= models/kjv-v3/config.json
+BENCH_LIMITS ?=
 # Decode runs once on one thread and once on every core (OMP_NUM_THREADS unset: OpenMP's default).
 BENCH_THREADS ?= 1 $(shell nproc)
 bench: run
+	@for m in $(BENCH_LIMITS); do for th in $(BENCH_THREADS); do \
+	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=$$th ./run bench $$m --limits; done; done
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
 	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do for th in $(BENCH_THREADS); do \
 	  echo "decode, $$m, $$th thread(s):"; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos >/dev/null; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos --mtp >/dev/null; \
 	done; done
+
+# The memory-bound benchmark model (notes/performance.md): DeepSeek-V2-Lite's published shape,
+# BENCH_LAYERS of its 27 layers (every matrix at its shape; 4 layers: 9 GB of F32 while it is
+# written, then 4.5 GB BF16 and 2.7 GB FP8), kept out of the repository in BENCH_DIR.
+BENCH_DIR ?= build/bench-models
+BENCH_LAYERS ?= 4
+bench-models: run
+	@mkdir -p $(BENCH_DIR)
+	sed 's/"num_hidden_layers": 27/"num_hidden_layers": $(BENCH_LAYERS)/' tests/fixtures/configs/deepseek_v2_lite/config.json > $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json
+	./run init --config $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json --out $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 --seed 1
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 --to bf16
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-fp8 --to fp8
+	rm -rf $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32
 
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
 # against a slower formulation written in the test (1-3 minutes on 2 cores; .ci/run runs it).
@@ -121,36 +158,83 @@ fuzz: build/asan/test_fuzz
 	@DSV3_FUZZ_ITERS=$(FUZZ_ITERS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run_tests.sh fuzz build/asan/test_fuzz
 
-# CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
-# as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
-# with cc, since nvcc compiles .c files as C++. Without OpenBLAS (a bare GPU box) the test brings a
-# naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
+# CUDA (notes/cuda.md). `make cuda` builds, with nvcc and no GPU needed (CI does this):
+#   build/cuda/run            run with --device cuda (model.cu: the forward pass on the GPU)
+#   build/cuda/test_kernels   every twin of kernels.cu against its C function
+#   build/cuda/test_device    the device forward against the C forward (logits, greedy, MTP)
+#   build/cuda/test_forward_twins  model.cu's matmul and moe_forward against C, one by one
+#   build/cuda/bench_device   prefill and decode tok/s, the copy bandwidth and the decode's floor
+# `make cuda-test` runs the checks on a GPU (sm_90: H100/H200), `make cuda-bench` prints the speed
+# figures. The C files are compiled with cc (nvcc would compile .c files as C++), the .cu files
+# with -rdc (the device forward, model.cu mla.cu moe.cu ops.cu, launches kernels.cu's kernels). Without OpenBLAS (a bare GPU box) the C
+# reference of test_kernels links the naive CBLAS of tests/cblas_shim/.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CUDA_REF  := ops fp8 rope mla moe
+NVCC_ALL  := $(NVCCFLAGS) -rdc=true
+CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
+CUDA_BLAS_OBJ    :=
 CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
 else
-CUDA_BLAS_CFLAGS := -Ibuild/cuda/shim
-CUDA_BLAS_LINK   := -DDSV3_CBLAS_SHIM
+CUDA_BLAS_CFLAGS := -Itests/cblas_shim
+CUDA_BLAS_OBJ    := build/cuda/ref/cblas_shim.o
+CUDA_BLAS_LINK   :=
 endif
-cuda:
-	@mkdir -p build/cuda/shim
-	@echo "cuda: $(NVCC), OpenBLAS $(if $(filter -DDSV3_CBLAS_SHIM,$(CUDA_BLAS_LINK)),not found: naive CBLAS of the test,found)"
-	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_kernels.cu > build/cuda/shim/cblas.h
-	$(NVCC) $(NVCCFLAGS) -I. -c kernels.cu -o build/cuda/kernels.o
-	for f in $(CUDA_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o build/cuda/$$f.o || exit 1; done
-	$(NVCC) $(NVCCFLAGS) -I. -o build/cuda/test_kernels tests/test_kernels.cu build/cuda/kernels.o \
-	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lgomp -lm
+CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
+# the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
+CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
+CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) run.c
+CUDA_OBJS := $(patsubst %.c,build/cuda/obj/%.o,$(CUDA_C))
 
+build/cuda/%.o: %.cu $(CUDA_HDRS)
+	@mkdir -p build/cuda
+	$(NVCC) $(NVCC_ALL) -I. -c $< -o $@
+build/cuda/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/cuda/obj
+	$(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -c -o $@ $<
+build/cuda/ref/%.o: %.c $(HDRS)
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c -o $@ $<
+build/cuda/ref/cblas_shim.o: tests/cblas_shim/cblas_shim.c tests/cblas_shim/cblas.h
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -c -o $@ $<
+
+build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) $(CUDA_BLAS_OBJ) $(CUDA_HDRS)
+	$(NVCC) $(NVCC_ALL) -I. $(CUDA_BLAS_CFLAGS) -o $@ $< build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) \
+	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
+build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
+	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+cuda:
+	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
+	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
+	  build/cuda/bench_device
+
+# The checks: the twins, the device forward against C (tests/device_forward.c), perplexity and the
+# CLI's --device cuda against the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
 cuda-test: cuda
 	./build/cuda/test_kernels
+	./build/cuda/test_forward_twins
+	./build/cuda/test_device
+	tests/cuda_checks.sh
+
+# Speed: decode (batch 1, 256 tokens) and prefill (512) tok/s, tests/cuda_bench.sh.
+cuda-bench: cuda
+	tests/cuda_bench.sh
 
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test cuda-bench bench bench-models
 
 # Batched paged MLA decode on the GPU (mla_decode.cu, notes/mla_decode.md): `make mla-decode` builds
 # the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;
@@ -168,9 +252,9 @@ mla-decode:
 	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_mla_decode.cu > $(MLA_DEC_DIR)/shim/cblas.h
 	$(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c mla_decode.cu -o $(MLA_DEC_DIR)/mla_decode.o 2>&1 | grep -E "spill|registers" || true
 	$(NVCC) $(NVCCFLAGS) -shared -o $(MLA_DEC_DIR)/libmla_decode.so $(MLA_DEC_DIR)/mla_decode.o
-	for f in ops fp8 mla_paged; do $(CC) $(CSTD) $(OPT) -I. $(MLA_DEC_BLAS_CFLAGS) -c $$f.c -o $(MLA_DEC_DIR)/$$f.o || exit 1; done
+	for f in ops matmul fp8 mla_paged; do $(CC) $(CSTD) $(OPT) -I. $(MLA_DEC_BLAS_CFLAGS) -c $$f.c -o $(MLA_DEC_DIR)/$$f.o || exit 1; done
 	$(NVCC) $(NVCCFLAGS) -I. -o $(MLA_DEC_DIR)/test_mla_decode tests/test_mla_decode.cu $(MLA_DEC_DIR)/mla_decode.o \
-	  $(MLA_DEC_DIR)/ops.o $(MLA_DEC_DIR)/fp8.o $(MLA_DEC_DIR)/mla_paged.o $(MLA_DEC_BLAS_LINK) -lgomp -lm
+	  $(MLA_DEC_DIR)/ops.o $(MLA_DEC_DIR)/matmul.o $(MLA_DEC_DIR)/fp8.o $(MLA_DEC_DIR)/mla_paged.o $(MLA_DEC_BLAS_LINK) -lgomp -lm
 
 mla-decode-test: mla-decode
 	./$(MLA_DEC_DIR)/test_mla_decode

@@ -8,7 +8,7 @@
  * compression. A missing required field or a field of the wrong type is an error naming the file
  * and the field.
  */
-#include "model.h"
+#include "config.h"
 
 #include <cJSON.h>
 #include <math.h>

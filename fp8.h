@@ -1,6 +1,6 @@
 /* fp8.h - FP8 formats (E4M3 "fn", E5M2), block quantization, FP8 GEMM emulation.
  * See fp8.c's header comment for the formats drawn bit by bit and the math; notes/fp8.md for the
- * worked numbers and the error table. */
+ * worked numbers. The error table of `run fp8-error` is an experiment on these: fp8_error.h. */
 #ifndef FP8_H
 #define FP8_H
 
@@ -96,25 +96,5 @@ double fp8_acc_round(double v, int man_bits, Fp8AccRound round);
  * block_n = block_k = 128, acc = {0, 128, any}. Single-threaded, deterministic. */
 void fp8_gemm(float *y, const uint8_t *qx, const float *sx, const uint8_t *qw, const float *sw,
               int M, int N, int K, int block_n, int block_k, Fp8Accum acc);
-
-/* ---- the error table of notes/fp8.md ----------------------------------------------------------- */
-
-/* One row: a data set, a scaling layout, an accumulator, and the measured relative errors
- * (max_i |y_i - ref_i| / max_i |ref_i| over 16 x 64 dot products of length K):
- *   err_f64    vs the FP64 dot products of the unquantized inputs (quantization + accumulation)
- *   err_acc    vs the FP64 dot products of the dequantized inputs (accumulation alone) */
-typedef struct {
-    const char *data;    /* "gaussian" or "outliers" */
-    const char *scaling; /* "1x128 / 128x128" or "per-row / per-tensor" */
-    const char *accum;   /* "FP32", "14-bit trunc, N_C=128", ... */
-    Fp8Accum acc;
-    int block_k;         /* K-extent of a scale block */
-    double err_f64, err_acc;
-} Fp8ErrorRow;
-
-/* Fills rows [max_rows] (FP8_ERROR_ROWS are made) for dot products of length K (a multiple of 128)
- * from a fixed seed. Returns the number of rows, or -1 when memory runs out. Prints nothing. */
-#define FP8_ERROR_ROWS 18
-int fp8_error_table(Fp8ErrorRow *rows, int max_rows, int K, uint64_t seed);
 
 #endif

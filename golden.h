@@ -2,8 +2,10 @@
  * a real checkpoint and a prompt), written to one safetensors file that a PyTorch/CUDA test loads.
  * Tensor names are <function>.<argument>; notes/golden.md lists them with their shapes, the
  * tolerances and a PyTorch example.
- *   golden.c      the command line, the portable generator, the recorder, the file (write, verify)
- *   golden_fns.c  the functions recorded: what each one draws, calls and keeps */
+ *   golden.c         the command line
+ *   golden_record.c  the portable generator and the recorder (inputs drawn or read back, outputs kept)
+ *   golden_file.c    running the functions; the file: metadata, writing, verifying
+ *   golden_fns.c     the functions recorded: what each one draws, calls and keeps */
 #ifndef GOLDEN_H
 #define GOLDEN_H
 
@@ -20,7 +22,7 @@
  * Returns the exit status: 0, 1 (an error, one line on stderr), 2 (a usage error). Never exits. */
 int golden_main(int argc, char **argv);
 
-/* ---- between golden.c and golden_fns.c --------------------------------------------------------- */
+/* ---- between the golden files ------------------------------------------------------------------ */
 
 typedef struct {
     int batch, tokens, cache;   /* B sequences, T new tokens each, L cache rows (the T are the last) */
@@ -52,8 +54,8 @@ typedef struct {
     Error *e;
 } Golden;
 
-/* Inputs, each a new tensor <fn>.<arg> [dims...] (ints), drawn from the seed (golden.c's header has
- * the generator) or, when verifying, read back from the file. NULL with g->failed on any error.
+/* golden_record.c. Inputs, each a new tensor <fn>.<arg> [dims...] (ints), drawn from the seed
+ * (golden_record.c's header has the generator) or, when verifying, read back from the file. NULL with g->failed on any error.
  *   g_rand   F32 fmaf(scale, u, offset), u uniform on [-1, 1)
  *   g_ids    I32 uniform in [0, n)
  *   g_codes  F8_E4M3 codes, any but NaN
@@ -66,6 +68,10 @@ void *g_given(Golden *g, const char *arg, DType dt, const void *values, int ndim
 void *g_out(Golden *g, const char *arg, DType dt, int ndim, ...);
 /* Scratch memory freed when the function is done. */
 void *g_tmp(Golden *g, size_t bytes);
+/* The function is done: its scratch freed. */
+void golden_end_fn(Golden *g);
+/* The tensors g->ts [from, n) freed and dropped (n = from). */
+void golden_free_tensors(Golden *g, int from);
 
 /* One recorded function: run() draws, declares and computes; 0 or -1 (error in g->e). */
 typedef struct {
@@ -78,5 +84,19 @@ typedef struct {
 
 #define GOLDEN_N_FNS 18
 extern const GoldenFn GOLDEN_FNS[GOLDEN_N_FNS];
+
+/* golden_file.c. */
+/* 0, or -1 with the first shape or config size that no function can run with. */
+int golden_check_shapes(const Config *c, const GoldenShapes *s, Error *e);
+/* Index in GOLDEN_FNS of the function named name [len] (not NUL-terminated), or -1. */
+int golden_find_fn(const char *name, size_t len);
+/* Runs the selected [GOLDEN_N_FNS] functions: writes their tensors to out_path (g->check NULL;
+ * source names the config or checkpoint in the metadata) or compares their outputs with g->check's
+ * (one line per function on stdout; exact: bit for bit). 0, or -1 with the error in g->e. */
+int golden_run(Golden *g, const int *selected, const char *out_path, const char *source, int exact);
+/* --verify: the config, shapes, seed and functions of the file at path, re-run on its inputs (the
+ * model function with model_dir's checkpoint, loaded into *ckpt and g->ckpt set, or skipped
+ * without). 0, or -1 with the error in g->e. */
+int golden_verify(Golden *g, const char *path, const char *model_dir, int exact, Model *ckpt);
 
 #endif

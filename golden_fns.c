@@ -6,6 +6,7 @@
  */
 #include "golden.h"
 #include "fp8.h"
+#include "manifest.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -19,21 +20,6 @@ static Tensor f32_tensor(const float *w, int rows, int cols) {
 static float fan_in(int cols) { return 1.0f / sqrtf((float)cols); }
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
-/* As model_load sets them. */
-static MlaDims mla_dims(const Config *c) {
-    int qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    return (MlaDims){.d = c->hidden_size, .n_heads = c->n_heads, .q_lora_rank = c->q_lora_rank,
-                     .kv_lora_rank = c->kv_lora_rank, .nope = c->qk_nope_head_dim, .rope = c->qk_rope_head_dim,
-                     .v = c->v_head_dim, .eps = c->rms_norm_eps,
-                     .softmax_scale = (float)(pow(qk, -0.5) * rope_softmax_mscale(&c->rope))};
-}
-
-static MoeGate moe_gate_of(const Config *c) {
-    return (MoeGate){.n_experts = c->n_routed_experts, .top_k = c->num_experts_per_tok, .n_group = c->n_group,
-                     .topk_group = c->topk_group, .scoring = c->scoring_func, .method = c->topk_method,
-                     .norm_topk_prob = c->norm_topk_prob, .routed_scaling_factor = c->routed_scaling_factor};
-}
-
 /* A weight <prefix><name> [rows, cols] and a norm weight [n], named as in HF checkpoints. */
 static float *g_weight(Golden *g, const char *prefix, const char *name, int rows, int cols) {
     char a[160];
@@ -46,77 +32,75 @@ static float *g_norm(Golden *g, const char *prefix, const char *name, int n) {
     return g_rand(g, a, 1.0f, 0.25f, 1, n);
 }
 
-static void rnd_ffn(Golden *g, const char *p, Ffn *f, int d, int inter) {
-    f->gate = f32_tensor(g_weight(g, p, "gate_proj.weight", inter, d), inter, d);
-    f->up = f32_tensor(g_weight(g, p, "up_proj.weight", inter, d), inter, d);
-    f->down = f32_tensor(g_weight(g, p, "down_proj.weight", d, inter), d, inter);
+/* The manifest's tensor (slot, ffn) of layer l, drawn under its HF name (full) or its name inside the
+ * layer (a lone decoder layer): matrices N-ish(0, 1/fan_in) as g_weight, norms as g_norm, the
+ * correction bias in [-0.1, 0.1). *x gets the entry (its shape); NULL with g->failed when absent. */
+static float *g_entry(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot, int ffn,
+                      const ManifestEntry **x) {
+    if (!(*x = manifest_find(mf, l, slot, ffn))) {
+        if (!g->failed) error_set(g->e, "golden: no tensor of slot %d in layer %d's manifest", (int)slot, l);
+        g->failed = 1;
+        return NULL;
+    }
+    const char *name = (*x)->name + (full ? 0 : (*x)->local);
+    if ((*x)->kind == MK_NORM) return g_norm(g, "", name, (*x)->rows);
+    if ((*x)->kind == MK_BIAS) return g_rand(g, name, 0.0f, 0.1f, 1, (*x)->rows);
+    if ((*x)->kind == MK_EMBED) return g_rand(g, name, 0.0f, 1.0f, 2, (*x)->rows, (*x)->cols);
+    return g_weight(g, "", name, (*x)->rows, (*x)->cols);
+}
+static const float *g_vec(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot) {
+    const ManifestEntry *x;
+    return g_entry(g, mf, full, l, slot, 0, &x);
+}
+static Tensor g_mat(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot, int ffn) {
+    const ManifestEntry *x;
+    float *w = g_entry(g, mf, full, l, slot, ffn, &x);
+    return w ? f32_tensor(w, x->rows, x->cols) : (Tensor){0};
 }
 
-/* One decoder layer's weights under HF's names (prefix "" or "model.layers.N."). */
-static void rnd_layer(Golden *g, const Config *c, const char *p, Layer *L, int is_moe) {
-    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    int dc = c->kv_lora_rank, ql = c->q_lora_rank, E = c->n_routed_experts;
-    char n[160];
+static void rnd_ffn(Golden *g, const Manifest *mf, int full, int l, int ffn, Ffn *f) {
+    f->gate = g_mat(g, mf, full, l, M_GATE, ffn);
+    f->up = g_mat(g, mf, full, l, M_UP, ffn);
+    f->down = g_mat(g, mf, full, l, M_DOWN, ffn);
+}
+
+/* Decoder layer l's weights (the manifest's names and shapes; full = 0: named inside the layer).
+ * Drawn in the order the golden files record them: the attention's, post_attention_layernorm, mlp. */
+static void rnd_layer(Golden *g, const Config *c, int full, int l, Layer *L, int is_moe) {
+    int E = c->n_routed_experts;
+    Manifest mf = {0};
     memset(L, 0, sizeof *L);
-    L->attn_norm = g_norm(g, p, "input_layernorm.weight", d);
+    if (manifest_layer(&mf, c, l, is_moe, g->e)) {
+        g->failed = 1;
+        manifest_free(&mf);
+        return;
+    }
     MlaWeights *w = &L->attn;
-    if (ql) {
-        w->q_a = f32_tensor(g_weight(g, p, "self_attn.q_a_proj.weight", ql, d), ql, d);
-        w->q_a_norm = g_norm(g, p, "self_attn.q_a_layernorm.weight", ql);
-        w->q_b = f32_tensor(g_weight(g, p, "self_attn.q_b_proj.weight", nh * qk, ql), nh * qk, ql);
-    } else w->q = f32_tensor(g_weight(g, p, "self_attn.q_proj.weight", nh * qk, d), nh * qk, d);
-    w->kv_a = f32_tensor(g_weight(g, p, "self_attn.kv_a_proj_with_mqa.weight", dc + c->qk_rope_head_dim, d),
-                         dc + c->qk_rope_head_dim, d);
-    w->kv_a_norm = g_norm(g, p, "self_attn.kv_a_layernorm.weight", dc);
-    int kvb = nh * (c->qk_nope_head_dim + c->v_head_dim);
-    w->kv_b = f32_tensor(g_weight(g, p, "self_attn.kv_b_proj.weight", kvb, dc), kvb, dc);
-    w->o = f32_tensor(g_weight(g, p, "self_attn.o_proj.weight", d, nh * c->v_head_dim), d, nh * c->v_head_dim);
-    L->ffn_norm = g_norm(g, p, "post_attention_layernorm.weight", d);
+    L->attn_norm = g_vec(g, &mf, full, l, M_ATTN_NORM);
+    if (c->q_lora_rank) {
+        w->q_a = g_mat(g, &mf, full, l, M_Q_A, 0);
+        w->q_a_norm = g_vec(g, &mf, full, l, M_Q_A_NORM);
+        w->q_b = g_mat(g, &mf, full, l, M_Q_B, 0);
+    } else w->q = g_mat(g, &mf, full, l, M_Q, 0);
+    w->kv_a = g_mat(g, &mf, full, l, M_KV_A, 0);
+    w->kv_a_norm = g_vec(g, &mf, full, l, M_KV_A_NORM);
+    w->kv_b = g_mat(g, &mf, full, l, M_KV_B, 0);
+    w->o = g_mat(g, &mf, full, l, M_O, 0);
+    L->ffn_norm = g_vec(g, &mf, full, l, M_FFN_NORM);
     if (!(L->is_moe = is_moe)) {
-        snprintf(n, sizeof n, "%smlp.", p);
-        rnd_ffn(g, n, &L->dense, d, c->intermediate_size);
+        rnd_ffn(g, &mf, full, l, MANIFEST_DENSE, &L->dense);
+        manifest_free(&mf);
         return;
     }
     Moe *m = &L->moe;
-    m->gate = moe_gate_of(c);
-    m->router = f32_tensor(g_weight(g, p, "mlp.gate.weight", E, d), E, d);
-    snprintf(n, sizeof n, "%smlp.gate.e_score_correction_bias", p);
-    m->bias = c->topk_method == TOPK_NOAUX_TC ? g_rand(g, n, 0.0f, 0.1f, 1, E) : NULL;
+    m->gate = model_moe_gate(c);
+    m->router = g_mat(g, &mf, full, l, M_ROUTER, 0);
+    m->bias = c->topk_method == TOPK_NOAUX_TC ? g_vec(g, &mf, full, l, M_BIAS) : NULL;
     Ffn *ex = g_tmp(g, sizeof(Ffn) * (size_t)E);
-    for (int x = 0; ex && x < E; x++) {
-        snprintf(n, sizeof n, "%smlp.experts.%d.", p, x);
-        rnd_ffn(g, n, &ex[x], d, c->moe_intermediate_size);
-    }
+    for (int x = 0; ex && x < E; x++) rnd_ffn(g, &mf, full, l, x, &ex[x]);
     m->experts = L->experts = ex;
-    snprintf(n, sizeof n, "%smlp.shared_experts.", p);
-    if (c->n_shared_experts > 0) rnd_ffn(g, n, &m->shared, d, c->n_shared_experts * c->moe_intermediate_size);
-}
-
-/* One decoder layer exactly as model.c's forward_chunk runs it (absorbed attention): s->x [T, d]
- * in place; the T new latents go to cache rows pos .. pos+T-1; after_attn [T, d] (or NULL) gets x
- * after the attention residual. e_model checks that this loop still gives model_forward's logits. */
-static void layer_forward(const Model *m, const Layer *L, State *s, float *cache, int T, int pos, float *after_attn) {
-    const Config *c = &m->cfg;
-    const MlaDims *md = &m->mla;
-    int d = c->hidden_size, width = mla_cache_width(md), qk = md->nope + md->rope, q_stride = md->n_heads * qk;
-    rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
-    mla_query(s->q, s->q_scratch, s->h, T, &L->attn, md);
-    mla_latent(s->latent, s->h, T, &L->attn, md);
-    for (int t = 0; t < T; t++) {
-        rope_rotate(s->q + (size_t)t * q_stride + md->nope, md->n_heads, qk, md->rope, pos + t, m->inv_freq,
-                    m->rope_attn_factor, c->rope.interleaved);
-        rope_rotate(s->latent + (size_t)t * width + md->kv_lora_rank, 1, width, md->rope, pos + t, m->inv_freq,
-                    m->rope_attn_factor, c->rope.interleaved);
-    }
-    memcpy(cache + (size_t)pos * width, s->latent, sizeof(float) * (size_t)T * width);
-    mla_attend_absorbed(s->attn, s->q, cache, T, pos, &L->attn, md);
-    matmul(s->out, s->attn, &L->attn.o, T);
-    for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
-    if (after_attn) memcpy(after_attn, s->x, sizeof(float) * (size_t)T * d);
-    rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
-    if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
-    else ffn_swiglu(s->out, s->h, T, &L->dense);
-    for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    if (c->n_shared_experts > 0) rnd_ffn(g, &mf, full, l, MANIFEST_SHARED, &m->shared);
+    manifest_free(&mf);
 }
 
 /* ---- the functions: each draws its inputs, declares its outputs, calls the C function(s) ------- */
@@ -179,7 +163,7 @@ static int e_rope(Golden *g) {
 
 static int e_mla_query(Golden *g) {
     const Config *c = &g->cfg;
-    MlaDims md = mla_dims(c);
+    MlaDims md = model_mla_dims(c);
     int B = g->sh.batch, T = g->sh.tokens, d = c->hidden_size, nh = c->n_heads, ql = c->q_lora_rank;
     int qk = md.nope + md.rope;
     float *x = g_rand(g, "x", 0, 1, 3, B, T, d);
@@ -200,7 +184,7 @@ static int e_mla_query(Golden *g) {
 
 static int e_mla_latent(Golden *g) {
     const Config *c = &g->cfg;
-    MlaDims md = mla_dims(c);
+    MlaDims md = model_mla_dims(c);
     int B = g->sh.batch, T = g->sh.tokens, d = c->hidden_size, W = mla_cache_width(&md);
     float *x = g_rand(g, "x", 0, 1, 3, B, T, d);
     MlaWeights w = {.kv_a = f32_tensor(g_weight(g, "", "kv_a_proj_with_mqa", W, d), W, d),
@@ -216,7 +200,7 @@ static int e_mla_latent(Golden *g) {
 /* T queries at positions pos0 = L - T .. L - 1 of each of B sequences, over its cache [L, d_c + d_R]. */
 static int attend(Golden *g, int T, int naive) {
     const Config *c = &g->cfg;
-    MlaDims md = mla_dims(c);
+    MlaDims md = model_mla_dims(c);
     int B = g->sh.batch, L = g->sh.cache, nh = md.n_heads, nope = md.nope, dR = md.rope, v = md.v;
     int dc = md.kv_lora_rank, W = dc + dR, qk = nope + dR, pos0 = L - T;
     float *q_nope = g_rand(g, "q_nope", 0, 1, 4, B, T, nh, nope), *q_pe = g_rand(g, "q_pe", 0, 1, 4, B, T, nh, dR);
@@ -247,7 +231,7 @@ static int e_mla_decode(Golden *g) { return attend(g, 1, 0); }
  * them (moe_gate keeps them internal); bias is e_score_correction_bias (noaux_tc only uses it). */
 static int e_moe_gate(Golden *g) {
     const Config *c = &g->cfg;
-    MoeGate gt = moe_gate_of(c);
+    MoeGate gt = model_moe_gate(c);
     int B = g->sh.batch, T = g->sh.tokens, E = gt.n_experts, K = gt.top_k;
     float *logits = g_rand(g, "logits", 0, 2, 3, B, T, E), *bias = g_rand(g, "bias", 0, 0.1f, 1, E);
     float *scores = g_out(g, "scores", DT_F32, 3, B, T, E);
@@ -283,7 +267,7 @@ static int e_ffn_swiglu(Golden *g) {
  * topk_weight are the routing moe_forward computes inside (router matmul, then moe_gate). */
 static int e_moe(Golden *g) {
     const Config *c = &g->cfg;
-    MoeGate gt = moe_gate_of(c);
+    MoeGate gt = model_moe_gate(c);
     int B = g->sh.batch, T = g->sh.tokens, d = c->hidden_size, E = gt.n_experts, K = gt.top_k;
     int mi = c->moe_intermediate_size, si = c->n_shared_experts * mi;
     float *x = g_rand(g, "x", 0, 1, 3, B, T, d);
@@ -380,12 +364,12 @@ static int e_fp8_gemm(Golden *g) {
 static int e_decoder_layer(Golden *g) {
     const Config *c = &g->cfg;
     int B = g->sh.batch, T = g->sh.tokens, L = g->sh.cache, d = c->hidden_size, pos0 = L - T;
-    Model m = {.cfg = *c, .mla = mla_dims(c)};
+    Model m = {.cfg = *c, .mla = model_mla_dims(c)};
     m.cfg.n_layers = 1;
     int W = mla_cache_width(&m.mla);
     float *x = g_rand(g, "x", 0, 1, 3, B, T, d), *cache = g_rand(g, "kv_cache", 0, 1, 3, B, L, W);
     Layer ly;
-    rnd_layer(g, c, "", &ly, c->n_routed_experts > 0);
+    rnd_layer(g, c, 0, 0, &ly, c->n_routed_experts > 0);
     float *h_attn = g_out(g, "after_attn", DT_F32, 3, B, T, d), *o = g_out(g, "out", DT_F32, 3, B, T, d);
     float *cache_out = g_out(g, "kv_cache_out", DT_F32, 3, B, L, W);
     m.inv_freq = g_tmp(g, sizeof(float) * (size_t)m.mla.rope / 2);
@@ -398,7 +382,7 @@ static int e_decoder_layer(Golden *g) {
         memset(cache + ((size_t)b * L + pos0) * W, 0, sizeof(float) * (size_t)T * W);
         memcpy(s.cache, cache + (size_t)b * L * W, sizeof(float) * (size_t)L * W);
         memcpy(s.x, x + (size_t)b * T * d, sizeof(float) * (size_t)T * d);
-        layer_forward(&m, &ly, &s, s.cache, T, pos0, h_attn + (size_t)b * T * d);
+        model_layer_forward(&m, &s, &ly, s.cache, T, pos0, ATTN_ABSORBED, h_attn + (size_t)b * T * d);
         memcpy(o + (size_t)b * T * d, s.x, sizeof(float) * (size_t)T * d);
         memcpy(cache_out + (size_t)b * L * W, s.cache, sizeof(float) * (size_t)L * W);
     }
@@ -411,17 +395,15 @@ static int rnd_model(Golden *g, Model *m) {
     memset(m, 0, sizeof *m);
     m->cfg = g->cfg;
     const Config *c = &m->cfg;
-    int d = c->hidden_size, V = c->vocab_size;
-    char p[64];
-    m->embed = f32_tensor(g_rand(g, "model.embed_tokens.weight", 0, 1, 2, V, d), V, d);
+    Manifest mf;
+    if (manifest_model(&mf, c, 0, g->e)) return g->failed = 1, -1;
+    m->embed = g_mat(g, &mf, 1, -1, M_EMBED, 0);
     m->layers = g_tmp(g, sizeof(Layer) * (size_t)c->n_layers);
-    for (int l = 0; m->layers && l < c->n_layers; l++) {
-        snprintf(p, sizeof p, "model.layers.%d.", l);
-        rnd_layer(g, c, p, &m->layers[l], config_is_moe_layer(c, l));
-    }
-    m->final_norm = g_norm(g, "", "model.norm.weight", d);
-    m->lm_head = c->tie_word_embeddings ? m->embed : f32_tensor(g_weight(g, "", "lm_head.weight", V, d), V, d);
-    m->mla = mla_dims(c);
+    for (int l = 0; m->layers && l < c->n_layers; l++) rnd_layer(g, c, 1, l, &m->layers[l], config_is_moe_layer(c, l));
+    m->final_norm = g_vec(g, &mf, 1, -1, M_FINAL_NORM);
+    m->lm_head = c->tie_word_embeddings ? m->embed : g_mat(g, &mf, 1, -1, M_LM_HEAD, 0);
+    manifest_free(&mf);
+    m->mla = model_mla_dims(c);
     if (!(m->inv_freq = g_tmp(g, sizeof(float) * (size_t)c->qk_rope_head_dim / 2))) return -1;
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
     return g->failed ? -1 : 0;
@@ -460,17 +442,18 @@ static int e_model(Golden *g) {
         for (int t = 0; t < T; t++) tensor_rows_f32(s.x + (size_t)t * d, &m->embed, tok[b * T + t], 1);
         memcpy(emb + o, s.x, sizeof(float) * (size_t)T * d);
         for (int l = 0; l < nl; l++) {
-            layer_forward(m, &m->layers[l], &s, s.cache + (size_t)l * T * W, T, 0, ha[l] + o);
+            model_layer_forward(m, &s, &m->layers[l], s.cache + (size_t)l * T * W, T, 0, ATTN_ABSORBED, ha[l] + o);
             memcpy(hf[l] + o, s.x, sizeof(float) * (size_t)T * d);
         }
         rmsnorm(s.h, s.x, m->final_norm, T, d, c->rms_norm_eps);
         memcpy(fin + o, s.h, sizeof(float) * (size_t)T * d);
         matmul(logits + (size_t)b * T * V, s.h, &m->lm_head, T);
-        /* the layer loop above must still be model.c's: the same logits, bit for bit */
+        /* the loop above (embedding, layers, final norm, lm_head) must still be model_forward's:
+         * the same logits, bit for bit */
         rc = model_forward(m, &s2, tok + b * T, T, 0, check, 0, ATTN_ABSORBED, g->e);
         if (!rc && memcmp(check, logits + (size_t)b * T * V, sizeof(float) * (size_t)T * V))
-            rc = error_set(g->e, "model: golden_fns.c's layer loop no longer gives model_forward's logits; "
-                           "update layer_forward to match model.c");
+            rc = error_set(g->e, "model: golden_fns.c's loop over the layers no longer gives model_forward's "
+                           "logits; update e_model to match model.c");
     }
     state_free(&s);
     state_free(&s2);

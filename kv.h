@@ -1,6 +1,9 @@
 /* kv.h - the KV-cache story, measured: bytes per token for MHA / GQA / MLA from published configs,
- * per-sequence bytes, and a memory-bound serving model. See kv.c for the formulas and notes/kvcache.md
- * for the worked numbers. */
+ * per-sequence bytes, and a memory-bound serving model; notes/kvcache.md has the worked numbers.
+ *   kv.c           the arithmetic: the built-in table, elements and bytes per token, the formulas
+ *   kv_capacity.c  the serving model and its report
+ *   kv_svg.c       the plot of GB per sequence vs context
+ *   kv_cli.c       `run kv`: the options, the table, the V2 report's check */
 #ifndef KV_H
 #define KV_H
 
@@ -51,6 +54,7 @@ typedef struct {
 } KvCapacity;
 
 /* The built-in table of well-known configs (see kv.c for each source). */
+#define KV_N_BUILTIN 9
 int kv_builtin_count(void);
 const KvModel *kv_builtin(int i);
 /* Built-in row by key (case-insensitive); NULL when none. */
@@ -75,13 +79,23 @@ KvModel kv_variant(const KvModel *m, KvKind kind, int n_kv_heads);
  * key names the row (a path's last part will do). -1 when the config has no latent cache. */
 int kv_from_config(KvModel *m, const Config *c, const char *key, Error *e);
 
-/* The capacity and throughput model (kv.c explains each line). */
-KvCapacity kv_capacity(const KvModel *m, const KvServe *s);
+/* How the printers write the numbers: "BF16" / "FP8" / "FP32" / "6 bits on average" (buf [n] holds
+ * the last); 1234567 -> "1,234,567" in buf [n] (rounded to an integer); " %*.3f" GB of bytes, or
+ * e-notation where that would print 0.000 (the tiny test models). */
+const char *kv_bits_name(double bits, char *buf, size_t n);
+const char *kv_commas(double v, char *buf, size_t n);
+void kv_put_gb(FILE *f, int width, double bytes);
 
-/* Cache GB per sequence vs context (1K..128K tokens, log-log), one line per model. */
+/* kv_capacity.c. The capacity and throughput model (its header explains each line). */
+KvCapacity kv_capacity(const KvModel *m, const KvServe *s);
+/* The --capacity report: V2 vs 67B as the V2 report deployed them, then MHA / GQA / MLA variants of
+ * each of models [n] on the setup s. */
+void kv_print_capacity(FILE *f, const KvModel *models, int n, const KvServe *s);
+
+/* kv_svg.c. Cache GB per sequence vs context (1K..128K tokens, log-log), one line per model. */
 int kv_write_svg(const char *path, const KvModel *rows, int n, double bits, Error *e);
 
-/* `run kv ARGS`: argv holds only the arguments after "kv" (argv[0] is the first of them), so
+/* kv_cli.c. `run kv ARGS`: argv holds only the arguments after "kv" (argv[0] is the first of them), so
  * run.c calls `kv_main(argc - 2, argv + 2)`. Prints to stdout; errors are one line on stderr.
  * Returns 0, or 1 on a bad argument or a failed file. Never exits. */
 int kv_main(int argc, char **argv);

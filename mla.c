@@ -1,4 +1,5 @@
-/* mla.c - Multi-head Latent Attention (DeepSeek-V2 report section 2.1; V3 keeps it unchanged).
+/* mla.c - Multi-head Latent Attention (DeepSeek-V2 report section 2.1; V3 keeps it unchanged): the
+ * whole attention block of a decoder layer, one function as DeepSeek's MLA.forward is one method.
  *
  * Standard attention caches K and V: 2 * n_h * d_h floats per token per layer (V3 sizes: 2 * 128 *
  * 128 = 32768). MLA caches one low-rank latent instead and rebuilds K and V from it:
@@ -11,20 +12,40 @@
  * The query is compressed too, to save activation memory in training:
  *   q = W_UQ RMSNorm(W_DQ x)  -> per head [q_nope (nope) ; q_pe (d_R)], q_pe rotated.
  *
+ * mla_forward, T tokens at positions pos0 .. pos0+T-1 (the right column: V3's sizes):
+ *   q      = mla_query(x)                   [T, n_h * (nope + d_R)]   [T, 128 * 192]
+ *   latent = mla_latent(x) -> cache rows    [T, d_c + d_R]            [T, 576]
+ *   rotate each head's q_pe and each token's k_pe by the token's position (rope.c)
+ *   attn   = mla_attend_absorbed(q, cache rows 0 .. pos0+T-1), or mla_attend_naive
+ *                                           [T, n_h * v]              [T, 128 * 128]
+ *   out    = o_proj(attn)                   [T, d]                    [T, 7168]
+ *
  * score[h][t][s] = (q_nope[h,t] . W_UK[h] c_s + q_pe[h,t] . k_pe[s]) * scale,  causal (s <= t)
  * out[h][t]      = W_UV[h] sum_s p[h][t][s] c_s
  *
  * Naive form: build k_nope and v for every cached token and head, then ordinary attention.
- * Absorbed form: by associativity q_nope . (W_UK c) = (W_UK^T q_nope) . c, so fold W_UK into the
- * query once (q_lat [d_c] per head) and W_UV after the weighted sum: attention runs directly on the
- * cached latents and no per-head K/V is ever materialized. Decode reads 576 floats per cached token
- * once for all heads; the naive form would expand 2 * 128 * 128 per token per step.
- * Both forms give the same numbers up to FP32 rounding; tests check them against each other and
- * against HF transformers (which computes the naive form).
+ * Absorbed form: two folds by associativity, so attention runs directly on the cached latents and
+ * no per-head K/V is ever materialized:
+ *   W_UK into the query:  q_nope[h] . (W_UK[h] c_s) = (W_UK[h]^T q_nope[h]) . c_s
+ *       q_lat[h] = W_UK[h]^T q_nope[h]      [d_c, nope] x [nope] -> [d_c]    (512 x 128 -> 512)
+ *       score    = q_lat[h] . c_s + q_pe[h] . k_pe[s]      [d_c] + [d_R] per cached row s
+ *   W_UV after the sum:   sum_s p_s (W_UV[h] c_s) = W_UV[h] (sum_s p_s c_s)
+ *       o_lat[h] = sum_s p_s c_s            L rows of [d_c] -> [d_c]
+ *       out[h]   = W_UV[h] o_lat[h]         [v, d_c] x [d_c] -> [v]          (128 x 512 -> 128)
+ * Decode reads 576 floats per cached token once for all heads; the naive form would expand
+ * 2 * 128 * 128 per token per step. Both forms give the same numbers up to FP32 rounding; tests
+ * check them against each other and against HF transformers (which computes the naive form).
+ *
+ * Why the rope part is separate ("decoupled"): rotating the whole key W_UK c_s by R_s and the query
+ * by R_t would make the score (R_t q)^T (R_s W_UK c_s) = q^T R_t^T R_s W_UK c_s = q^T R_{s-t} W_UK c_s,
+ * a rotation that depends on both positions sitting between q and W_UK: W_UK could no longer be
+ * folded into the query once per query. So q_nope and c_kv carry no position, and the small q_pe /
+ * k_pe part carries all of it (rope.c).
  *
  * Shapes in comments use T = tokens in this call, L = cached length (pos0 + T).
  */
 #include "mla.h"
+#include "rope.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -156,4 +177,21 @@ void mla_attend_naive(float *out, const float *q, const float *cache, int T, int
                     m->nope + m->v, 0.0f, out + (size_t)h * m->v, out_stride);
     }
     free(w_h); free(kv); free(scores);
+}
+
+void mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form) {
+    int width = mla_cache_width(m), qk = m->nope + m->rope, q_stride = m->n_heads * qk;
+    float *latent = cache + (size_t)pos0 * width;                 /* this call's rows [T, d_c + d_R] */
+    mla_query(s->q, s->q_lora, x, T, w, m);
+    mla_latent(latent, x, T, w, m);
+    for (int t = 0; t < T; t++) {                                 /* q_pe of every head, then k_pe */
+        rope_rotate(s->q + (size_t)t * q_stride + m->nope, m->n_heads, qk, m->rope, pos0 + t, r->inv_freq,
+                    r->attn_factor, r->interleaved);
+        rope_rotate(latent + (size_t)t * width + m->kv_lora_rank, 1, width, m->rope, pos0 + t, r->inv_freq,
+                    r->attn_factor, r->interleaved);
+    }
+    if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos0, w, m);
+    else mla_attend_absorbed(s->attn, s->q, cache, T, pos0, w, m);
+    matmul(out, s->attn, &w->o, T);                               /* [T, d] */
 }

@@ -1,12 +1,12 @@
-/* mla.h - Multi-head Latent Attention: the compressed query and kv paths and two attention forms
- * (naive and absorbed) over one latent cache. See mla.c for the math. */
+/* mla.h - Multi-head Latent Attention, the whole attention block of a decoder layer (mla_forward:
+ * the compressed query and kv paths, decoupled RoPE, the latent cache, naive or absorbed attention,
+ * o_proj), and its steps one by one for tests and GPU twins. See mla.c for the math. */
 #ifndef MLA_H
 #define MLA_H
 
 #include "ops.h"
 
 typedef struct {
-    int d;            /* hidden size, 7168 in V3 */
     int n_heads;      /* n_h, 128 */
     int q_lora_rank;  /* d_c', 1536; 0 = no query compression (q_proj) */
     int kv_lora_rank; /* d_c, 512: the cached latent */
@@ -26,8 +26,32 @@ typedef struct {
     Tensor o;                /* [d, n_h * v] */
 } MlaWeights;
 
+typedef enum { ATTN_ABSORBED, ATTN_NAIVE } AttnForm;
+
+/* The rotation of q_pe and k_pe (rope.c): inv_freq [d_R / 2] and the factor on cos and sin from
+ * rope_inv_freq; interleaved: the pair convention (RopeConfig.interleaved). */
+typedef struct {
+    const float *inv_freq;
+    float attn_factor;
+    int interleaved;
+} MlaRope;
+
+/* mla_forward's scratch for T tokens. */
+typedef struct {
+    float *q;      /* [T, n_h * (nope + rope)] */
+    float *q_lora; /* [T, q_lora_rank]; unused (may be NULL) without query compression */
+    float *attn;   /* [T, n_h * v]: the heads' outputs before o_proj */
+} MlaScratch;
+
 /* Floats per cached token: d_c + d_R (576 in V3), laid out [c_kv | k_pe]. */
 static inline int mla_cache_width(const MlaDims *m) { return m->kv_lora_rank + m->rope; }
+
+/* The attention block: out [T, d] = o_proj(attention(x)) for x [T, d] (already normed by the
+ * layer's input_layernorm), tokens at positions pos0 .. pos0+T-1. Writes cache rows pos0 .. pos0+T-1
+ * ([c_kv | k_pe] of each token, k_pe rotated) and attends over rows 0 .. pos0+T-1 of cache
+ * [>= pos0+T, d_c + d_R]; the rows below pos0 must hold the earlier positions. */
+void mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form);
 
 /* q [T, n_h * (nope + rope)] = q_b(rmsnorm(q_a(x))) or q_proj(x), from x [T, d].
  * scratch: T * q_lora_rank floats (unused without query compression). */

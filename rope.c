@@ -6,11 +6,13 @@
  *     [x'_a]   [cos -sin] [x_a]        a, b = 2j, 2j+1    (adjacent pairs: DeepSeek's checkpoints)
  *     [x'_b] = [sin  cos] [x_b]        a, b = j, j+d_R/2  (rotate_half: HF with rope_interleave=false)
  *
- * so q_p . k_s depends only on p - s. Why MLA rotates only a small separate part ("decoupled"):
- * the cached latent c_kv is position-free, which is what lets W_UK be absorbed into the query
- * (q^T W_UK c = (W_UK^T q)^T c). A rotation between them (q^T R_p^T W_UK c R_s) would not fold into a
- * fixed matrix. So each head gets q_nope (no position) and a d_R = 64 rope part q_pe, and one k_pe
- * [d_R] per token is shared by all heads and cached beside c_kv: 512 + 64 = 576 floats per token.
+ * so (R_t q) . (R_s k) = q^T R_t^T R_s k = q^T R_{s-t} k depends only on s - t. Why MLA rotates only
+ * a small separate part ("decoupled"): the cached latent c_kv is position-free, which is what lets
+ * W_UK be absorbed into the query (q^T W_UK c = (W_UK^T q)^T c, one [d_c] vector per query). Rotated
+ * keys would make the score (R_t q)^T (R_s W_UK c) = q^T R_{s-t} W_UK c: a rotation that depends on
+ * both positions sits between q and W_UK, so W_UK no longer folds into the query as one fixed matrix.
+ * So each head gets q_nope (no position) and a d_R = 64 rope part q_pe, and one k_pe [d_R] per token
+ * is shared by all heads and cached beside c_kv: 512 + 64 = 576 floats per token.
  *
  * YaRN (context extension; V3: factor 40 over 4096 original positions -> 163840). Pairs that turn
  * many times within the original context (high frequency) keep their frequency (extrapolation);

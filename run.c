@@ -6,17 +6,19 @@
  *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
  *   run generate ... --mtp                             speculative decoding with the MTP module
- *   run init --config CONFIG.json --out DIR [--mtp]   a random model
+ *   run init --config C.json --out DIR [--mtp] [--dtype D] a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
- *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv.c)
- *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8.c)
+ *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
+ *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "bench.h"
-#include "fp8.h"
+#include "device.h"
+#include "fp8_error.h"
 #include "generate.h"
 #include "golden.h"
+#include "init.h"
 #include "kv.h"
 #include "mla.h"
 #include "model.h"
@@ -66,8 +68,10 @@ static const char *USAGE =
     "                       the turn), each reply generated after the ones before it in the same\n"
     "                       latent cache, in the checkpoint's chat format. N: tokens per reply\n"
     "                       (default 256); --ids prints each reply's ids on one line\n"
-    "  init --config CONFIG.json --out DIR [--mtp] [--seed S]\n"
-    "                       write a random F32 model for the config (with an MTP module: --mtp)\n"
+    "  init --config CONFIG.json --out DIR [--mtp] [--seed S] [--dtype f32|bf16|fp8]\n"
+    "                       write a random model for the config (with an MTP module: --mtp), F32 or\n"
+    "                       what run quantize --to bf16 / fp8 makes of it (E4M3, 128 x 128 blocks),\n"
+    "                       one tensor at a time (a V2-Lite-sized FP8 model, 17 GB, in < 1 GB of RAM)\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
     "                       only the ids, space-separated on one line. DIR needs only tokenizer.json.\n"
@@ -85,8 +89,10 @@ static const char *USAGE =
     "                       train/train.py computes it with HF (tensor heldout_ids, or a text file).\n"
     "                       --compare DIR2: the same for DIR2 (e.g. its FP8 variant), the change, and\n"
     "                       the change predicted from the logit differences (notes/fp8.md section 7)\n"
-    "  bench [DIR]          speed figures: MLA decode step absorbed vs naive as context grows; with\n"
-    "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
+    "  bench [DIR [--limits]]  speed figures: with DIR, decode tok/s and bytes per token against the\n"
+    "                       read bandwidth, prefill (512 tokens) against sgemm at the same shapes\n"
+    "                       (--limits: only these); MLA decode step absorbed vs naive at 1k/4k/16k;\n"
+    "                       with DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
     "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
     "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0]\n"
@@ -95,6 +101,8 @@ static const char *USAGE =
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
+    "  --device cpu|cuda    where the forward runs (default cpu); cuda needs a run built with make cuda\n"
+    "                       (build/cuda/run): weights and latent cache on the GPU, notes/cuda.md\n"
     "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
     "                       load average leaves free). Results are bit-identical at any count\n"
     "  -h, --help           this text\n";
@@ -135,7 +143,7 @@ static int *parse_ids(const char *s, int *n) {
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
     int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
-    const char *config, *ids_file, *compare;
+    const char *config, *ids_file, *compare, *dtype;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -188,6 +196,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--mtp")) a.mtp = 1;
         else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
+        else if (!strcmp(s, "--dtype")) { if (!v) die_usage("--dtype needs f32, bf16 or fp8"); a.dtype = v; i++; }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -213,6 +222,8 @@ static void load_or_die(Model *m, const char *dir) {
 }
 
 
+static const char *device; /* --device: NULL (the CPU) or "cuda" (take_device) */
+
 static void state_or_die(State *s, const Model *m, int ctx, int need) {
     Error e;
     int max_pos = m->cfg.max_position_embeddings;
@@ -224,7 +235,7 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
     }
     if (ctx > max_pos)
         fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
-    if (state_init(s, m, ctx, 64, &e)) die(e.msg);
+    if (state_init_device(s, m, ctx, 64, device, &e)) die(e.msg);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -424,9 +435,12 @@ static int cmd_init(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
     if (a.dir) die_usage("init: unexpected argument (use --config and --out)");
+    const char *dt = a.dtype ? a.dtype : "f32";
+    QuantTarget to = !strcmp(dt, "f32") ? QUANT_TO_F32 : !strcmp(dt, "bf16") ? QUANT_TO_BF16 : QUANT_TO_FP8;
+    if (strcmp(dt, "f32") && strcmp(dt, "bf16") && strcmp(dt, "fp8")) die_usage("init: --dtype: expected f32, bf16 or fp8");
     Error e;
-    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, &e)) die(e.msg);
-    fprintf(stderr, "run: wrote a random model%s to %s\n", a.mtp ? " with an MTP module" : "", a.out);
+    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, to, &e)) die(e.msg);
+    fprintf(stderr, "run: wrote a random %s model%s to %s\n", dt, a.mtp ? " with an MTP module" : "", a.out);
     return 0;
 }
 
@@ -576,10 +590,7 @@ static int cmd_fp8_error(int argc, char **argv) {
     int n = fp8_error_table(r, FP8_ERROR_ROWS, K, seed);
     if (n < 0) die("fp8-error: out of memory");
     printf("K = %d, seed %llu: relative error of y = x . W^T\n", K, seed);
-    printf("| data     | scaling x / W        | accumulator                  | vs FP64  | accum only |\n");
-    printf("|----------|----------------------|------------------------------|----------|------------|\n");
-    for (int i = 0; i < n; i++)
-        printf("| %-8s | %-20s | %-28s | %.2e | %.2e   |\n", r[i].data, r[i].scaling, r[i].accum, r[i].err_f64, r[i].err_acc);
+    fp8_error_print(stdout, r, n);
     return 0;
 }
 
@@ -607,8 +618,22 @@ static int take_threads(int argc, char **argv) {
     return out;
 }
 
+/* --device cpu|cuda anywhere on the line, taken out as --threads is. */
+static int take_device(int argc, char **argv) {
+    int out = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--device")) { argv[out++] = argv[i]; continue; }
+        if (i + 1 >= argc || (strcmp(argv[i + 1], "cpu") && strcmp(argv[i + 1], "cuda")))
+            die_usage("--device: expected cpu or cuda");
+        device = argv[++i];
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv) {
     argc = take_threads(argc, argv);
+    argc = take_device(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

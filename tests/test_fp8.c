@@ -4,23 +4,11 @@
 #include "testutil.h"
 
 #include "fp8.h"
+#include "fp8_error.h"
 #include "safetensors.h"
 
 #include <stdint.h>
 #include <unistd.h>
-
-/* splitmix64 -> uniform / normal, so every test draws the same numbers everywhere */
-static uint64_t rnd_u64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static double rnd_unif(uint64_t *s) { return (rnd_u64(s) >> 11) * 0x1p-53; }
-static float rnd_normal(uint64_t *s) {
-    double u1 = 1.0 - rnd_unif(s), u2 = rnd_unif(s);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
-}
 
 static uint32_t bits_of(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
 
@@ -90,6 +78,18 @@ static void test_decode_hand_values(void **state) {
 
 typedef struct { float x; uint8_t torch, sat; } Case;
 
+/* Each case through encode with both overflow policies; a miss prints the case before failing. */
+static void check_cases(const char *fmt, uint8_t (*encode)(float, Fp8Overflow), const Case *cs, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t t = encode(cs[i].x, FP8_TORCH), s = encode(cs[i].x, FP8_SATURATE);
+        if (t != cs[i].torch || s != cs[i].sat)
+            printf("%s(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
+                   fmt, cs[i].x, t, cs[i].torch, s, cs[i].sat);
+        assert_int_equal(t, cs[i].torch);
+        assert_int_equal(s, cs[i].sat);
+    }
+}
+
 static void test_e4m3_encode_hand_values(void **state) {
     (void)state;
     const Case cs[] = {
@@ -113,14 +113,7 @@ static void test_e4m3_encode_hand_values(void **state) {
         {INFINITY, 0x7F, 0x7E},      {-INFINITY, 0xFF, 0xFE},
         {NAN, 0x7F, 0x7F},           {-NAN, 0xFF, 0xFF},
     };
-    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-        uint8_t t = fp8_e4m3_encode(cs[i].x, FP8_TORCH), s = fp8_e4m3_encode(cs[i].x, FP8_SATURATE);
-        if (t != cs[i].torch || s != cs[i].sat)
-            printf("e4m3(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
-                   cs[i].x, t, cs[i].torch, s, cs[i].sat);
-        assert_int_equal(t, cs[i].torch);
-        assert_int_equal(s, cs[i].sat);
-    }
+    check_cases("e4m3", fp8_e4m3_encode, cs, sizeof cs / sizeof cs[0]);
 }
 
 static void test_e5m2_encode_hand_values(void **state) {
@@ -139,14 +132,7 @@ static void test_e5m2_encode_hand_values(void **state) {
         {65536.0f, 0x7C, 0x7B},      {1e5f, 0x7C, 0x7B},           {-1e5f, 0xFC, 0xFB},
         {INFINITY, 0x7C, 0x7B},      {-INFINITY, 0xFC, 0xFB},
     };
-    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
-        uint8_t t = fp8_e5m2_encode(cs[i].x, FP8_TORCH), s = fp8_e5m2_encode(cs[i].x, FP8_SATURATE);
-        if (t != cs[i].torch || s != cs[i].sat)
-            printf("e5m2(%a): torch 0x%02X (want 0x%02X), saturate 0x%02X (want 0x%02X)\n",
-                   cs[i].x, t, cs[i].torch, s, cs[i].sat);
-        assert_int_equal(t, cs[i].torch);
-        assert_int_equal(s, cs[i].sat);
-    }
+    check_cases("e5m2", fp8_e5m2_encode, cs, sizeof cs / sizeof cs[0]);
     assert_true(isnan(fp8_e5m2_decode(fp8_e5m2_encode(NAN, FP8_TORCH))));
     assert_true(isnan(fp8_e5m2_decode(fp8_e5m2_encode(NAN, FP8_SATURATE))));
     assert_int_equal(fp8_e5m2_encode(-NAN, FP8_TORCH) & 0x80, 0x80);
@@ -164,9 +150,10 @@ static void test_scale(void **state) {
     assert_true(fp8_scale(448.0f, FP8_SCALE_UE8M0) == 1.0f);  /* already a power of two */
     assert_true(fp8_scale(449.0f, FP8_SCALE_UE8M0) == 2.0f);
     assert_true(fp8_scale(1.0f, FP8_SCALE_UE8M0) == 0x1p-8f); /* 1/448 in (2^-9, 2^-8] */
-    uint64_t s = 7;
+    Rng s;
+    rng_seed(&s, 7);
     for (int i = 0; i < 10000; i++) {
-        float amax = (float)ldexp(rnd_unif(&s) + 1e-3, (int)(rnd_u64(&s) % 80) - 40);
+        float amax = (float)ldexp(rng_uniform(&s) + 1e-3, (int)(rng_next(&s) % 80) - 40);
         float f = fp8_scale(amax, FP8_SCALE_F32), u = fp8_scale(amax, FP8_SCALE_UE8M0);
         int e;
         assert_true(frexpf(u, &e) == 0.5f);        /* a power of two */
@@ -236,9 +223,10 @@ static void test_block_quant_partial_blocks(void **state) {
     float *w = malloc(rows * cols * sizeof *w);
     uint8_t *q = malloc(rows * cols);
     float scale[2 * 3];
-    uint64_t s = 11;
+    Rng s;
+    rng_seed(&s, 11);
     for (int i = 0; i < rows * cols; i++) /* magnitudes spread over 2^-20..2^10 to reach subnormals */
-        w[i] = rnd_normal(&s) * (float)ldexp(1.0, (int)(rnd_u64(&s) % 31) - 20);
+        w[i] = rng_normal(&s) * (float)ldexp(1.0, (int)(rng_next(&s) % 31) - 20);
     for (int c = 256; c < cols; c++) w[150 * cols + c] = 0; /* make one block's row zero */
     for (int f = 0; f < 2; f++) {
         fp8_quant_block(q, scale, w, rows, cols, 128, 128, (Fp8ScaleFmt)f);
@@ -258,8 +246,9 @@ static void test_act_quant_tiles(void **state) {
     const int rows = 5, cols = 300;   /* 1x128 tiles: scale [5, 3], last tile 44 wide */
     float x[5 * 300], back[5 * 300], scale[5 * 3], scale2[5 * 3];
     uint8_t q[5 * 300], q2[5 * 300];
-    uint64_t s = 12;
-    for (int i = 0; i < rows * cols; i++) x[i] = rnd_normal(&s) * (i % 97 == 0 ? 50.0f : 1.0f);
+    Rng s;
+    rng_seed(&s, 12);
+    for (int i = 0; i < rows * cols; i++) x[i] = rng_normal(&s) * (i % 97 == 0 ? 50.0f : 1.0f);
     for (int f = 0; f < 2; f++) {
         fp8_quant_act(q, scale, x, rows, cols, 128, (Fp8ScaleFmt)f);
         check_block_quant(x, q, scale, rows, cols, 1, 128, (Fp8ScaleFmt)f);
@@ -301,9 +290,10 @@ static Gemm gemm_make(int M, int N, int K, int bn, int bk, uint64_t seed) {
     g.x = malloc((size_t)M * K * 4); g.w = malloc((size_t)N * K * 4);
     g.sx = malloc((size_t)M * nkb * 4); g.sw = malloc((size_t)nnb * nkb * 4);
     g.y = malloc((size_t)M * N * 4); g.qx = malloc((size_t)M * K); g.qw = malloc((size_t)N * K);
-    uint64_t s = seed;
-    for (size_t i = 0; i < (size_t)M * K; i++) g.x[i] = rnd_normal(&s);
-    for (size_t i = 0; i < (size_t)N * K; i++) g.w[i] = rnd_normal(&s) * (i % 1009 == 0 ? 30.0f : 1.0f);
+    Rng s;
+    rng_seed(&s, seed);
+    for (size_t i = 0; i < (size_t)M * K; i++) g.x[i] = rng_normal(&s);
+    for (size_t i = 0; i < (size_t)N * K; i++) g.w[i] = rng_normal(&s) * (i % 1009 == 0 ? 30.0f : 1.0f);
     fp8_quant_act(g.qx, g.sx, g.x, M, K, bk, FP8_SCALE_F32);
     fp8_quant_block(g.qw, g.sw, g.w, N, K, bn, bk, FP8_SCALE_F32);
     return g;
@@ -398,11 +388,7 @@ static void test_error_table(void **state) {
     Fp8ErrorRow rows[FP8_ERROR_ROWS];
     int n = fp8_error_table(rows, FP8_ERROR_ROWS, 4096, 1234);
     assert_int_equal(n, FP8_ERROR_ROWS);
-    printf("| data     | scaling x / W        | accumulator                  | vs FP64  | accum only |\n");
-    printf("|----------|----------------------|------------------------------|----------|------------|\n");
-    for (int i = 0; i < n; i++)
-        printf("| %-8s | %-20s | %-28s | %.2e | %.2e   |\n", rows[i].data, rows[i].scaling,
-               rows[i].accum, rows[i].err_f64, rows[i].err_acc);
+    fp8_error_print(stdout, rows, n);
     for (int i = 0; i < n; i++) {
         if (rows[i].acc.man_bits == 0) assert_true(rows[i].err_acc < 1e-6); /* FP32: rounding only */
         assert_true(rows[i].err_f64 < 0.07);   /* E4M3's half ulp is 6.25% of an element */
@@ -415,13 +401,17 @@ static void test_error_table(void **state) {
     assert_true(strcmp(rows[14].scaling, "1x128 / 128x128") == 0 && strcmp(rows[9].scaling, "per-row / per-tensor") == 0);
     assert_true(strcmp(rows[14].data, "outliers") == 0 && strcmp(rows[9].data, "outliers") == 0);
     assert_true(rows[14].err_f64 < rows[9].err_f64);
-    /* UE8M0 scales (a power of two >= amax/448) leave part of E4M3's range unused: a larger error
-     * than FP32 scales, but still E4M3's few percent */
+    /* UE8M0 scales (a power of two >= amax/448) leave part of E4M3's range unused: still E4M3's few
+     * percent. With outliers they cost more than FP32 scales, since an outlier, the largest of its
+     * tile, loses its exact +-448 code (larger for every seed 1..10 and 1234). On Gaussian data the
+     * two are within the seed's noise (E4M3's relative precision does not depend on the scale but at
+     * the top code and in the subnormals; UE8M0 was the larger for 7 of those 11 seeds): not asserted. */
     for (int d = 0; d < 2; d++) {
         const Fp8ErrorRow *f32 = &rows[9 * d + 5], *ue = &rows[9 * d + 8];
         assert_true(strstr(ue->scaling, "UE8M0") && !strstr(f32->scaling, "UE8M0"));
-        assert_true(ue->err_f64 >= f32->err_f64 && ue->err_f64 < 0.07);
+        assert_true(ue->err_f64 < 0.07);
     }
+    assert_true(strcmp(rows[17].data, "outliers") == 0 && rows[17].err_f64 > rows[14].err_f64);
 }
 
 /* ---- PyTorch fixtures ------------------------------------------------------------------------ */
@@ -435,16 +425,21 @@ static const StTensor *need(const StFile *f, const char *name, DType dt, int64_t
     return t;
 }
 
-static void test_torch_casts(void **state) {
-    (void)state;
-    const char *path = FIXTURES "/fp8/casts.safetensors";
-    StFile f;
+/* The fixture at path, opened into f; the test is skipped when it was never made. */
+static void open_fixture(StFile *f, const char *path) {
     Error e;
     if (access(path, R_OK) != 0) {
         printf("SKIP   %s absent: run tests/fixtures/make_fp8_fixtures.py (torch) to make it\n", path);
         skip();
     }
-    assert_int_equal(st_open(&f, path, &e), 0);
+    assert_int_equal(st_open(f, path, &e), 0);
+}
+
+static void test_torch_casts(void **state) {
+    (void)state;
+    const char *path = FIXTURES "/fp8/casts.safetensors";
+    StFile f;
+    open_fixture(&f, path);
     const StTensor *x = need(&f, "x", DT_F32, -1);
     const char *names[] = {"e4m3", "e5m2", "e4m3_cuda", "e5m2_cuda"};
     for (int v = 0; v < 4; v++) {
@@ -471,12 +466,7 @@ static void test_torch_gemm(void **state) {
     (void)state;
     const char *path = FIXTURES "/fp8/gemm.safetensors";
     StFile f;
-    Error e;
-    if (access(path, R_OK) != 0) {
-        printf("SKIP   %s absent: run tests/fixtures/make_fp8_fixtures.py (torch) to make it\n", path);
-        skip();
-    }
-    assert_int_equal(st_open(&f, path, &e), 0);
+    open_fixture(&f, path);
     enum { M = 4, N = 200, K = 384 };
     const float *x = need(&f, "x", DT_F32, M * K)->data, *w = need(&f, "w", DT_F32, N * K)->data;
     const uint8_t *qx_t = need(&f, "x_q", DT_U8, M * K)->data, *qw_t = need(&f, "w_q", DT_U8, N * K)->data;

@@ -1,4 +1,4 @@
-/* test_golden.c - `run golden` (golden.c, golden_fns.c): two runs give identical bytes; every
+/* test_golden.c - `run golden` (golden*.c): two runs give identical bytes; every
  * function is in the file under its documented names, dtypes and shapes; the stored inputs fed back
  * through the C functions (by hand here, and by --verify) give the stored outputs bit for bit; the
  * inputs follow the documented generator; with --model the logits are model_forward's, bit for bit;
@@ -40,15 +40,20 @@ static int golden(const char *line, char *err) {
     return rc;
 }
 
-static void *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc(*n + 1);
-    assert_int_equal(fread(p, 1, *n, f), *n);
-    fclose(f);
+/* A fresh directory (returned; the caller removes it) holding path = DIR/g.safetensors, written by
+ * `run golden ARGS --out path`. */
+static char *golden_file(char *path, size_t cap, const char *args) {
+    char *dir = make_tmpdir(), cmd[1024];
+    snprintf(path, cap, "%s/g.safetensors", dir);
+    snprintf(cmd, sizeof cmd, "%s --out %s", args, path);
+    assert_int_equal(golden(cmd, NULL), 0);
+    return dir;
+}
+
+/* The whole file (testutil.h's slurp), which must exist. */
+static char *read_all(const char *path, size_t *n) {
+    char *p = slurp(path, n);
+    assert_non_null(p);
     return p;
 }
 
@@ -175,10 +180,7 @@ static void test_complete(void **st) {
         {"model.hidden.0.after_attn", DT_F32, 3, {2, 3, 64}}, {"model.hidden.2.after_ffn", DT_F32, 3, {2, 3, 64}},
         {"model.hidden.final_norm", DT_F32, 3, {2, 3, 64}}, {"model.logits", DT_F32, 3, {2, 3, 256}},
     };
-    char *dir = make_tmpdir(), cmd[1024], path[512];
-    snprintf(path, sizeof path, "%s/g.safetensors", dir);
-    snprintf(cmd, sizeof cmd, ARGS " --out %s", path);
-    assert_int_equal(golden(cmd, NULL), 0);
+    char path[512], *dir = golden_file(path, sizeof path, ARGS);
     StFile f;
     Error e;
     assert_int_equal(st_open(&f, path, &e), 0);
@@ -232,10 +234,7 @@ static void test_complete(void **st) {
 /* The stored inputs through the C functions, called here by hand, give the stored outputs. */
 static void test_replay(void **st) {
     (void)st;
-    char *dir = make_tmpdir(), cmd[1024], path[512];
-    snprintf(path, sizeof path, "%s/g.safetensors", dir);
-    snprintf(cmd, sizeof cmd, ARGS " --out %s", path);
-    assert_int_equal(golden(cmd, NULL), 0);
+    char path[512], *dir = golden_file(path, sizeof path, ARGS);
     StFile f;
     Error e;
     Config c;
@@ -259,7 +258,7 @@ static void test_replay(void **st) {
     free(x); free(want); free(pos);
 
     /* absorbed (prefill and decode) and naive attention; the two forms agree to rounding */
-    MlaDims md = {.d = 64, .n_heads = 4, .q_lora_rank = 48, .kv_lora_rank = 32, .nope = 16, .rope = 8, .v = 16};
+    MlaDims md = {.n_heads = 4, .q_lora_rank = 48, .kv_lora_rank = 32, .nope = 16, .rope = 8, .v = 16};
     const char *fns[] = {"mla_absorbed", "mla_decode", "mla_naive"};
     float *outs[3];
     for (int i = 0; i < 3; i++) {
@@ -396,10 +395,7 @@ static uint64_t stream(uint64_t seed, const char *name) {
 
 static void test_generator(void **st) {
     (void)st;
-    char *dir = make_tmpdir(), cmd[1024], path[512];
-    snprintf(path, sizeof path, "%s/g.safetensors", dir);
-    snprintf(cmd, sizeof cmd, "--config " YARN " --functions rmsnorm,moe_gate,model --out %s", path); /* seed 0 */
-    assert_int_equal(golden(cmd, NULL), 0);
+    char path[512], *dir = golden_file(path, sizeof path, "--config " YARN " --functions rmsnorm,moe_gate,model"); /* seed 0 */
     StFile f;
     Error e;
     assert_int_equal(st_open(&f, path, &e), 0);
@@ -489,10 +485,7 @@ static void test_checkpoint(void **st) {
 /* A FlashMLA-like decode from V3's config without building the model: 128 heads, d_c 512 + d_R 64. */
 static void test_flashmla_shape(void **st) {
     (void)st;
-    char *dir = make_tmpdir(), cmd[1024], path[512];
-    snprintf(path, sizeof path, "%s/g.safetensors", dir);
-    snprintf(cmd, sizeof cmd, "--config " V3 " --functions mla_decode --shape batch=2 --shape cache=1024 --out %s", path);
-    assert_int_equal(golden(cmd, NULL), 0);
+    char cmd[1024], path[512], *dir = golden_file(path, sizeof path, "--config " V3 " --functions mla_decode --shape batch=2 --shape cache=1024");
     StFile f;
     Error e;
     assert_int_equal(st_open(&f, path, &e), 0);
@@ -518,10 +511,7 @@ static void test_flashmla_shape(void **st) {
 /* Default function lists: all but the MoE ones for a dense config; only `model` with --model. */
 static void test_defaults(void **st) {
     (void)st;
-    char *dir = make_tmpdir(), cmd[1024], path[512];
-    snprintf(path, sizeof path, "%s/g.safetensors", dir);
-    snprintf(cmd, sizeof cmd, "--config " YARN " --shape experts=0 --out %s", path);
-    assert_int_equal(golden(cmd, NULL), 0);
+    char cmd[1024], path[512], *dir = golden_file(path, sizeof path, "--config " YARN " --shape experts=0");
     StFile f;
     Error e;
     assert_int_equal(st_open(&f, path, &e), 0);

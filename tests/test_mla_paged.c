@@ -102,7 +102,7 @@ typedef struct {
 /* Random latents per sequence, random q, random kv_b; pages handed out in a shuffled order. */
 static void make_batch(Batch *t) {
     memset(t, 0, sizeof *t);
-    t->m = (MlaDims){.d = 64, .n_heads = N_H, .q_lora_rank = 0, .kv_lora_rank = DC, .nope = NOPE, .rope = DR,
+    t->m = (MlaDims){.n_heads = N_H, .q_lora_rank = 0, .kv_lora_rank = DC, .nope = NOPE, .rope = DR,
                      .v = V, .eps = 1e-6f, .softmax_scale = 1.0f / sqrtf((float)QK)};
     t->kv_b = randn((size_t)N_H * (NOPE + V) * DC, 0.2f);
     t->w.kv_b = (Tensor){.data = t->kv_b, .dtype = DT_F32, .rows = N_H * (NOPE + V), .cols = DC};

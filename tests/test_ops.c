@@ -47,24 +47,20 @@ static void test_matmul_hand(void **st) {
     assert_float_equal(y[1], -2.0f, 0);
 }
 
-static float frand(unsigned *s) {
-    *s = *s * 1664525u + 1013904223u;
-    return ((*s >> 8) / 16777216.0f) * 2.0f - 1.0f;
-}
-
 /* matmul against matmul_naive for every stored dtype: the widened weights are the same numbers,
  * so only FP32 summation order differs. */
 static void test_matmul_dtypes(void **st) {
     (void)st;
     enum { N = 3, R = 300, C = 200 }; /* 300 rows: two tiles of the widening loop */
-    unsigned seed = 1;
+    Rng r;
+    rng_seed(&r, 1);
     float *w = malloc(sizeof(float) * R * C), *x = malloc(sizeof(float) * N * C);
     float *ref = malloc(sizeof(float) * N * R), *got = malloc(sizeof(float) * N * R);
     float *wq = malloc(sizeof(float) * R * C);
     uint16_t *bf = malloc(2 * R * C);
     uint8_t *q8 = malloc(R * C);
-    for (int i = 0; i < R * C; i++) w[i] = frand(&seed);
-    for (int i = 0; i < N * C; i++) x[i] = frand(&seed);
+    for (int i = 0; i < R * C; i++) w[i] = test_uniform(&r);
+    for (int i = 0; i < N * C; i++) x[i] = test_uniform(&r);
 
     Tensor f32 = {.data = w, .dtype = DT_F32, .rows = R, .cols = C};
     matmul_naive(ref, x, w, N, R, C);

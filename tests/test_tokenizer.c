@@ -346,15 +346,16 @@ static void test_invalid_utf8_round_trip(void **state) {
                           "<｜User｜>", "\xe4", "\xb8", "\xff", "\xc0", "\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "!",
                           "'s", "\0"};
     const int n_pool = (int)(sizeof pool / sizeof *pool);
-    uint32_t rng = 12345;
+    Rng rng; /* testutil.h: ops.h's generator */
+    rng_seed(&rng, 12345);
     char buf[512];
     for (int iter = 0; iter < 2000; iter++) {
         size_t n = 0;
         int parts = iter % 40;
         for (int p = 0; p < parts; p++) {
-            rng = rng * 1664525u + 1013904223u;
-            int which = (int)(rng >> 16) % (n_pool + 1);
-            if (which == n_pool) buf[n++] = (char)(rng >> 8); /* any byte at all */
+            uint32_t r = (uint32_t)rng_next(&rng);
+            int which = (int)(r >> 16) % (n_pool + 1);
+            if (which == n_pool) buf[n++] = (char)(r >> 8); /* any byte at all */
             else {
                 size_t len = which == n_pool - 1 ? 1 : strlen(pool[which]);
                 memcpy(buf + n, pool[which], len), n += len;
@@ -506,25 +507,12 @@ static char *hex_decode(const char *hex, size_t *n) {
     return out;
 }
 
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 /* Every case of dir/cases.json: ids equal to HF's, decode(encode(s)) == s; raw-byte cases
  * (not valid UTF-8, so HF cannot take them) round-trip only. Then the encode speed. */
 static void check_fixture(const char *dir) {
     char path[512];
     snprintf(path, sizeof path, "%s/cases.json", dir);
-    char *text = slurp(path);
+    char *text = slurp(path, NULL);
     if (!text) {
         printf("SKIP   %s/cases.json is absent: run tests/fixtures/make_tokenizer_fixtures.py\n", dir);
         return;

@@ -12,7 +12,21 @@
 #include <cmocka.h>
 #include <sys/wait.h>
 
+#include "ops.h"
+
 #define FIXTURES "tests/fixtures"
+
+/* Random test data comes from ops.h's generator, the codebase's one: Rng (xorshift64*, seeded
+ * through splitmix64), rng_uniform, rng_normal (Box-Muller). Seeded, so every machine draws the
+ * same numbers. These two only shape its draws. */
+static inline float test_uniform(Rng *r) { return rng_uniform(r) * 2.0f - 1.0f; } /* [-1, 1) */
+/* p [n] uniform on [-scale, scale), malloc'ed (the caller frees). */
+static inline float *test_rand_buf(Rng *r, size_t n, float scale) {
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = test_uniform(r) * scale;
+    return p;
+}
 
 /* max_i |a_i - b_i| / max_i |b_i|: the "relative error" every numerics test reports. */
 static inline double rel_err(const float *a, const float *b, size_t n) {
@@ -30,6 +44,13 @@ static inline void check_close(const char *what, const float *got, const float *
     double err = rel_err(got, want, n);
     printf("%s %s: rel err %.3g (tol %.0e)\n", err <= tol ? "OK    " : "NOT OK", what, err, tol);
     assert_true(err <= tol);
+}
+
+/* The whole file at path, NUL-terminated (ops.h's read_file; the caller frees), its size in *n
+ * when n is not NULL; NULL when it cannot be read. */
+static inline char *slurp(const char *path, size_t *n) {
+    Error e;
+    return read_file(path, n, &e);
 }
 
 /* A fresh temporary directory (mkdtemp) under /tmp; the caller removes it with rm_rf. */
@@ -65,6 +86,18 @@ static inline int sh(const char *cmd, char **out) {
     int status = pclose(p);
     *out = buf;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Files a and b hold the same bytes. */
+static inline void assert_files_equal(const char *a, const char *b) {
+    size_t na, nb;
+    Error e;
+    char *x = read_file(a, &na, &e), *y = read_file(b, &nb, &e);
+    if (!x || !y) fail_msg("%s", e.msg);
+    assert_int_equal(na, nb);
+    assert_memory_equal(x, y, na);
+    free(x);
+    free(y);
 }
 
 /* The same into a fixed buffer (truncated to cap). */
