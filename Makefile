@@ -218,6 +218,7 @@ cuda:
 	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
 	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
 	  build/cuda/bench_device
+	@$(MAKE) --no-print-directory mla-decode
 
 # The checks: the twins, the device forward against C (tests/device_forward.c), perplexity and the
 # CLI's --device cuda against the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
@@ -226,10 +227,12 @@ cuda-test: cuda
 	./build/cuda/test_forward_twins
 	./build/cuda/test_device
 	tests/cuda_checks.sh
+	./$(MLA_DEC_DIR)/test_mla_decode
 
 # Speed: decode (batch 1, 256 tokens) and prefill (512) tok/s, tests/cuda_bench.sh.
 cuda-bench: cuda
 	tests/cuda_bench.sh
+	python3 tests/bench_mla_decode.py $(MLA_DEC_DIR)/libmla_decode.so
 
 clean:
 	rm -rf build run
@@ -240,21 +243,14 @@ clean:
 # the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;
 # `make mla-decode-test` runs the test, `make mla-decode-bench` the benchmark (an sm_90 GPU, torch).
 MLA_DEC_DIR := build/mla_decode
-ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
-MLA_DEC_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
-MLA_DEC_BLAS_LINK   := $(shell pkg-config --libs openblas)
-else
-MLA_DEC_BLAS_CFLAGS := -I$(MLA_DEC_DIR)/shim
-MLA_DEC_BLAS_LINK   := -DDSV3_CBLAS_SHIM
-endif
-mla-decode:
-	@mkdir -p $(MLA_DEC_DIR)/shim
-	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_mla_decode.cu > $(MLA_DEC_DIR)/shim/cblas.h
+MLA_DEC_REF := ops matmul fp8 mla_paged
+mla-decode: $(CUDA_BLAS_OBJ)
+	@mkdir -p $(MLA_DEC_DIR)
 	$(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c mla_decode.cu -o $(MLA_DEC_DIR)/mla_decode.o 2>&1 | grep -E "spill|registers" || true
 	$(NVCC) $(NVCCFLAGS) -shared -o $(MLA_DEC_DIR)/libmla_decode.so $(MLA_DEC_DIR)/mla_decode.o
-	for f in ops matmul fp8 mla_paged; do $(CC) $(CSTD) $(OPT) -I. $(MLA_DEC_BLAS_CFLAGS) -c $$f.c -o $(MLA_DEC_DIR)/$$f.o || exit 1; done
+	for f in $(MLA_DEC_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o $(MLA_DEC_DIR)/$$f.o || exit 1; done
 	$(NVCC) $(NVCCFLAGS) -I. -o $(MLA_DEC_DIR)/test_mla_decode tests/test_mla_decode.cu $(MLA_DEC_DIR)/mla_decode.o \
-	  $(MLA_DEC_DIR)/ops.o $(MLA_DEC_DIR)/matmul.o $(MLA_DEC_DIR)/fp8.o $(MLA_DEC_DIR)/mla_paged.o $(MLA_DEC_BLAS_LINK) -lgomp -lm
+	  $(MLA_DEC_REF:%=$(MLA_DEC_DIR)/%.o) $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
 
 mla-decode-test: mla-decode
 	./$(MLA_DEC_DIR)/test_mla_decode

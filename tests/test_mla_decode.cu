@@ -108,26 +108,3 @@ int main(void) {
     printf(failures ? "%d case(s) NOT OK\n" : "all cases OK\n", failures);
     return failures != 0;
 }
-
-#ifdef DSV3_CBLAS_SHIM
-extern "C" {
-/* BEGIN cblas.h: without OpenBLAS, the Makefile copies the lines from here to END into
- * build/mla_decode/shim/cblas.h for ops.c; the definitions follow below. */
-enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
-enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
-void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
-                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc);
-/* END cblas.h */
-
-/* ops.c's matmul calls it; this test never does (no weights here). */
-void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
-                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
-    (void)order; (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda;
-    (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
-    fprintf(stderr, "test_mla_decode: cblas_sgemm is not linked\n");
-    abort();
-}
-}
-#endif
