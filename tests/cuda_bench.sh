@@ -4,7 +4,8 @@
 #      bandwidth and the decode's bandwidth floor;
 #   2. a DeepSeek-V2-Lite-shaped FP8 model made here: run init with
 #      tests/fixtures/configs/deepseek_v2_lite at V2L_LAYERS layers (default 4: the dense layer and
-#      3 MoE layers; every matrix at its published shape), run quantize --to fp8, bench_device;
+#      3 MoE layers; every matrix at its published shape) written in FP8 by run init --dtype fp8
+#      (the bytes run quantize --to fp8 makes of the F32 init), bench_device;
 #   3. HF transformers (bf16, its KV cache) on the same GPU: the bundled BF16 model as stored, and
 #      the V2-Lite-shaped model's FP8 weights dequantized to BF16 (run quantize --to bf16).
 # V2L_DIR (default /tmp/dsv3-v2lite) holds the made checkpoints; HF=0 skips step 3.
@@ -20,9 +21,8 @@ python3 -c "
 import json; c = json.load(open('tests/fixtures/configs/deepseek_v2_lite/config.json'))
 c['num_hidden_layers'] = $L; json.dump(c, open('$W/config.json', 'w'), indent=1)"
 [ -f $W/fp8/model.safetensors ] || {
-    t=$(date +%s); $R init --config $W/config.json --out $W/f32 --seed 1 >/dev/null
-    $R quantize $W/f32 $W/fp8 --to fp8 >/dev/null; rm -rf $W/f32
-    echo "V2-Lite shape, $L layers: made and quantized in $(( $(date +%s) - t )) s"; }
+    t=$(date +%s); $R init --config $W/config.json --out $W/fp8 --seed 1 --dtype fp8 >/dev/null
+    echo "V2-Lite shape, $L layers: written in FP8 by run init in $(( $(date +%s) - t )) s"; }
 $R inspect $W/fp8 | grep -E "^(layers|hidden|experts|params|checkpoint)" || true
 $B $W/fp8
 if [ "${HF:-1}" != 0 ]; then
