@@ -9,7 +9,8 @@
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
-#                   than make test does (FUZZ_ITERS per parser, default 200000)
+#                   than make test does (FUZZ_ITERS per parser, default 200000), then every
+#                   libFuzzer target of tests/fuzz for FUZZ_SECONDS each (default 60; clang)
 #   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
 #   make bench      print the speed figures
 #   make clean
@@ -137,6 +138,59 @@ FUZZ_ITERS ?= 200000
 fuzz: build/asan/test_fuzz
 	@DSV3_FUZZ_ITERS=$(FUZZ_ITERS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run_tests.sh fuzz build/asan/test_fuzz
+	@$(MAKE) --no-print-directory fuzz-run
+
+# Coverage-guided fuzzing (libFuzzer, Debian's clang; tests/fuzz/, notes/robustness.md): every
+# library source again, built by clang with ASan + UBSan and coverage instrumentation, without
+# OpenMP (one thread), one binary per target. Seeds come from the fixtures (tests/fuzz/seeds.sh);
+# the corpus grows in build/fuzz/corpus/TARGET. Each target runs FUZZ_SECONDS (make fuzz: 60;
+# FUZZ_SECONDS=600 for the 10-minute runs of the notes); a crash, a leak, a sanitizer report, an
+# input slower than 10 s or a single allocation over 512 MB stops it and saves the input under
+# build/fuzz/. FUZZ_TARGETS=config runs only one.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors index config tokenizer_json encode chat_template golden
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -I. -Wall -Wextra -Werror -Wno-unknown-pragmas \
+                -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_OBJS    := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC))
+FUZZ_STAMP   := build/.fuzz-deps-ok
+.SECONDARY: $(FUZZ_OBJS)
+# clang and its libFuzzer runtime (Debian: clang, libclang-rt-NN-dev), installed when missing
+$(FUZZ_STAMP): | $(DEPS_STAMP)
+	@if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
+	    $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/.fuzz-probe 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "fuzz: needs clang with libFuzzer: sudo apt-get install -y clang libclang-rt-dev"; exit 1; fi; \
+	  echo "installing: clang libclang-rt-dev"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang libclang-rt-dev >/dev/null; \
+	  v=$$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libclang-rt-$$v-dev >/dev/null 2>&1 || true; \
+	  echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
+	    $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/.fuzz-probe || { echo "fuzz: clang cannot link libFuzzer"; exit 1; }; \
+	fi; rm -f build/.fuzz-probe; touch $@
+
+build/fuzz/obj/%.o: %.c $(HDRS) | $(FUZZ_STAMP)
+	@mkdir -p build/fuzz/obj
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJS) $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
+
+FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+fuzz-build: $(FUZZ_BINS) run
+
+# -close_fd_mask=1: run golden --verify prints a line per function to stdout
+fuzz-run: fuzz-build
+	@rm -rf build/fuzz/seeds && tests/fuzz/seeds.sh build/fuzz/seeds ./run
+	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+	    -print_final_stats=1 -close_fd_mask=1 -artifact_prefix=build/fuzz/crash/$$t/ \
+	    build/fuzz/corpus/$$t build/fuzz/seeds/$$t > build/fuzz/$$t.log 2>&1 \
+	    || { tail -40 build/fuzz/$$t.log; echo "fuzz_$$t: FAILED (build/fuzz/$$t.log, input in build/fuzz/crash/$$t/)"; exit 1; }; \
+	  grep -h 'DONE\|stat::number_of_executed_units' build/fuzz/$$t.log | tr '\n' ' '; \
+	  echo "corpus $$(ls build/fuzz/corpus/$$t | wc -l) files"; done
 
 # CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
 # as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
@@ -167,4 +221,4 @@ cuda-test: cuda
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run clean cuda cuda-test bench

@@ -18,9 +18,12 @@
  * Writing follows the safetensors library (safetensors/src/tensor.rs, `prepare`): the header is
  * padded with spaces to a multiple of 8, and tensors are laid out largest element size first, so
  * each one starts at a multiple of its element size and the data region has no holes (the Python
- * reader rejects files whose tensors do not cover the data region exactly).
+ * reader rejects files whose tensors do not cover the data region exactly). The file is written
+ * under a temporary name and renamed into place when complete (outfile.h): a failed or killed
+ * write leaves the previous file as it was.
  */
 #include "safetensors.h"
+#include "outfile.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -146,6 +149,10 @@ static int parse_entry(StTensor *t, const cJSON *j, const char *path, const unsi
                              name, i);
     }
     t->numel = shape_numel(t->ndim, t->shape);
+    char s0[128];
+    if (t->numel < 0)
+        return error_set(e, "%s: tensor '%s': shape %s has more elements than 2^63 (the limit)", path, name,
+                         shape_str(s0, sizeof s0, t->ndim, t->shape));
 
     int64_t begin = json_uint(cJSON_GetArrayItem(off, 0));
     int64_t end = json_uint(cJSON_GetArrayItem(off, 1));
@@ -158,7 +165,7 @@ static int parse_entry(StTensor *t, const cJSON *j, const char *path, const unsi
     if ((uint64_t)end > data_size)
         return error_set(e,
                          "%s: tensor '%s': data_offsets [%lld, %lld] run past the data region of "
-                         "%zu bytes",
+                         "%zu bytes (the file ends there)",
                          path, name, (long long)begin, (long long)end, data_size);
     char s[128];
     size_t esize = dtype_size(t->dtype);
@@ -501,14 +508,14 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
     cJSON *root = order ? write_header(ts, n, order, meta_keys, meta_values, n_meta) : NULL;
     char *json = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
-    FILE *fp = json ? fopen(path, "wb") : NULL;
-    if (!fp) {
-        int rc = json ? error_set(e, "%s: cannot create: %s", path, strerror(errno))
-                      : error_set(e, "%s: out of memory building the header", path);
+    OutFile out; /* a temporary file, renamed to path once complete (outfile.h) */
+    if (!json || outfile_open(&out, path, e)) {
+        int rc = json ? -1 : error_set(e, "%s: out of memory building the header", path);
         free(order);
         cJSON_free(json);
         return rc;
     }
+    FILE *fp = out.f;
     size_t len = strlen(json), pad = (8 - len % 8) % 8;
     unsigned char n8[8];
     for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
@@ -519,13 +526,12 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
         size_t nbytes = (size_t)shape_numel(t->ndim, t->shape) * dtype_size(t->dtype);
         ok = nbytes == 0 || fwrite(t->data, 1, nbytes, fp) == nbytes;
     }
-    ok = fclose(fp) == 0 && ok;
     free(order);
     cJSON_free(json);
     if (!ok) {
         int err = errno;
-        remove(path); /* no half-written file left behind */
+        outfile_discard(&out); /* no half-written file left behind; the old one stays */
         return error_set(e, "%s: write failed: %s", path, strerror(err));
     }
-    return 0;
+    return outfile_commit(&out, e);
 }

@@ -70,6 +70,8 @@ typedef struct {
     const void *data;
 } StWriteTensor;
 
+/* The file appears whole or not at all: written under a temporary name beside path, fsynced and
+ * renamed (outfile.h); on failure the file that was at path is left as it was. */
 int st_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
              const char *const *meta_values, int n_meta, Error *e);
 
