@@ -11,6 +11,7 @@
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
 #                   than make test does (FUZZ_ITERS per parser, default 200000), then every
 #                   libFuzzer target of tests/fuzz for FUZZ_SECONDS each (default 60; clang)
+#   make valgrind   memcheck of run generate (bundled model) and the tokenizer tests
 #   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
 #   make bench      print the speed figures
 #   make clean
@@ -179,18 +180,32 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJS) $(HDRS)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 fuzz-build: $(FUZZ_BINS) run
 
-# -close_fd_mask=1: run golden --verify prints a line per function to stdout
+# -close_fd_mask=1: run golden --verify prints a line per function to stdout. The last line counts
+# the targets in tests/run_tests.sh's form ("libfuzzer: N passed, N failed") for .ci/run's sum.
 fuzz-run: fuzz-build
 	@rm -rf build/fuzz/seeds && tests/fuzz/seeds.sh build/fuzz/seeds ./run
-	@for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t; \
-	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
-	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+	@p=0; f=0; for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t; \
+	  if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
 	    -print_final_stats=1 -close_fd_mask=1 -artifact_prefix=build/fuzz/crash/$$t/ \
-	    build/fuzz/corpus/$$t build/fuzz/seeds/$$t > build/fuzz/$$t.log 2>&1 \
-	    || { tail -40 build/fuzz/$$t.log; echo "fuzz_$$t: FAILED (build/fuzz/$$t.log, input in build/fuzz/crash/$$t/)"; exit 1; }; \
-	  grep -h 'DONE\|stat::number_of_executed_units' build/fuzz/$$t.log | tr '\n' ' '; \
-	  echo "corpus $$(ls build/fuzz/corpus/$$t | wc -l) files"; done
+	    build/fuzz/corpus/$$t build/fuzz/seeds/$$t > build/fuzz/$$t.log 2>&1; then p=$$((p + 1)); \
+	    echo "fuzz_$$t: $$(grep -h 'DONE' build/fuzz/$$t.log | sed 's/ *lim:.*//; s/^#/execs /') (corpus $$(ls build/fuzz/corpus/$$t | wc -l) files)"; \
+	  else f=$$((f + 1)); tail -40 build/fuzz/$$t.log; \
+	    echo "fuzz_$$t: FAILED (build/fuzz/$$t.log, the input in build/fuzz/crash/$$t/)"; fi; done; \
+	echo; echo "libfuzzer: $$p passed, $$f failed"; [ $$f -eq 0 ]
+
+# Valgrind memcheck: run generate with the bundled model (a short prompt) and the tokenizer tests;
+# any error or definite leak fails (status 99). One thread: libgomp's pool is not a leak.
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+valgrind: run build/test/test_tokenizer
+	@command -v valgrind >/dev/null || { echo "valgrind: not installed (apt-get install valgrind)"; exit 1; }
+	@p=0; f=0; \
+	if OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./run generate models/kjv-v3 -p "And God said" -n 8 --temp 0 --seed 1; \
+	then p=$$((p + 1)); else f=$$((f + 1)); echo "valgrind: run generate FAILED"; fi; \
+	if OPENBLAS_NUM_THREADS=1 $(VALGRIND) build/test/test_tokenizer > build/valgrind-tokenizer.log 2>&1; \
+	then p=$$((p + 1)); grep 'PASSED' build/valgrind-tokenizer.log; \
+	else f=$$((f + 1)); tail -40 build/valgrind-tokenizer.log; echo "valgrind: test_tokenizer FAILED"; fi; \
+	echo; echo "valgrind: $$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
 # as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
@@ -221,4 +236,4 @@ cuda-test: cuda
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run valgrind clean cuda cuda-test bench

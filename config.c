@@ -368,7 +368,8 @@ void config_print(FILE *f, const Config *c) {
                r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
     fprintf(f, "; max positions %d\n", c->max_position_embeddings);
     int half = c->qk_rope_head_dim / 2;
-    float *inv = malloc(sizeof(float) * half);
+    float *inv = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!inv) { fprintf(f, "rope table      (out of memory)\n"); return; }
     float attn_factor = rope_inv_freq(inv, r, c->qk_rope_head_dim);
     fprintf(f, "rope table      inv_freq[0..%d] = %.6g %.6g %.6g ... %.6g %.6g; cos/sin factor %.6f\n", half - 1, inv[0],
            inv[half > 1], inv[half > 2 ? 2 : 0], inv[half > 1 ? half - 2 : 0], inv[half - 1], attn_factor);

@@ -119,6 +119,7 @@ static void die_usage(const char *msg) {
 /* "5,17,42" -> ids; exits with a message on anything else. */
 static int *parse_ids(const char *s, int *n) {
     int cap = 16, *ids = malloc(sizeof(int) * cap);
+    if (!ids) die("--tokens: out of memory");
     *n = 0;
     const char *p = s;
     while (*p) {
@@ -129,7 +130,7 @@ static int *parse_ids(const char *s, int *n) {
             snprintf(msg, sizeof msg, "--tokens: expected comma-separated non-negative integers, found \"%.40s\"", p);
             die_usage(msg);
         }
-        if (*n == cap) ids = realloc(ids, sizeof(int) * (cap *= 2));
+        if (*n == cap && !(ids = realloc(ids, sizeof(int) * (size_t)(cap *= 2)))) die("--tokens: out of memory");
         ids[(*n)++] = (int)v;
         p = end;
         if (*p == ',') p++;
@@ -307,6 +308,7 @@ static int cmd_logits(int argc, char **argv) {
     state_or_die(&s, &m, a.ctx, T);
     int V = m.cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)T * V);
+    if (!logits) die("logits: out of memory for the [T, vocab] output");
     AttnForm form = a.naive ? ATTN_NAIVE : ATTN_ABSORBED;
     double t0 = now_s();
     if (a.decode) {
@@ -537,6 +539,7 @@ static int cmd_tokenize(int argc, char **argv) {
     Tokenizer *tok = tokenizer_or_die(a.dir);
     size_t n;
     char *text = a.file ? read_or_die(a.file, &n) : strdup(a.prompt);
+    if (!text) die("tokenize: out of memory");
     if (!a.file) n = strlen(text);
     int *ids, n_ids;
     Error e;
@@ -584,7 +587,7 @@ static int cmd_ppl(int argc, char **argv) {
         const StTensor *t = st_find(&f, "heldout_ids");
         if (!t || t->ndim != 1) die("ppl: the file has no 1-D tensor heldout_ids");
         n = (int)t->numel;
-        ids = malloc(sizeof(int) * (size_t)n);
+        if (!(ids = malloc(sizeof(int) * ((size_t)n + 1)))) die("ppl: out of memory for the ids");
         for (int i = 0; i < n; i++) ids[i] = (int)dtype_load_f32(t->dtype, t->data, (size_t)i);
         st_close(&f);
     }
@@ -603,6 +606,7 @@ static int cmd_ppl(int argc, char **argv) {
     }
     float *logits = malloc(sizeof(float) * (size_t)W * V), *logits2 = a.compare ? malloc(sizeof(float) * (size_t)W * V) : NULL;
     int *win = malloc(sizeof(int) * (size_t)W);
+    if (!logits || !win || (a.compare && !logits2)) die("ppl: out of memory for the window's logits");
     /* with --compare: per prediction, d = NLL2 - NLL1 and its expansion in the logit change
      * delta = l2 - l1 under p = softmax(l1): d = (E_p delta - delta_y) + Var_p(delta) / 2 + O(delta^3) */
     double nll = 0, nll2 = 0, first = 0, first_sq = 0, second = 0, t0 = now_s();
