@@ -12,8 +12,9 @@
 #                   than make test does (FUZZ_ITERS per parser, default 200000), then every
 #                   libFuzzer target of tests/fuzz for FUZZ_SECONDS each (default 60; clang)
 #   make valgrind   memcheck of run generate (bundled model) and the tokenizer tests
-#   make cuda       build kernels.cu and its test (nvcc; no GPU needed)   make cuda-test  run them (GPU)
-#   make bench      print the speed figures
+#   make cuda       build/cuda/run (--device cuda) and the CUDA tests (nvcc; no GPU needed)
+#   make cuda-test  run the CUDA checks (GPU)   make cuda-bench  the GPU speed figures
+#   make bench      print the speed figures   make bench-models  write the V2-Lite-shape benchmark models
 #   make clean
 
 CC      ?= cc
@@ -116,17 +117,36 @@ test-asan: $(ASAN_BINS) run
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OPENBLAS_NUM_THREADS=1 DSV3_QUICK=1 \
 	  tests/run_tests.sh build/asan $(ASAN_BINS)
 
-# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP.
+# Speed figures: MLA decode absorbed vs naive, tokenizer MB/s, decode tok/s with and without MTP;
+# with BENCH_LIMITS set (e.g. BENCH_LIMITS="$(BENCH_DIR)/v2lite-4l-bf16 $(BENCH_DIR)/v2lite-4l-fp8"),
+# first each one's decode and prefill against the bandwidth and sgemm rate measured in the same
+# run, at 1 thread and at all cores (notes/performance.md).
 BENCH_MODEL ?= models/kjv-v3/config.json
+BENCH_LIMITS ?=
 # Decode runs once on one thread and once on every core (OMP_NUM_THREADS unset: OpenMP's default).
 BENCH_THREADS ?= 1 $(shell nproc)
 bench: run
+	@for m in $(BENCH_LIMITS); do for th in $(BENCH_THREADS); do \
+	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=$$th ./run bench $$m --limits; done; done
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 ./run bench $(dir $(BENCH_MODEL))
 	@for m in $(dir $(BENCH_MODEL)) $(patsubst %/,%-fp8/,$(dir $(BENCH_MODEL))); do for th in $(BENCH_THREADS); do \
 	  echo "decode, $$m, $$th thread(s):"; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos >/dev/null; \
 	  OMP_NUM_THREADS=$$th OPENBLAS_NUM_THREADS=1 ./run generate $$m -p "And God said" -n 256 --temp 0 --ignore-eos --mtp >/dev/null; \
 	done; done
+
+# The memory-bound benchmark model (notes/performance.md): DeepSeek-V2-Lite's published shape,
+# BENCH_LAYERS of its 27 layers (every matrix at its shape; 4 layers: 9 GB of F32 while it is
+# written, then 4.5 GB BF16 and 2.7 GB FP8), kept out of the repository in BENCH_DIR.
+BENCH_DIR ?= build/bench-models
+BENCH_LAYERS ?= 4
+bench-models: run
+	@mkdir -p $(BENCH_DIR)
+	sed 's/"num_hidden_layers": 27/"num_hidden_layers": $(BENCH_LAYERS)/' tests/fixtures/configs/deepseek_v2_lite/config.json > $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json
+	./run init --config $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l.json --out $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 --seed 1
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 --to bf16
+	./run quantize $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-bf16 $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-fp8 --to fp8
+	rm -rf $(BENCH_DIR)/v2lite-$(BENCH_LAYERS)l-f32
 
 # Every one of the 2^32 float bit patterns through both FP8 encoders and both overflow policies,
 # against a slower formulation written in the test (1-3 minutes on 2 cores; .ci/run runs it).
@@ -207,33 +227,80 @@ valgrind: run build/test/test_tokenizer
 	else f=$$((f + 1)); tail -40 build/valgrind-tokenizer.log; echo "valgrind: test_tokenizer FAILED"; fi; \
 	echo; echo "valgrind: $$p passed, $$f failed"; [ $$f -eq 0 ]
 
-# CUDA twins (notes/cuda.md): `make cuda` builds build/cuda/test_kernels (compiles without a GPU,
-# as CI does); `make cuda-test` runs it (needs an sm_90 GPU: H100/H200). The C reference is built
-# with cc, since nvcc compiles .c files as C++. Without OpenBLAS (a bare GPU box) the test brings a
-# naive cblas_sgemm/cblas_saxpy, and its declarations are copied out of the test into a cblas.h.
+# CUDA (notes/cuda.md). `make cuda` builds, with nvcc and no GPU needed (CI does this):
+#   build/cuda/run            run with --device cuda (model.cu: the forward pass on the GPU)
+#   build/cuda/test_kernels   every twin of kernels.cu against its C function
+#   build/cuda/test_device    the device forward against the C forward (logits, greedy, MTP)
+#   build/cuda/test_forward_twins  model.cu's matmul and moe_forward against C, one by one
+#   build/cuda/bench_device   prefill and decode tok/s, the copy bandwidth and the decode's floor
+# `make cuda-test` runs the checks on a GPU (sm_90: H100/H200), `make cuda-bench` prints the speed
+# figures. The C files are compiled with cc (nvcc would compile .c files as C++), the .cu files
+# with -rdc (the device forward, model.cu mla.cu moe.cu ops.cu, launches kernels.cu's kernels). Without OpenBLAS (a bare GPU box) the C
+# reference of test_kernels links the naive CBLAS of tests/cblas_shim/.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-CUDA_REF  := ops fp8 rope mla moe
+NVCC_ALL  := $(NVCCFLAGS) -rdc=true
+CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
+CUDA_BLAS_OBJ    :=
 CUDA_BLAS_LINK   := $(shell pkg-config --libs openblas)
 else
-CUDA_BLAS_CFLAGS := -Ibuild/cuda/shim
-CUDA_BLAS_LINK   := -DDSV3_CBLAS_SHIM
+CUDA_BLAS_CFLAGS := -Itests/cblas_shim
+CUDA_BLAS_OBJ    := build/cuda/ref/cblas_shim.o
+CUDA_BLAS_LINK   :=
 endif
-cuda:
-	@mkdir -p build/cuda/shim
-	@echo "cuda: $(NVCC), OpenBLAS $(if $(filter -DDSV3_CBLAS_SHIM,$(CUDA_BLAS_LINK)),not found: naive CBLAS of the test,found)"
-	sed -n '/BEGIN cblas.h/,/END cblas.h/p' tests/test_kernels.cu > build/cuda/shim/cblas.h
-	$(NVCC) $(NVCCFLAGS) -I. -c kernels.cu -o build/cuda/kernels.o
-	for f in $(CUDA_REF); do $(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c $$f.c -o build/cuda/$$f.o || exit 1; done
-	$(NVCC) $(NVCCFLAGS) -I. -o build/cuda/test_kernels tests/test_kernels.cu build/cuda/kernels.o \
-	  $(CUDA_REF:%=build/cuda/%.o) $(CUDA_BLAS_LINK) -lgomp -lm
+CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
+# the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
+CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
+CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) run.c
+CUDA_OBJS := $(patsubst %.c,build/cuda/obj/%.o,$(CUDA_C))
 
+build/cuda/%.o: %.cu $(CUDA_HDRS)
+	@mkdir -p build/cuda
+	$(NVCC) $(NVCC_ALL) -I. -c $< -o $@
+build/cuda/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
+	@mkdir -p build/cuda/obj
+	$(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -c -o $@ $<
+build/cuda/ref/%.o: %.c $(HDRS)
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -I. $(CUDA_BLAS_CFLAGS) -c -o $@ $<
+build/cuda/ref/cblas_shim.o: tests/cblas_shim/cblas_shim.c tests/cblas_shim/cblas.h
+	@mkdir -p build/cuda/ref
+	$(CC) $(CSTD) $(OPT) -c -o $@ $<
+
+build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) $(CUDA_BLAS_OBJ) $(CUDA_HDRS)
+	$(NVCC) $(NVCC_ALL) -I. $(CUDA_BLAS_CFLAGS) -o $@ $< build/cuda/kernels.o $(CUDA_REF:%=build/cuda/ref/%.o) \
+	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
+build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
+	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+
+cuda:
+	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
+	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
+	  build/cuda/bench_device
+
+# The checks: the twins, the device forward against C (tests/device_forward.c), perplexity and the
+# CLI's --device cuda against the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
 cuda-test: cuda
 	./build/cuda/test_kernels
+	./build/cuda/test_forward_twins
+	./build/cuda/test_device
+	tests/cuda_checks.sh
+
+# Speed: decode (batch 1, 256 tokens) and prefill (512) tok/s, tests/cuda_bench.sh.
+cuda-bench: cuda
+	tests/cuda_bench.sh
 
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run valgrind clean cuda cuda-test bench
+.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run valgrind clean cuda cuda-test cuda-bench bench bench-models

@@ -1,5 +1,17 @@
 /* bench.c - `run bench`: the speed figures that need no generation loop.
  *
+ * With DIR, first the figures that say how far from the machine's limits a checkpoint runs
+ * (notes/performance.md records them):
+ *   decode   tok/s of one-token steps, the bytes a token activates at stored precision (embedding
+ *            row, attention, router, shared and top_k routed experts, lm_head; norms and scales
+ *            are noise), so bytes/s, against the read and copy bandwidth measured in the same run
+ *            over a buffer larger than the last-level cache: decode is memory-bound, the ratio
+ *            says how close to the floor it is.
+ *   prefill  tok/s of a 512-token prefill (logits of the last position only, as generate asks),
+ *            in the CLI's chunks of 64 tokens and in one chunk, against cblas_sgemm timed in the
+ *            same run on F32 data at the GEMM shapes of a one-chunk prefill (tokens spread evenly
+ *            over the experts): the ratio says how close to BLAS it is.
+ *
  * One decode step of MLA attention, absorbed against naive, as the cache grows (the absorbed form
  * reads each cached latent row once for all heads; the naive form first expands every row into
  * per-head keys and values: notes/mla.md works the costs), the tokenizer's encode speed, and
@@ -11,6 +23,8 @@
 #include "model.h"
 #include "tokenizer.h"
 
+#include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,22 +36,22 @@ static float *bench_rand(size_t n, Rng *r) {
 }
 
 /* One decode step of MLA attention (one query over a cache of L tokens), absorbed vs naive, at
- * DeepSeek-V2-Lite's attention shape (16 heads, d_c 512, d_R 64, nope 128, v 128). */
+ * DeepSeek-V3's attention shape (128 heads, d_c 512, d_R 64, nope 128, v 128). */
 static void bench_attention(void) {
-    MlaDims m = {.n_heads = 16, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
-    int width = mla_cache_width(&m), Lmax = 4096;
+    MlaDims m = {.n_heads = 128, .kv_lora_rank = 512, .nope = 128, .rope = 64, .v = 128, .softmax_scale = 0.07f};
+    int width = mla_cache_width(&m), Lmax = 16384;
     Rng r;
     rng_seed(&r, 1);
     float *cache = bench_rand((size_t)Lmax * width, &r), *q = bench_rand((size_t)m.n_heads * (m.nope + m.rope), &r);
     float *kv_b = bench_rand((size_t)m.n_heads * (m.nope + m.v) * m.kv_lora_rank, &r);
     float *out = malloc(sizeof(float) * m.n_heads * m.v);
     MlaWeights w = {.kv_b = {.data = kv_b, .dtype = DT_F32, .rows = m.n_heads * (m.nope + m.v), .cols = m.kv_lora_rank}};
-    printf("attention, one decode step (V2-Lite shape: 16 heads, cache row 576 floats)\n");
+    printf("attention, one decode step (V3 shape: 128 heads, cache row 576 floats), %d thread(s)\n", omp_get_max_threads());
     printf("| context | absorbed ms | naive ms | naive / absorbed | cache read (absorbed) |\n|---|---|---|---|---|\n");
-    for (int L = 256; L <= Lmax; L *= 4) {
+    for (int L = 1024; L <= Lmax; L *= 4) {
         double t[2];
         for (int form = 0; form < 2; form++) {
-            int reps = form ? 1 : 20;
+            int reps = form ? 1 : 5;
             double t0 = now_s();
             for (int i = 0; i < reps; i++) {
                 if (form) mla_attend_naive(out, q, cache, 1, L - 1, &w, &m);
@@ -45,9 +59,222 @@ static void bench_attention(void) {
             }
             t[form] = (now_s() - t0) / reps * 1e3;
         }
-        printf("| %7d | %11.3f | %8.3f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
+        printf("| %7d | %11.3f | %8.1f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
     }
     free(cache); free(q); free(kv_b); free(out);
+}
+
+/* Sum of a [n] read as S streams (the S parts, in step), each prefetched 4 KiB ahead: more than
+ * one stream, and the prefetch, get a core more of the memory bandwidth than a plain loop. */
+static uint64_t read_streams(const uint64_t *a, size_t n, int S) {
+    size_t part = n / S / 8 * 8;
+    uint64_t acc[8] = {0}, sum = 0;
+    for (size_t i = 0; i < part; i += 8)
+        for (int s = 0; s < S; s++) {
+            const uint64_t *p = a + (size_t)s * part + i;
+            __builtin_prefetch(p + 512);
+            for (int k = 0; k < 8; k++) acc[k] += p[k];
+        }
+    for (size_t i = (size_t)S * part; i < n; i++) sum += a[i];
+    for (int k = 0; k < 8; k++) sum += acc[k];
+    return sum;
+}
+
+/* Read and copy bandwidth over 1 GiB buffers (twice the 480 MiB last-level cache of the machine
+ * notes/performance.md measures), threads splitting the buffer. Read: 64-bit integer sums (integer
+ * loads keep up with memory), 1 or 2 streams per thread, the best of 4 runs each. Copy: memcpy,
+ * counted as bytes read + bytes written, best of 4. GB/s in *read, *copy. */
+static int bench_bandwidth(double *read, double *copy) {
+    size_t n = (size_t)1 << 27; /* 64-bit words: 1 GiB */
+    uint64_t *a = malloc(8 * n), *b = malloc(8 * n), sink = 0;
+    if (!a || !b) { free(a); free(b); return -1; }
+    memset(a, 1, 8 * n);
+    memset(b, 2, 8 * n);
+    double best_r = 1e9, best_c = 1e9;
+    for (int rep = 0; rep < 8; rep++) {
+        double t0 = now_s();
+#pragma omp parallel reduction(+ : sink)
+        {
+            int th = omp_get_thread_num(), nth = omp_get_num_threads();
+            size_t lo = n / nth * th, hi = th == nth - 1 ? n : n / nth * (th + 1);
+            sink += read_streams(a + lo, hi - lo, 1 + rep % 2);
+        }
+        double t1 = now_s();
+#pragma omp parallel
+        {
+            int th = omp_get_thread_num(), nth = omp_get_num_threads();
+            size_t lo = n / nth * th, hi = th == nth - 1 ? n : n / nth * (th + 1);
+            memcpy(b + lo, a + lo, 8 * (hi - lo));
+        }
+        double t2 = now_s();
+        if (t1 - t0 < best_r) best_r = t1 - t0;
+        if (t2 - t1 < best_c) best_c = t2 - t1;
+    }
+    *read = 8.0 * n / best_r / 1e9;
+    *copy = 16.0 * n / best_c / 1e9 + (sink == 42 ? 1e-12 : 0); /* sink: the sums are used */
+    free(a);
+    free(b);
+    return 0;
+}
+
+static double tensor_bytes(const Tensor *t) {
+    if (!t->data) return 0;
+    double b = (double)t->rows * t->cols * dtype_size(t->dtype);
+    if (t->scale_inv) b += 4.0 * ((t->rows + t->block_r - 1) / t->block_r) * ((t->cols + t->block_c - 1) / t->block_c);
+    return b;
+}
+
+static double ffn_bytes(const Ffn *f) { return tensor_bytes(&f->gate) + tensor_bytes(&f->up) + tensor_bytes(&f->down); }
+
+/* Bytes of weights one decode token reads at stored precision (routed experts: top_k of the
+ * first one's size; all experts of a layer have the same shapes and dtypes). */
+static double activated_bytes(const Model *m) {
+    const Config *c = &m->cfg;
+    double b = (double)c->hidden_size * dtype_size(m->embed.dtype) + tensor_bytes(&m->lm_head);
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        const MlaWeights *a = &L->attn;
+        b += tensor_bytes(&a->q) + tensor_bytes(&a->q_a) + tensor_bytes(&a->q_b) + tensor_bytes(&a->kv_a) +
+             tensor_bytes(&a->kv_b) + tensor_bytes(&a->o);
+        if (!L->is_moe) b += ffn_bytes(&L->dense);
+        else b += tensor_bytes(&L->moe.router) + ffn_bytes(&L->moe.shared) + c->num_experts_per_tok * ffn_bytes(&L->experts[0]);
+    }
+    return b;
+}
+
+/* One sgemm shape and how many times a prefill runs it. */
+typedef struct { int m, n, k, count; } Gemm;
+
+/* The GEMMs of a prefill of T tokens (absorbed attention, context T, logits of the last position
+ * only), tokens spread evenly over the routed experts; returns how many were written to g. */
+static int prefill_gemms(Gemm *g, const Config *c, int T) {
+    int n = 0, d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int d_c = c->kv_lora_rank, w = d_c + c->qk_rope_head_dim, dense = c->first_k_dense_replace < c->n_layers ? c->first_k_dense_replace : c->n_layers;
+    int moe = c->n_routed_experts ? c->n_layers - dense : 0, Le = c->n_layers;
+    if (!c->n_routed_experts) dense = c->n_layers;
+    if (c->q_lora_rank) { g[n++] = (Gemm){T, c->q_lora_rank, d, Le}; g[n++] = (Gemm){T, nh * qk, c->q_lora_rank, Le}; }
+    else g[n++] = (Gemm){T, nh * qk, d, Le};
+    g[n++] = (Gemm){T, w, d, Le};
+    g[n++] = (Gemm){T, d_c, c->qk_nope_head_dim, Le * nh};          /* q_lat */
+    g[n++] = (Gemm){T, T, d_c, Le * nh};                             /* scores (latent part) */
+    g[n++] = (Gemm){T, T, c->qk_rope_head_dim, Le * nh};             /* scores (rope part) */
+    g[n++] = (Gemm){T, d_c, T, Le * nh};                             /* o_lat */
+    g[n++] = (Gemm){T, c->v_head_dim, d_c, Le * nh};                 /* out_h */
+    g[n++] = (Gemm){T, d, nh * c->v_head_dim, Le};                   /* o_proj */
+    if (dense) { g[n++] = (Gemm){T, c->intermediate_size, d, 2 * dense}; g[n++] = (Gemm){T, d, c->intermediate_size, dense}; }
+    if (moe) {
+        int te = T * c->num_experts_per_tok / c->n_routed_experts, mi = c->moe_intermediate_size;
+        g[n++] = (Gemm){T, c->n_routed_experts, d, moe};
+        g[n++] = (Gemm){te > 0 ? te : 1, mi, d, 2 * moe * c->n_routed_experts};
+        g[n++] = (Gemm){te > 0 ? te : 1, d, mi, moe * c->n_routed_experts};
+        if (c->n_shared_experts) {
+            g[n++] = (Gemm){T, c->n_shared_experts * mi, d, 2 * moe};
+            g[n++] = (Gemm){T, d, c->n_shared_experts * mi, moe};
+        }
+    }
+    g[n++] = (Gemm){1, c->vocab_size, d, 1};                         /* lm_head, last position */
+    return n;
+}
+
+/* Seconds cblas_sgemm takes for g (each shape timed once after a warm-up call, times its count),
+ * and its FLOPs in *flops. C = A B^T as matmul calls it. */
+static double sgemm_seconds(const Gemm *g, int n, double *flops) {
+    size_t big = 0;
+    for (int i = 0; i < n; i++) {
+        size_t a = (size_t)g[i].m * g[i].k, b = (size_t)g[i].n * g[i].k, c = (size_t)g[i].m * g[i].n;
+        if (a > big) big = a;
+        if (b > big) big = b;
+        if (c > big) big = c;
+    }
+    Rng r;
+    rng_seed(&r, 4);
+    float *A = bench_rand(big, &r), *B = bench_rand(big, &r), *C = malloc(sizeof(float) * big);
+    double t = 0;
+    *flops = 0;
+    for (int i = 0; i < n; i++) {
+        const Gemm *s = &g[i];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, A, s->k, B, s->k, 0.0f, C, s->n);
+        int reps = s->count < 3 ? s->count : 3;
+        double t0 = now_s();
+        for (int k = 0; k < reps; k++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->m, s->n, s->k, 1.0f, A, s->k, B, s->k, 0.0f, C, s->n);
+        t += (now_s() - t0) / reps * s->count;
+        *flops += 2.0 * s->m * s->n * s->k * s->count;
+    }
+    free(A); free(B); free(C);
+    return t;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Decode tok/s against bandwidth, prefill tok/s against sgemm, for checkpoint DIR. */
+#define BENCH_CLI_CHUNK 64 /* the chunk run.c's commands prefill in (state_init's max_T) */
+static int bench_limits(const char *dir) {
+    Model m;
+    State s;
+    Error e;
+    if (model_load(&m, dir, &e)) {
+        printf("limits: skipped (%s)\n", e.msg);
+        return 0;
+    }
+    const Config *c = &m.cfg;
+    int V = c->vocab_size, P = 512, steps = 16, rc = 0;
+    int *toks = malloc(sizeof(int) * (P + steps));
+    Rng r;
+    rng_seed(&r, 5);
+    for (int i = 0; i < P + steps; i++) toks[i] = (int)(rng_next(&r) % (uint64_t)V);
+    float *logits = malloc(sizeof(float) * V);
+    if (state_init(&s, &m, P + steps + 1, P, &e)) {
+        fprintf(stderr, "run bench: %s\n", e.msg);
+        free(toks); free(logits); model_free(&m);
+        return 1;
+    }
+    double rd, cp;
+    if (bench_bandwidth(&rd, &cp)) rd = cp = 0;
+    double bytes = activated_bytes(&m);
+    /* prefill first (it also fills the cache decode reads): once to page the checkpoint in, then
+     * timed in chunks of 64 tokens (what run generate, logits and ppl use: run.c's state) and in
+     * one chunk of 512 (each expert then sees all its tokens of the prompt in one call) */
+    double tp = 0, tp1 = 0;
+    rc = model_forward(&m, &s, toks, P, 0, logits, 1, ATTN_ABSORBED, &e);
+    for (int k = 0; k < 2 && !rc; k++) {
+        s.max_T = k ? P : BENCH_CLI_CHUNK;
+        double t0 = now_s();
+        rc = model_forward(&m, &s, toks, P, 0, logits, 1, ATTN_ABSORBED, &e);
+        *(k ? &tp1 : &tp) = now_s() - t0;
+    }
+    /* decode: 3 runs of `steps` one-token steps at positions P.., each a different token (so
+     * different experts); the median run's tok/s */
+    double run_s[3];
+    for (int k = 0; k < 3 && !rc; k++) {
+        double t0 = now_s();
+        for (int i = 0; i < steps && !rc; i++) rc = model_forward(&m, &s, toks + P + i, 1, P + i, logits, 1, ATTN_ABSORBED, &e);
+        run_s[k] = now_s() - t0;
+    }
+    if (rc) fprintf(stderr, "run bench: %s\n", e.msg);
+    else {
+        qsort(run_s, 3, sizeof(double), cmp_double);
+        double tok_s = steps / run_s[1], flops;
+        Gemm g[32];
+        double t_blas = sgemm_seconds(g, prefill_gemms(g, c, P), &flops);
+        printf("limits of %s, %d thread(s) (OpenMP; OpenBLAS: %d), decode kernel %s\n", dir, omp_get_max_threads(),
+               openblas_get_num_threads(), matmul_kernel_name(matmul_kernel_supported(MATMUL_AVX2) ? MATMUL_AVX2 : MATMUL_PLAIN));
+        printf("  bandwidth    read %.1f GB/s, copy %.1f GB/s (1 GiB buffers)\n", rd, cp);
+        printf("  decode       %.2f tok/s (median of 3 runs of %d steps at position %d), %.3f GB activated per token\n",
+               tok_s, steps, P, bytes / 1e9);
+        printf("               = %.1f GB/s, %.0f%% of read bandwidth\n", bytes * tok_s / 1e9, 100 * bytes * tok_s / 1e9 / rd);
+        printf("  sgemm        the GEMMs of a %d-token prefill on F32: %.2f s, %.1f GFLOP/s\n", P, t_blas, flops / t_blas / 1e9);
+        printf("  prefill      %d tokens in chunks of %d (as run generate): %.2f s, %.1f tok/s, %.0f%% of sgemm\n", P,
+               BENCH_CLI_CHUNK, tp, P / tp, 100 * t_blas / tp);
+        printf("               in one chunk of %d: %.2f s, %.1f tok/s, %.0f%% of sgemm\n", P, tp1, P / tp1, 100 * t_blas / tp1);
+    }
+    state_free(&s);
+    free(toks); free(logits);
+    model_free(&m);
+    return rc;
 }
 
 static int bench_tokenizer(const char *dir) {
@@ -130,11 +357,20 @@ static int bench_steps(const char *dir) {
 
 int bench_main(int argc, char **argv) {
     const char *dir = NULL;
+    int only_limits = 0;
     for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--limits")) {
+            only_limits = 1;
+            continue;
+        }
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: run bench [DIR]\n  one MLA decode step, absorbed vs naive, at contexts 256, 1024, 4096\n"
-                   "  (V2-Lite's attention shape); with DIR, the tokenizer's encode speed on 1 MB and the cost\n"
-                   "  of a decode step of 1 and 2 tokens and of an MTP draft\n");
+            printf("usage: run bench [DIR [--limits]]\n"
+                   "  with DIR: decode tok/s, bytes activated per token and the read/copy bandwidth measured\n"
+                   "  in the same run; prefill tok/s of 512 tokens against cblas_sgemm at the same shapes;\n"
+                   "  then one MLA decode step, absorbed vs naive, at contexts 1k, 4k, 16k (V3's attention\n"
+                   "  shape); with DIR, the tokenizer's encode speed on 1 MB and the cost of a decode step of\n"
+                   "  1 and 2 tokens and of an MTP draft. --limits: only the first part.\n"
+                   "  Threads: OMP_NUM_THREADS (decode), OPENBLAS_NUM_THREADS (prefill)\n");
             return 0;
         }
         if (argv[i][0] == '-' || dir) {
@@ -143,6 +379,8 @@ int bench_main(int argc, char **argv) {
         }
         dir = argv[i];
     }
+    if (dir && bench_limits(dir)) return 1;
+    if (only_limits) return 0;
     bench_attention();
     return dir ? bench_tokenizer(dir) || bench_steps(dir) : 0;
 }

@@ -21,6 +21,7 @@
  * it in the cache, since the cache cannot drop rows from the middle.)
  */
 #include "generate.h"
+#include "device.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -193,10 +194,16 @@ static int next_token(Gen *g, const float *logits) {
 /* Plain decoding after the prefill (logits: the prompt's last position; end: the position after
  * it): one forward per token. */
 static int decode_plain(Gen *g, float *logits, int end, Error *e) {
+    int next = next_token(g, logits);
     for (;;) {
-        int next = next_token(g, logits);
         if (emit(g, next)) return 0;
-        if (model_forward(g->m, g->s, &next, 1, end + g->r->n - 1, logits, 1, ATTN_ABSORBED, e)) return -1;
+        int pos = end + g->r->n - 1;
+        if (g->s->dev && g->o->temp <= 0.0f) { /* greedy on a GPU: only the token comes back */
+            if (model_forward_argmax_device(g->m, g->s, &next, 1, pos, &next, e)) return -1;
+            continue;
+        }
+        if (model_forward(g->m, g->s, &next, 1, pos, logits, 1, ATTN_ABSORBED, e)) return -1;
+        next = next_token(g, logits);
     }
 }
 

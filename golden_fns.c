@@ -6,6 +6,7 @@
  */
 #include "golden.h"
 #include "fp8.h"
+#include "manifest.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -31,50 +32,75 @@ static float *g_norm(Golden *g, const char *prefix, const char *name, int n) {
     return g_rand(g, a, 1.0f, 0.25f, 1, n);
 }
 
-static void rnd_ffn(Golden *g, const char *p, Ffn *f, int d, int inter) {
-    f->gate = f32_tensor(g_weight(g, p, "gate_proj.weight", inter, d), inter, d);
-    f->up = f32_tensor(g_weight(g, p, "up_proj.weight", inter, d), inter, d);
-    f->down = f32_tensor(g_weight(g, p, "down_proj.weight", d, inter), d, inter);
+/* The manifest's tensor (slot, ffn) of layer l, drawn under its HF name (full) or its name inside the
+ * layer (a lone decoder layer): matrices N-ish(0, 1/fan_in) as g_weight, norms as g_norm, the
+ * correction bias in [-0.1, 0.1). *x gets the entry (its shape); NULL with g->failed when absent. */
+static float *g_entry(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot, int ffn,
+                      const ManifestEntry **x) {
+    if (!(*x = manifest_find(mf, l, slot, ffn))) {
+        if (!g->failed) error_set(g->e, "golden: no tensor of slot %d in layer %d's manifest", (int)slot, l);
+        g->failed = 1;
+        return NULL;
+    }
+    const char *name = (*x)->name + (full ? 0 : (*x)->local);
+    if ((*x)->kind == MK_NORM) return g_norm(g, "", name, (*x)->rows);
+    if ((*x)->kind == MK_BIAS) return g_rand(g, name, 0.0f, 0.1f, 1, (*x)->rows);
+    if ((*x)->kind == MK_EMBED) return g_rand(g, name, 0.0f, 1.0f, 2, (*x)->rows, (*x)->cols);
+    return g_weight(g, "", name, (*x)->rows, (*x)->cols);
+}
+static const float *g_vec(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot) {
+    const ManifestEntry *x;
+    return g_entry(g, mf, full, l, slot, 0, &x);
+}
+static Tensor g_mat(Golden *g, const Manifest *mf, int full, int l, ManifestSlot slot, int ffn) {
+    const ManifestEntry *x;
+    float *w = g_entry(g, mf, full, l, slot, ffn, &x);
+    return w ? f32_tensor(w, x->rows, x->cols) : (Tensor){0};
 }
 
-/* One decoder layer's weights under HF's names (prefix "" or "model.layers.N."). */
-static void rnd_layer(Golden *g, const Config *c, const char *p, Layer *L, int is_moe) {
-    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    int dc = c->kv_lora_rank, ql = c->q_lora_rank, E = c->n_routed_experts;
-    char n[160];
+static void rnd_ffn(Golden *g, const Manifest *mf, int full, int l, int ffn, Ffn *f) {
+    f->gate = g_mat(g, mf, full, l, M_GATE, ffn);
+    f->up = g_mat(g, mf, full, l, M_UP, ffn);
+    f->down = g_mat(g, mf, full, l, M_DOWN, ffn);
+}
+
+/* Decoder layer l's weights (the manifest's names and shapes; full = 0: named inside the layer).
+ * Drawn in the order the golden files record them: the attention's, post_attention_layernorm, mlp. */
+static void rnd_layer(Golden *g, const Config *c, int full, int l, Layer *L, int is_moe) {
+    int E = c->n_routed_experts;
+    Manifest mf = {0};
     memset(L, 0, sizeof *L);
-    L->attn_norm = g_norm(g, p, "input_layernorm.weight", d);
+    if (manifest_layer(&mf, c, l, is_moe, g->e)) {
+        g->failed = 1;
+        manifest_free(&mf);
+        return;
+    }
     MlaWeights *w = &L->attn;
-    if (ql) {
-        w->q_a = f32_tensor(g_weight(g, p, "self_attn.q_a_proj.weight", ql, d), ql, d);
-        w->q_a_norm = g_norm(g, p, "self_attn.q_a_layernorm.weight", ql);
-        w->q_b = f32_tensor(g_weight(g, p, "self_attn.q_b_proj.weight", nh * qk, ql), nh * qk, ql);
-    } else w->q = f32_tensor(g_weight(g, p, "self_attn.q_proj.weight", nh * qk, d), nh * qk, d);
-    w->kv_a = f32_tensor(g_weight(g, p, "self_attn.kv_a_proj_with_mqa.weight", dc + c->qk_rope_head_dim, d),
-                         dc + c->qk_rope_head_dim, d);
-    w->kv_a_norm = g_norm(g, p, "self_attn.kv_a_layernorm.weight", dc);
-    int kvb = nh * (c->qk_nope_head_dim + c->v_head_dim);
-    w->kv_b = f32_tensor(g_weight(g, p, "self_attn.kv_b_proj.weight", kvb, dc), kvb, dc);
-    w->o = f32_tensor(g_weight(g, p, "self_attn.o_proj.weight", d, nh * c->v_head_dim), d, nh * c->v_head_dim);
-    L->ffn_norm = g_norm(g, p, "post_attention_layernorm.weight", d);
+    L->attn_norm = g_vec(g, &mf, full, l, M_ATTN_NORM);
+    if (c->q_lora_rank) {
+        w->q_a = g_mat(g, &mf, full, l, M_Q_A, 0);
+        w->q_a_norm = g_vec(g, &mf, full, l, M_Q_A_NORM);
+        w->q_b = g_mat(g, &mf, full, l, M_Q_B, 0);
+    } else w->q = g_mat(g, &mf, full, l, M_Q, 0);
+    w->kv_a = g_mat(g, &mf, full, l, M_KV_A, 0);
+    w->kv_a_norm = g_vec(g, &mf, full, l, M_KV_A_NORM);
+    w->kv_b = g_mat(g, &mf, full, l, M_KV_B, 0);
+    w->o = g_mat(g, &mf, full, l, M_O, 0);
+    L->ffn_norm = g_vec(g, &mf, full, l, M_FFN_NORM);
     if (!(L->is_moe = is_moe)) {
-        snprintf(n, sizeof n, "%smlp.", p);
-        rnd_ffn(g, n, &L->dense, d, c->intermediate_size);
+        rnd_ffn(g, &mf, full, l, MANIFEST_DENSE, &L->dense);
+        manifest_free(&mf);
         return;
     }
     Moe *m = &L->moe;
     m->gate = model_moe_gate(c);
-    m->router = f32_tensor(g_weight(g, p, "mlp.gate.weight", E, d), E, d);
-    snprintf(n, sizeof n, "%smlp.gate.e_score_correction_bias", p);
-    m->bias = c->topk_method == TOPK_NOAUX_TC ? g_rand(g, n, 0.0f, 0.1f, 1, E) : NULL;
+    m->router = g_mat(g, &mf, full, l, M_ROUTER, 0);
+    m->bias = c->topk_method == TOPK_NOAUX_TC ? g_vec(g, &mf, full, l, M_BIAS) : NULL;
     Ffn *ex = g_tmp(g, sizeof(Ffn) * (size_t)E);
-    for (int x = 0; ex && x < E; x++) {
-        snprintf(n, sizeof n, "%smlp.experts.%d.", p, x);
-        rnd_ffn(g, n, &ex[x], d, c->moe_intermediate_size);
-    }
+    for (int x = 0; ex && x < E; x++) rnd_ffn(g, &mf, full, l, x, &ex[x]);
     m->experts = L->experts = ex;
-    snprintf(n, sizeof n, "%smlp.shared_experts.", p);
-    if (c->n_shared_experts > 0) rnd_ffn(g, n, &m->shared, d, c->n_shared_experts * c->moe_intermediate_size);
+    if (c->n_shared_experts > 0) rnd_ffn(g, &mf, full, l, MANIFEST_SHARED, &m->shared);
+    manifest_free(&mf);
 }
 
 /* ---- the functions: each draws its inputs, declares its outputs, calls the C function(s) ------- */
@@ -343,7 +369,7 @@ static int e_decoder_layer(Golden *g) {
     int W = mla_cache_width(&m.mla);
     float *x = g_rand(g, "x", 0, 1, 3, B, T, d), *cache = g_rand(g, "kv_cache", 0, 1, 3, B, L, W);
     Layer ly;
-    rnd_layer(g, c, "", &ly, c->n_routed_experts > 0);
+    rnd_layer(g, c, 0, 0, &ly, c->n_routed_experts > 0);
     float *h_attn = g_out(g, "after_attn", DT_F32, 3, B, T, d), *o = g_out(g, "out", DT_F32, 3, B, T, d);
     float *cache_out = g_out(g, "kv_cache_out", DT_F32, 3, B, L, W);
     m.inv_freq = g_tmp(g, sizeof(float) * (size_t)m.mla.rope / 2);
@@ -369,16 +395,14 @@ static int rnd_model(Golden *g, Model *m) {
     memset(m, 0, sizeof *m);
     m->cfg = g->cfg;
     const Config *c = &m->cfg;
-    int d = c->hidden_size, V = c->vocab_size;
-    char p[64];
-    m->embed = f32_tensor(g_rand(g, "model.embed_tokens.weight", 0, 1, 2, V, d), V, d);
+    Manifest mf;
+    if (manifest_model(&mf, c, 0, g->e)) return g->failed = 1, -1;
+    m->embed = g_mat(g, &mf, 1, -1, M_EMBED, 0);
     m->layers = g_tmp(g, sizeof(Layer) * (size_t)c->n_layers);
-    for (int l = 0; m->layers && l < c->n_layers; l++) {
-        snprintf(p, sizeof p, "model.layers.%d.", l);
-        rnd_layer(g, c, p, &m->layers[l], config_is_moe_layer(c, l));
-    }
-    m->final_norm = g_norm(g, "", "model.norm.weight", d);
-    m->lm_head = c->tie_word_embeddings ? m->embed : f32_tensor(g_weight(g, "", "lm_head.weight", V, d), V, d);
+    for (int l = 0; m->layers && l < c->n_layers; l++) rnd_layer(g, c, 1, l, &m->layers[l], config_is_moe_layer(c, l));
+    m->final_norm = g_vec(g, &mf, 1, -1, M_FINAL_NORM);
+    m->lm_head = c->tie_word_embeddings ? m->embed : g_mat(g, &mf, 1, -1, M_LM_HEAD, 0);
+    manifest_free(&mf);
     m->mla = model_mla_dims(c);
     if (!(m->inv_freq = g_tmp(g, sizeof(float) * (size_t)c->qk_rope_head_dim / 2))) return -1;
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);

@@ -1,138 +1,148 @@
-/* init.c - `run init`: a random checkpoint for a config.json, with the tensor names and shapes the
- * loader (weights.c) expects. The same seed gives the same bytes on any machine (Rng, ops.c).
+/* init.c - `run init`: a random checkpoint for a config.json, every tensor of the manifest
+ * (manifest.c: the names and shapes the loader expects), drawn in the manifest's order from one Rng
+ * stream (ops.c), so the same seed gives the same bytes on any machine:
+ *   Linear weights, router, lm_head, eh_proj   N(0, 1/fan_in), fan_in = cols
+ *   embed_tokens                               N(0, 1)
+ *   norm weights                               uniform in [0.8, 1.2)
+ *   e_score_correction_bias                    uniform in [0.01, 0.11): small and positive
+ * (a uniform value takes two draws, as a normal does).
+ *
+ * --dtype bf16 and fp8 write what `run quantize --to bf16 / fp8` makes of the F32 checkpoint of the
+ * same seed, by quantize.c's rules: bf16 rounds every tensor but the correction bias (which stays
+ * F32); fp8 stores the Linear weights (MK_LINEAR) as E4M3 codes with one F32 weight_scale_inv per
+ * 128 x 128 block, DeepSeek-V3's layout, and keeps the rest F32; config.json gets quantize's
+ * quantization_config and torch_dtype. The safetensors file is streamed: its header first, then each
+ * tensor drawn, converted, written and freed, so memory holds one tensor (V2-Lite's largest is
+ * embed_tokens [102400, 2048], 0.84 GB in F32), not the checkpoint (17.0 GB in FP8 for V2-Lite).
  */
 #include "init.h"
+#include "outfile.h"
+
+#include "manifest.h"
 
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-typedef struct {
-    StWriteTensor *t;
-    float **data;
-    int n, cap;
-    Rng rng;
-} Manifest;
+#define INIT_FP8_BLOCK 128 /* weight blocks of 128 x 128: V3 report 3.3.2 */
 
-/* kind: 0 matrix N(0, 1/cols), 1 norm weight in [0.8, 1.2], 2 bias in [0.01, 0.11], 3 embedding N(0, 1) */
-static void add(Manifest *f, int kind, int rows, int cols, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void add(Manifest *f, int kind, int rows, int cols, const char *fmt, ...) {
-    if (f->n == f->cap) {
-        f->cap = f->cap ? 2 * f->cap : 64;
-        f->t = realloc(f->t, sizeof(StWriteTensor) * f->cap);
-        f->data = realloc(f->data, sizeof(float *) * f->cap);
-    }
-    char name[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    size_t n = (size_t)rows * (cols ? cols : 1);
-    float *d = malloc(sizeof(float) * n);
+/* d [rows * max(cols, 1)]: the values of entry x, the next draws of rng. */
+static void draw(float *d, const ManifestEntry *x, Rng *rng) {
+    size_t n = (size_t)x->rows * (size_t)(x->cols ? x->cols : 1);
     for (size_t i = 0; i < n; i++) {
-        if (kind == 0 || kind == 3) {
-            float gauss = rng_normal(&f->rng);
-            d[i] = kind == 0 ? gauss / sqrtf((float)cols) : gauss;
+        if (x->kind == MK_LINEAR || x->kind == MK_MATRIX || x->kind == MK_EMBED) {
+            float gauss = rng_normal(rng);
+            d[i] = x->kind == MK_EMBED ? gauss : gauss / sqrtf((float)x->cols);
         } else {
-            float u = rng_uniform(&f->rng);
-            rng_uniform(&f->rng); /* every value takes two draws, as a normal does */
-            d[i] = kind == 1 ? 0.8f + 0.4f * u : 0.01f + 0.1f * u;
+            float u = rng_uniform(rng);
+            rng_uniform(rng); /* every value takes two draws, as a normal does */
+            d[i] = x->kind == MK_NORM ? 0.8f + 0.4f * u : 0.01f + 0.1f * u;
         }
     }
-    f->data[f->n] = d;
-    f->t[f->n] = (StWriteTensor){.name = strdup(name), .dtype = DT_F32, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = d};
-    f->n++;
 }
 
-static void add_ffn(Manifest *f, const char *p, int d, int inter) {
-    add(f, 0, inter, d, "%s.gate_proj.weight", p);
-    add(f, 0, inter, d, "%s.up_proj.weight", p);
-    add(f, 0, d, inter, "%s.down_proj.weight", p);
+/* The dtype `run quantize --to to` gives an F32 tensor of kind k (quantize.c's target()). */
+static DType written_dtype(ManifestKind k, QuantTarget to) {
+    if (to == QUANT_TO_BF16) return k == MK_BIAS ? DT_F32 : DT_BF16;
+    if (to == QUANT_TO_FP8 && k == MK_LINEAR) return DT_F8_E4M3;
+    return DT_F32;
 }
 
-static void add_layer(Manifest *f, const Config *c, int l) {
-    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    char p[300];
-    add(f, 1, d, 0, "model.layers.%d.input_layernorm.weight", l);
-    add(f, 1, d, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-    if (c->q_lora_rank) {
-        add(f, 0, c->q_lora_rank, d, "model.layers.%d.self_attn.q_a_proj.weight", l);
-        add(f, 1, c->q_lora_rank, 0, "model.layers.%d.self_attn.q_a_layernorm.weight", l);
-        add(f, 0, nh * qk, c->q_lora_rank, "model.layers.%d.self_attn.q_b_proj.weight", l);
-    } else {
-        add(f, 0, nh * qk, d, "model.layers.%d.self_attn.q_proj.weight", l);
-    }
-    add(f, 0, c->kv_lora_rank + c->qk_rope_head_dim, d, "model.layers.%d.self_attn.kv_a_proj_with_mqa.weight", l);
-    add(f, 1, c->kv_lora_rank, 0, "model.layers.%d.self_attn.kv_a_layernorm.weight", l);
-    add(f, 0, nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, "model.layers.%d.self_attn.kv_b_proj.weight", l);
-    add(f, 0, d, nh * c->v_head_dim, "model.layers.%d.self_attn.o_proj.weight", l);
-    if (!config_is_moe_layer(c, l)) {
-        snprintf(p, sizeof p, "model.layers.%d.mlp", l);
-        add_ffn(f, p, d, c->intermediate_size);
-        return;
-    }
-    add(f, 0, c->n_routed_experts, d, "model.layers.%d.mlp.gate.weight", l);
-    if (c->topk_method == TOPK_NOAUX_TC) add(f, 2, c->n_routed_experts, 0, "model.layers.%d.mlp.gate.e_score_correction_bias", l);
-    for (int x = 0; x < c->n_routed_experts; x++) {
-        snprintf(p, sizeof p, "model.layers.%d.mlp.experts.%d", l, x);
-        add_ffn(f, p, d, c->moe_intermediate_size);
-    }
-    snprintf(p, sizeof p, "model.layers.%d.mlp.shared_experts", l);
-    if (c->n_shared_experts) add_ffn(f, p, d, c->n_shared_experts * c->moe_intermediate_size);
-}
+static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
-int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, Error *e) {
-    Config c;
-    if (config_load(&c, config_path, e)) return -1;
-    Manifest f = {0};
-    rng_seed(&f.rng, seed);
-    int d = c.hidden_size, L = c.n_layers;
-    add(&f, 3, c.vocab_size, d, "model.embed_tokens.weight");
-    for (int l = 0; l < L; l++) add_layer(&f, &c, l);
-    add(&f, 1, d, 0, "model.norm.weight");
-    add(&f, 0, c.vocab_size, d, "lm_head.weight");
-    if (with_mtp) {
-        add(&f, 1, d, 0, "model.layers.%d.enorm.weight", L);
-        add(&f, 1, d, 0, "model.layers.%d.hnorm.weight", L);
-        add(&f, 0, d, 2 * d, "model.layers.%d.eh_proj.weight", L);
-        add(&f, 1, d, 0, "model.layers.%d.shared_head.norm.weight", L);
-        add_layer(&f, &c, L);
-    }
-    int rc = -1;
-    char path[4096];
-    /* config.json: the given one, with num_nextn_predict_layers set to what was written */
-    char *text = read_file(config_path, NULL, NULL);
+/* config.json: the given one, with num_nextn_predict_layers set to what is written; no
+ * quantization_config (f32, as before --dtype existed), or quantize's (bf16, fp8). */
+static int write_config(const char *config_path, const char *out_dir, int with_mtp, QuantTarget to, Error *e) {
+    char *text = read_file(config_path, NULL, NULL), path[4096];
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     snprintf(path, sizeof path, "%s/config.json", out_dir);
-    FILE *out = NULL;
+    int rc = -1;
     if (!root) error_set(e, "%s: cannot read", config_path);
     else if (mkdir(out_dir, 0755) && errno != EEXIST) error_set(e, "%s: cannot create the directory", out_dir);
-    else if (!(out = fopen(path, "wb"))) error_set(e, "%s: cannot write", path);
     else {
         cJSON_DeleteItemFromObject(root, "num_nextn_predict_layers");
         cJSON_AddNumberToObject(root, "num_nextn_predict_layers", with_mtp ? 1 : 0);
-        cJSON_DeleteItemFromObject(root, "quantization_config"); /* the weights written are F32 */
-        char *json = cJSON_Print(root);
-        fputs(json, out);
-        fputc('\n', out);
+        cJSON_DeleteItemFromObject(root, "quantization_config");
+        QuantOptions o = {.to = to, .block = INIT_FP8_BLOCK, .scale_fmt = FP8_SCALE_F32};
+        if (to != QUANT_TO_F32) quant_edit_config(root, &o);
+        char *json = cJSON_Print(root), *line = json ? malloc(strlen(json) + 2) : NULL;
+        /* whole or not at all, as every output (outfile.h) */
+        rc = line ? outfile_write(path, line, (size_t)sprintf(line, "%s\n", json), e) : error_set(e, "%s: out of memory", path);
         free(json);
-        fclose(out);
-        snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
-        const char *keys[] = {"format", "generator"}, *vals[] = {"pt", "dsv3.c run init"};
-        rc = st_write(path, f.t, f.n, keys, vals, 2, e);
+        free(line);
     }
     cJSON_Delete(root);
-    for (int i = 0; i < f.n; i++) {
-        free((char *)f.t[i].name);
-        free(f.data[i]);
+    return rc;
+}
+
+/* Entry x drawn and written as tensor k (and its scales as k + 1 for E4M3). */
+static int write_entry(StWriter *w, int k, const ManifestEntry *x, DType dt, Rng *rng, Error *e) {
+    size_t n = (size_t)x->rows * (size_t)(x->cols ? x->cols : 1);
+    float *v = malloc(sizeof(float) * (n ? n : 1));
+    if (!v) return error_set(e, "%s: out of memory for %zu floats", x->name, n);
+    draw(v, x, rng);
+    int rc;
+    if (dt == DT_F32) rc = st_write_tensor(w, k, v, e);
+    else if (dt == DT_BF16) {
+        uint16_t *h = malloc(2 * (n ? n : 1));
+        for (size_t i = 0; h && i < n; i++) h[i] = f32_to_bf16(v[i]);
+        rc = h ? st_write_tensor(w, k, h, e) : error_set(e, "%s: out of memory", x->name);
+        free(h);
+    } else {
+        uint8_t *q = malloc(n ? n : 1);
+        float *s = malloc(sizeof(float) * (size_t)cdiv(x->rows, INIT_FP8_BLOCK) * (size_t)cdiv(x->cols, INIT_FP8_BLOCK));
+        if (q && s) fp8_quant_block(q, s, v, x->rows, x->cols, INIT_FP8_BLOCK, INIT_FP8_BLOCK, FP8_SCALE_F32);
+        rc = !q || !s ? error_set(e, "%s: out of memory", x->name)
+                      : st_write_tensor(w, k, q, e) || st_write_tensor(w, k + 1, s, e) ? -1 : 0;
+        free(q);
+        free(s);
     }
-    free(f.t);
-    free(f.data);
+    free(v);
+    return rc;
+}
+
+int model_init_random(const char *config_path, const char *out_dir, uint64_t seed, int with_mtp, QuantTarget to,
+                      Error *e) {
+    Config c;
+    Manifest mf;
+    if (config_load(&c, config_path, e) || manifest_model(&mf, &c, with_mtp, e)) return -1;
+    /* what the file holds: every entry but the optional ones, an E4M3 weight followed by its scales */
+    StWriteTensor *ts = calloc((size_t)2 * mf.n + 1, sizeof *ts);
+    char (*snames)[sizeof mf.e[0].name + 16] = calloc((size_t)mf.n + 1, sizeof *snames);
+    int n = 0, rc = ts && snames ? 0 : error_set(e, "out of memory for %d tensors", mf.n);
+    for (int i = 0; i < mf.n && !rc; i++) {
+        const ManifestEntry *x = &mf.e[i];
+        if (x->optional) continue;
+        DType dt = written_dtype(x->kind, to);
+        ts[n++] = (StWriteTensor){.name = x->name, .dtype = dt, .ndim = x->cols ? 2 : 1, .shape = {x->rows, x->cols}};
+        if (dt != DT_F8_E4M3) continue;
+        snprintf(snames[i], sizeof snames[i], "%s_scale_inv", x->name);
+        ts[n++] = (StWriteTensor){.name = snames[i], .dtype = DT_F32, .ndim = 2,
+                                  .shape = {cdiv(x->rows, INIT_FP8_BLOCK), cdiv(x->cols, INIT_FP8_BLOCK)}};
+    }
+    if (!rc) rc = write_config(config_path, out_dir, with_mtp, to, e);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", out_dir);
+    const char *keys[] = {"format", "generator"}, *vals[] = {"pt", "dsv3.c run init"};
+    StWriter *w = rc ? NULL : st_write_begin(path, ts, n, keys, vals, 2, e);
+    if (!rc && !w) rc = -1;
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0, k = 0; i < mf.n && !rc; i++) {
+        const ManifestEntry *x = &mf.e[i];
+        if (x->optional) continue;
+        rc = write_entry(w, k, x, ts[k].dtype, &rng, e);
+        k += ts[k].dtype == DT_F8_E4M3 ? 2 : 1;
+    }
+    if (w && rc) st_write_abort(w);
+    else if (w) rc = st_write_end(w, e);
+    free(ts);
+    free(snames);
+    manifest_free(&mf);
     return rc;
 }

@@ -1,4 +1,8 @@
-/* kernels.cu - the CUDA mirror of the C code: one kernel and one launcher per C function.
+/* kernels.cu - CUDA twins of rmsnorm, rope_rotate, mla_attend_absorbed, moe_gate and the FP8 codecs
+ * and GEMM (host-pointer launchers, each checked against its C function); the rest of the forward
+ * pass (matmul, the query/latent projections, naive attention, experts, embedding, lm_head, MTP) is
+ * mirrored in model.cu, which also launches the kernels below. Not yet mirrored: fp8.c's block
+ * quantization of weights (fp8_quant_block), the --fp8-gemm path in the forward, sampling (top-p).
  *
  * Each `name_cuda` here computes what `name` computes in ops.c, rope.c, mla.c, moe.c or fp8.c, with
  * the same arguments (kernels.h has the declarations and the two exceptions). The kernels are
@@ -24,75 +28,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "kernels.h"
+#include "kernels.cuh"
 
-/* ---- plumbing: error checks, copies, reductions ------------------------------------------------ */
-
-static void cuda_check(cudaError_t err, const char *file, int line) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(err));
-        exit(EXIT_FAILURE);
-    }
-}
-#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
-
-/* A device buffer of `bytes`, filled from host memory when src is not NULL. */
-static void *device_copy(const void *src, size_t bytes) {
-    void *d = NULL;
-    cudaCheck(cudaMalloc(&d, bytes > 0 ? bytes : 1));
-    if (src && bytes > 0) cudaCheck(cudaMemcpy(d, src, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
-/* Wait for the kernel, report its error if any, copy its output back. */
-static void host_copy(void *dst, const void *d_src, size_t bytes) {
-    cudaCheck(cudaGetLastError());
-    cudaCheck(cudaMemcpy(dst, d_src, bytes, cudaMemcpyDeviceToHost));
-}
-
-#define FULL_MASK 0xffffffffu
-#define THREADS 256 /* threads per block, a multiple of 32, everywhere below */
-
-/* Sum (max) over the 32 lanes of a warp: a butterfly, every lane ends with the result. */
-static __device__ float warp_sum(float v) {
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(FULL_MASK, v, off);
-    return v;
-}
-static __device__ float warp_max(float v) {
-    for (int off = 16; off > 0; off /= 2) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, off));
-    return v;
-}
-static __device__ double warp_sum_f64(double v) {
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(FULL_MASK, v, off);
-    return v;
-}
-
-/* Sum (max) over the whole block, returned to every thread. red: 32 floats of shared memory. The
- * first __syncthreads lets a previous call's readers finish before red is overwritten. */
-static __device__ float block_sum(float v, float *red) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_sum(lane < (int)blockDim.x / 32 ? red[lane] : 0.0f);
-}
-static __device__ float block_max(float v, float *red) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_max(lane < (int)blockDim.x / 32 ? red[lane] : -INFINITY);
-}
+/* The plumbing (cudaCheck, device_copy, host_copy, warp and block reductions) is kernels.cuh's. */
 
 /* ---- rmsnorm (ops.c) --------------------------------------------------------------------------- */
 
-/* One block per row t: the threads share the sum of squares, then each scales its own elements. */
-__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, float eps) {
+/* One block per row t: the threads share the sum of squares, then each scales its own elements.
+ * Rows of d floats at out_stride / x_stride (d, d in the twin; the device forward also norms the
+ * latent inside a cache row and writes the MTP's halves of [enorm(e) ; hnorm(h)]). */
+__global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, int out_stride,
+                               int x_stride, float eps) {
     __shared__ float red[32];
-    const float *xt = x + (size_t)blockIdx.x * d;
-    float *ot = out + (size_t)blockIdx.x * d;
+    const float *xt = x + (size_t)blockIdx.x * x_stride;
+    float *ot = out + (size_t)blockIdx.x * out_stride;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xt[i] * xt[i];
     ss = block_sum(ss, red); /* C: one loop, i = 0 .. d-1. Here: 256 strided partials, then a tree */
@@ -105,7 +54,7 @@ void rmsnorm_cuda(float *out, const float *x, const float *w, int n, int d, floa
     size_t bytes = sizeof(float) * (size_t)n * d;
     float *d_x = (float *)device_copy(x, bytes), *d_out = (float *)device_copy(NULL, bytes);
     float *d_w = (float *)device_copy(w, sizeof(float) * d);
-    rmsnorm_kernel<<<n, THREADS>>>(d_out, d_x, d_w, d, eps);
+    rmsnorm_kernel<<<n, THREADS>>>(d_out, d_x, d_w, d, d, d, eps);
     host_copy(out, d_out, bytes);
     cudaFree(d_x); cudaFree(d_out); cudaFree(d_w);
 }
@@ -114,12 +63,16 @@ void rmsnorm_cuda(float *out, const float *x, const float *w, int n, int d, floa
 
 /* One thread per (vector i, pair j): rotate the pair (a, b) by pos * inv_freq[j]. Pairs never
  * overlap, so the rotation in place needs no synchronization. cosf/sinf (not __cosf): the angles
- * reach thousands of radians and need the full range reduction. */
-__global__ void rope_rotate_kernel(float *x, int n, int stride, int d_R, int pos,
+ * reach thousands of radians and need the full range reduction. blockIdx.y = token t: the vectors
+ * at x + t * token_stride rotate at position pos + t (the twin: one token; the device forward: a
+ * whole chunk in one launch, as model.c's loop over t). */
+__global__ void rope_rotate_kernel(float *x, int n, int stride, int token_stride, int d_R, int pos,
                                    const float *inv_freq, float attn_factor, int interleaved) {
     int half = d_R / 2, k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= n * half) return;
     int i = k / half, j = k % half;
+    x += (size_t)blockIdx.y * token_stride;
+    pos += blockIdx.y;
     float angle = (float)pos * inv_freq[j];
     float c = cosf(angle) * attn_factor, s = sinf(angle) * attn_factor;
     int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
@@ -136,7 +89,7 @@ void rope_rotate_cuda(float *x, int n, int stride, int d_R, int pos, const float
     float *d_x = (float *)device_copy(x, span);
     float *d_f = (float *)device_copy(inv_freq, sizeof(float) * (d_R / 2));
     int work = n * (d_R / 2);
-    rope_rotate_kernel<<<(work + THREADS - 1) / THREADS, THREADS>>>(d_x, n, stride, d_R, pos, d_f,
+    rope_rotate_kernel<<<(work + THREADS - 1) / THREADS, THREADS>>>(d_x, n, stride, 0, d_R, pos, d_f,
                                                                     attn_factor, interleaved);
     host_copy(x, d_x, span);
     cudaFree(d_x); cudaFree(d_f);

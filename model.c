@@ -11,6 +11,7 @@
  * prefill and decode are the same call: decode is T = 1.
  */
 #include "model.h"
+#include "device.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
 }
 
 void state_free(State *s) {
+    if (s->dev) state_free_device(s);
     free(s->cache); free(s->x); free(s->h); free(s->out); free(s->q); free(s->q_scratch);
     free(s->attn); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
     memset(s, 0, sizeof *s);
@@ -89,6 +91,7 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
             return error_set(e, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, c->vocab_size);
+    if (s->dev) return model_forward_device(m, s, tokens, T, pos, logits, last_only, form, e);
     for (int done = 0; done < T; done += s->max_T) {
         int n = T - done < s->max_T ? T - done : s->max_T;
         forward_chunk(m, s, tokens + done, n, pos + done, form);
@@ -105,6 +108,7 @@ int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos
     const Config *c = &m->cfg;
     const Mtp *mtp = &m->mtp;
     int d = c->hidden_size;
+    if (s->dev) return mtp_forward_device(m, s, next_tokens, T, pos, logits, last_only, e);
     if (!m->has_mtp || !s->hidden) return error_set(e, "this checkpoint has no MTP module (no tensors at layer index %d)", c->n_layers);
     if (T <= 0 || T > s->max_T || pos < 0 || pos + T > s->ctx)
         return error_set(e, "MTP positions %d..%d do not fit (chunk %d, cache %d)", pos, pos + T - 1, s->max_T, s->ctx);

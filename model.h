@@ -69,6 +69,7 @@ typedef struct {
     /* with an MTP module: the main model's normed final hidden state of every position [ctx, d],
      * the MTP layer's own latent cache [ctx, d_c + d_R], and its input [max_T, 2d] */
     float *hidden, *mtp_cache, *mtp_in;
+    void *dev; /* on a GPU (device.h, model.cu): everything lives there and the arrays above are NULL */
 } State;
 
 int state_init(State *s, const Model *m, int ctx, int max_T, Error *e);

@@ -1,18 +1,13 @@
-/* ops.c - the small shared pieces: errors, dtypes, rmsnorm, matmul, softmax, silu, argmax, and
- * sampling (temperature, top-p) with a portable seeded generator.
+/* ops.c - the small shared pieces: errors, dtypes and their exact widening to FP32, rmsnorm,
+ * softmax, silu, argmax, and sampling (temperature, top-p) with a portable seeded generator.
+ * matmul and dot_f32 are in matmul.c.
  *
- * Everything computes in FP32. Weights may be stored in BF16, F16 or FP8 (with block scales);
- * matmul widens them TILE_ROWS rows at a time into a scratch buffer and hands the tile to
- * cblas_sgemm, so a weight stays 1 or 2 bytes per element in memory.
- *
- * Determinism: OpenBLAS splits sgemm over the output (rows of W, rows of x), never over the
- * summation index, for these shapes, and with OPENBLAS_NUM_THREADS=1 every result is bit-identical
- * run to run. With more threads the kernel choice can change the summation order of a dot product.
+ * Everything computes in FP32. Weights may be stored in BF16, F16 or FP8 (with block scales) and
+ * stay 1 or 2 bytes per element in memory; tensor_rows_f32 widens rows of them when asked.
  */
 #include "ops.h"
 #include "fp8.h"
 
-#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -234,98 +229,9 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps
     }
 }
 
-#define TILE_ROWS 256
-
-float dot_f32(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
-    for (int k = 0; i < n; i++, k++) acc[k] += a[i] * b[i];
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-}
-
 void axpy(float *restrict y, float a, const float *restrict x, int n) {
 #pragma omp simd
     for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
-/* n <= SMALL_BATCH tokens: one fixed-order dot product per output. Weights are widened SMALL_ROWS
- * rows at a time (so FP8 rows share one decode table); the numbers do not depend on that grouping.
- * Threads (OpenMP) take whole blocks of output rows: every output is the same dot_f32 whichever
- * thread computes it, so the bits do not depend on the thread count. Matrices under
- * PARALLEL_MIN weights stay on one thread, where starting the others costs more than it saves. */
-#define SMALL_ROWS 64
-#define PARALLEL_MIN (1 << 15)
-static void matmul_small(float *out, const float *x, const Tensor *W, int n) {
-    int rows = W->rows, cols = W->cols, n_blocks = (rows + SMALL_ROWS - 1) / SMALL_ROWS;
-    int direct = W->dtype == DT_F32 && ((uintptr_t)W->data % sizeof(float)) == 0;
-#pragma omp parallel if (n_blocks > 1 && (size_t)rows * cols >= PARALLEL_MIN)
-    {
-        float *buf = direct ? NULL : malloc(sizeof(float) * (size_t)SMALL_ROWS * cols);
-#pragma omp for schedule(static)
-        for (int b = 0; b < n_blocks; b++) {
-            int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
-            const float *w = direct ? (const float *)W->data + (size_t)r0 * cols : buf;
-            if (!direct) tensor_rows_f32(buf, W, r0, nr);
-            for (int r = 0; r < nr; r++)
-                for (int t = 0; t < n; t++)
-                    out[(size_t)t * rows + r0 + r] = dot_f32(x + (size_t)t * cols, w + (size_t)r * cols, cols);
-        }
-        free(buf);
-    }
-}
-
-
-/* The FP8 path (DeepSeek's act_quant + fp8_gemm): x [n, cols] quantized to E4M3 per row in
- * 1 x block_c tiles, multiplied with the stored codes, FP32 accumulation per K-block. */
-static void matmul_fp8(float *out, const float *x, const Tensor *W, int n) {
-    int cols = W->cols, nkb = (cols + W->block_c - 1) / W->block_c;
-    uint8_t *qx = malloc((size_t)n * cols);
-    float *sx = malloc(sizeof(float) * (size_t)n * nkb);
-    fp8_quant_act(qx, sx, x, n, cols, W->block_c, FP8_SCALE_F32);
-    fp8_gemm(out, qx, sx, W->data, W->scale_inv, n, W->rows, cols, W->block_r, W->block_c,
-             (Fp8Accum){0, 0, FP8_ACC_TRUNCATE});
-    free(qx);
-    free(sx);
-}
-
-void matmul(float *out, const float *x, const Tensor *W, int n) {
-    int rows = W->rows, cols = W->cols;
-    if (W->fp8_gemm && W->dtype == DT_F8_E4M3 && W->scale_inv) {
-        matmul_fp8(out, x, W, n);
-        return;
-    }
-    if (n <= SMALL_BATCH) {
-        matmul_small(out, x, W, n);
-        return;
-    }
-    int aligned = ((uintptr_t)W->data % sizeof(float)) == 0;
-    if (W->dtype == DT_F32 && aligned) {
-        /* out [n, rows] = x [n, cols] . W^T, W used in place from the mapping */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols,
-                    (const float *)W->data, cols, 0.0f, out, rows);
-        return;
-    }
-    int tile = rows < TILE_ROWS ? rows : TILE_ROWS;
-    float *buf = malloc(sizeof(float) * (size_t)tile * cols);
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        int nr = rows - r0 < tile ? rows - r0 : tile;
-        tensor_rows_f32(buf, W, r0, nr);
-        /* out[:, r0:r0+nr] = x . tile^T  (ldc = rows writes into the column slice) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, cols, 1.0f, x, cols, buf, cols,
-                    0.0f, out + r0, rows);
-    }
-    free(buf);
-}
-
-void matmul_naive(float *out, const float *x, const float *W, int n, int rows, int cols) {
-    for (int t = 0; t < n; t++)
-        for (int r = 0; r < rows; r++) {
-            float acc = 0.0f;
-            for (int c = 0; c < cols; c++) acc += x[(size_t)t * cols + c] * W[(size_t)r * cols + c];
-            out[(size_t)t * rows + r] = acc;
-        }
 }
 
 void softmax(float *x, int n) {

@@ -4,7 +4,7 @@
  * DType     element types of checkpoint tensors (the safetensors dtype strings).
  * Tensor    a 2-D weight view [rows, cols], row-major, in its stored dtype (F32, BF16, F16, F8),
  *           with 128x128 block scales when it is FP8 (DeepSeek's weight_scale_inv).
- * rmsnorm, matmul, softmax, silu, argmax: the numerics, FP32 throughout.
+ * rmsnorm, matmul (matmul.c), softmax, silu, argmax: the numerics, FP32 throughout.
  *
  * Library code never exits: it returns -1 and leaves one line in Error naming the file, field or
  * tensor, what was expected and what was found. run.c prints it and exits non-zero.
@@ -66,18 +66,29 @@ void tensor_rows_f32(float *out, const Tensor *W, int r0, int n);
 /* out [n, d] = x [n, d] / rms(x) * w,  rms = sqrt(mean(x^2) + eps); row by row. out may be x. */
 void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps);
 
-/* out [n, rows] = x [n, cols] . W^T. W in any dtype; FP8/BF16 are widened tile by tile
- * (TILE_ROWS rows at a time) into a scratch buffer and multiplied with cblas_sgemm.
- * Batch invariance: for n <= SMALL_BATCH every output is dot_f32(x_t, W_r), whatever n is, so a
- * token's result does not depend on which other tokens share the call (decode of one token and a
- * speculative verify of two give bit-identical logits). Larger n goes to OpenBLAS. */
+/* out [n, rows] = x [n, cols] . W^T (matmul.c). W in any dtype, kept in it.
+ * Batch invariance: for n <= SMALL_BATCH every output is dot_f32(x_t, W_r) with W_r widened
+ * exactly to FP32, whatever n is, so a token's result does not depend on which other tokens share
+ * the call (decode of one token and a speculative verify of two give bit-identical logits), nor on
+ * the thread count, nor on which kernel (plain C or AVX2) computes it. Larger n goes to OpenBLAS:
+ * FP8/BF16 are widened tile by tile (TILE_ROWS rows at a time) and multiplied with cblas_sgemm. */
 #define SMALL_BATCH 8
 /* With W->fp8_gemm set (E4M3 weights with block scales) it is instead
  * fp8_gemm(quant_act(x), W) (fp8.h): each output depends on its own row of x only, so it is
  * batch-invariant too. */
 void matmul(float *out, const float *x, const Tensor *W, int n);
 
-/* sum_i a[i] * b[i] in one fixed order: 8 interleaved partial sums, combined pairwise. */
+/* The decode kernels by name, for the tests (each against plain, bit for bit) and run bench.
+ * MATMUL_BEST is what matmul uses: the fastest this CPU runs. */
+typedef enum { MATMUL_PLAIN, MATMUL_AVX2, MATMUL_BEST } MatmulKernel;
+const char *matmul_kernel_name(MatmulKernel k);
+int matmul_kernel_supported(MatmulKernel k); /* 1 when this CPU can run it */
+/* matmul for n <= SMALL_BATCH through kernel k; -1 (nothing written) when n is larger or the CPU
+ * lacks k. Dtypes a vector kernel does not take (F16, E5M2, unscaled E4M3) go the plain way. */
+int matmul_small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k);
+
+/* sum_i a[i] * b[i] in one fixed order: 8 interleaved partial sums, combined pairwise
+ * (matmul.c states the order; an AVX2 version with the same bits runs where the CPU has it). */
 float dot_f32(const float *a, const float *b, int n);
 
 /* y [n] += a * x [n], elementwise (so vectorizing it changes no bits); y and x must not overlap. */

@@ -29,6 +29,7 @@
  */
 #include "quantize.h"
 #include "outfile.h"
+#include "manifest.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -42,32 +43,7 @@
 
 /* ---- which tensors are FP8 ----------------------------------------------------------------------- */
 
-/* p == stem + ".weight" */
-static int is_weight(const char *p, const char *stem) {
-    size_t n = strlen(stem);
-    return strncmp(p, stem, n) == 0 && strcmp(p + n, ".weight") == 0;
-}
-
-int quant_is_fp8_weight(const char *name) {
-    static const char *ATTN[] = {"q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"};
-    static const char *FFN[] = {"gate_proj", "up_proj", "down_proj"};
-    int k = 0, x = 0;
-    sscanf(name, "model.layers.%*[0-9].%n", &k); /* k: characters matched, 0 when not a layer's */
-    const char *p = name + k;
-    if (k && strncmp(p, "self_attn.", 10) == 0) {
-        for (int i = 0; i < 6; i++)
-            if (is_weight(p + 10, ATTN[i])) return 1;
-        return 0;
-    }
-    if (!k || strncmp(p, "mlp.", 4) != 0) return 0;
-    p += 4;
-    sscanf(p, "experts.%*[0-9].%n", &x);
-    if (x) p += x;                                              /* experts.E. */
-    else if (strncmp(p, "shared_experts.", 15) == 0) p += 15;
-    for (int i = 0; i < 3; i++)
-        if (is_weight(p, FFN[i])) return 1;
-    return 0;
-}
+int quant_is_fp8_weight(const char *name) { return manifest_kind_of(name) == MK_LINEAR; }
 
 /* ---- one tensor ---------------------------------------------------------------------------------- */
 
@@ -276,8 +252,7 @@ static int write_weights(Conv *c, const char *out, int sharded, QuantStats *stat
     return rc;
 }
 
-/* config.json for the output: quantization_config as DeepSeek writes it (fp8), or none. */
-static int write_config(cJSON *cfg, const QuantOptions *o, const char *out, Error *e) {
+void quant_edit_config(cJSON *cfg, const QuantOptions *o) {
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, "quantization_config");
     if (o->to == QUANT_TO_FP8) {
         cJSON *q = cJSON_AddObjectToObject(cfg, "quantization_config");
@@ -291,7 +266,6 @@ static int write_config(cJSON *cfg, const QuantOptions *o, const char *out, Erro
         const char *dt = o->to == QUANT_TO_BF16 ? "bfloat16" : "float32";
         cJSON_ReplaceItemInObjectCaseSensitive(cfg, "torch_dtype", cJSON_CreateString(dt));
     }
-    return write_json(out, "config.json", cfg, e);
 }
 
 int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantStats *stats, Error *e) {
@@ -332,7 +306,10 @@ int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantS
         snprintf(path, sizeof path, "%s/model.safetensors", out);
         unlink(path);
     }
-    if (!rc) rc = write_config(cfg, o, out, e);
+    if (!rc) {
+        quant_edit_config(cfg, o);
+        rc = write_json(out, "config.json", cfg, e);
+    }
     static const char *COPIED[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
     for (int i = 0; i < 3 && !rc; i++) {
         snprintf(path, sizeof path, "%s/%s", in, COPIED[i]);

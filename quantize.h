@@ -41,6 +41,12 @@ int quant_is_fp8_weight(const char *name);
  * stats may be NULL. Returns 0, or -1 with e naming the directory, file or tensor. */
 int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantStats *stats, Error *e);
 
+/* The output's config.json from the input's: quantization_config as DeepSeek writes it (fp8:
+ * activation_scheme dynamic, fmt e4m3, quant_method fp8, weight_block_size [block, block], and
+ * scale_fmt ue8m0 when asked), or none, with torch_dtype (when present) saying bfloat16 / float32. */
+struct cJSON;
+void quant_edit_config(struct cJSON *cfg, const QuantOptions *o);
+
 /* `run quantize IN OUT --to fp8|bf16|f32 [--block 128] [--scale f32|ue8m0]`, argv after "quantize".
  * Messages go to stderr. Returns the exit status: 0, 1 (the conversion failed), 2 (bad arguments). */
 int quantize_main(int argc, char **argv);

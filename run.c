@@ -6,7 +6,7 @@
  *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
  *   run generate ... --mtp                             speculative decoding with the MTP module
- *   run init --config CONFIG.json --out DIR [--mtp] [--force]   a random model
+ *   run init --config C.json --out DIR [--mtp] [--dtype D] [--force]   a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
@@ -14,11 +14,13 @@
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
 #include "bench.h"
+#include "device.h"
 #include "fp8_error.h"
 #include "generate.h"
 #include "golden.h"
 #include "init.h"
 #include "kv.h"
+#include "manifest.h"
 #include "mla.h"
 #include "model.h"
 #include "outfile.h"
@@ -32,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,8 +75,10 @@ static const char *USAGE =
     "                       the turn), each reply generated after the ones before it in the same\n"
     "                       latent cache, in the checkpoint's chat format. N: tokens per reply\n"
     "                       (default 256); --ids prints each reply's ids on one line\n"
-    "  init --config CONFIG.json --out DIR [--mtp] [--seed S] [--force]\n"
-    "                       write a random F32 model for the config (with an MTP module: --mtp);\n"
+    "  init --config CONFIG.json --out DIR [--mtp] [--seed S] [--dtype f32|bf16|fp8]\n"
+    "                       write a random model for the config (with an MTP module: --mtp), F32 or\n"
+    "                       what run quantize --to bf16 / fp8 makes of it (E4M3, 128 x 128 blocks),\n"
+    "                       one tensor at a time (a V2-Lite-sized FP8 model, 17 GB, in < 1 GB of RAM)\n"
     "                       --force replaces a checkpoint already in DIR\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
@@ -92,8 +97,10 @@ static const char *USAGE =
     "                       train/train.py computes it with HF (tensor heldout_ids, or a text file).\n"
     "                       --compare DIR2: the same for DIR2 (e.g. its FP8 variant), the change, and\n"
     "                       the change predicted from the logit differences (notes/fp8.md section 7)\n"
-    "  bench [DIR]          speed figures: MLA decode step absorbed vs naive as context grows; with\n"
-    "                       DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
+    "  bench [DIR [--limits]]  speed figures: with DIR, decode tok/s and bytes per token against the\n"
+    "                       read bandwidth, prefill (512 tokens) against sgemm at the same shapes\n"
+    "                       (--limits: only these); MLA decode step absorbed vs naive at 1k/4k/16k;\n"
+    "                       with DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
     "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
     "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0] [--force]\n"
@@ -102,6 +109,8 @@ static const char *USAGE =
     "\n"
     "common options:\n"
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
+    "  --device cpu|cuda    where the forward runs (default cpu); cuda needs a run built with make cuda\n"
+    "                       (build/cuda/run): weights and latent cache on the GPU, notes/cuda.md\n"
     "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
     "                       load average leaves free). Results are bit-identical at any count\n"
     "  -h, --help           this text\n";
@@ -143,7 +152,7 @@ static int *parse_ids(const char *s, int *n) {
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
     int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows, force;
-    const char *config, *ids_file, *compare;
+    const char *config, *ids_file, *compare, *dtype;
     float temp, top_p;
     unsigned long long seed;
 } Args;
@@ -197,6 +206,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--mtp")) a.mtp = 1;
         else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
+        else if (!strcmp(s, "--dtype")) { if (!v) die_usage("--dtype needs f32, bf16 or fp8"); a.dtype = v; i++; }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -228,6 +238,16 @@ static double memory_bytes(void) {
     return pages > 0 && size > 0 ? (double)pages * (double)size : 1e18;
 }
 
+/* Bytes free on the file system where path (or, when it does not exist yet, its parent) would be. */
+static double disk_bytes_free(const char *path) {
+    struct statvfs v;
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s/..", path);
+    if (statvfs(path, &v) != 0 && statvfs(parent, &v) != 0 && statvfs(".", &v) != 0) return 1e18;
+    return (double)v.f_bavail * (double)v.f_frsize;
+}
+static const char *device; /* --device: NULL (the CPU) or "cuda" (take_device) */
+
 static void state_or_die(State *s, const Model *m, int ctx, int need) {
     Error e;
     char msg[300];
@@ -247,7 +267,7 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
     }
     if (ctx > max_pos)
         fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
-    if (state_init(s, m, ctx, 64, &e)) die(e.msg);
+    if (state_init_device(s, m, ctx, 64, device, &e)) die(e.msg);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -502,16 +522,33 @@ static int cmd_init(int argc, char **argv) {
     Args a = parse_args(argc, argv);
     if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
     if (a.dir) die_usage("init: unexpected argument (use --config and --out)");
+    const char *dt = a.dtype ? a.dtype : "f32";
+    QuantTarget to = !strcmp(dt, "f32") ? QUANT_TO_F32 : !strcmp(dt, "bf16") ? QUANT_TO_BF16 : QUANT_TO_FP8;
+    if (strcmp(dt, "f32") && strcmp(dt, "bf16") && strcmp(dt, "fp8")) die_usage("init: --dtype: expected f32, bf16 or fp8");
     Error e;
     Config c;
     char msg[600];
     if (config_load(&c, a.config, &e)) die(e.msg);
-    double total, active, mtp;
-    config_param_counts(&c, &total, &active, &mtp);
-    double bytes = 4.0 * (total + (a.mtp ? mtp : 0)), have = memory_bytes();
-    if (bytes > have) { /* the weights are drawn in memory before they are written */
-        snprintf(msg, sizeof msg, "init: %s's %.3g parameters need %.3g bytes in F32, more than this machine's %.3g "
-                 "bytes of memory (the limit)", a.config, total, bytes, have);
+    /* run init draws one tensor at a time (init.c): the largest must fit in memory as F32, and the
+     * whole checkpoint on the disk that holds OUT */
+    Manifest mf = {0};
+    if (manifest_model(&mf, &c, a.mtp, &e)) die(e.msg);
+    double largest = 0, total = 0, elem = to == QUANT_TO_F32 ? 4 : to == QUANT_TO_BF16 ? 2 : 1;
+    for (int i = 0; i < mf.n; i++) {
+        double n = (double)mf.e[i].rows * (mf.e[i].cols ? mf.e[i].cols : 1);
+        largest = n > largest ? n : largest;
+        total += n * elem;
+    }
+    manifest_free(&mf);
+    double have = memory_bytes(), disk = disk_bytes_free(a.out);
+    if (4 * largest > have) {
+        snprintf(msg, sizeof msg, "init: %s's largest tensor needs %.3g bytes in F32, more than this machine's %.3g "
+                 "bytes of memory (the limit)", a.config, 4 * largest, have);
+        die(msg);
+    }
+    if (total > disk) {
+        snprintf(msg, sizeof msg, "init: %s's checkpoint needs %.3g bytes (%s), more than the %.3g bytes free where "
+                 "%s goes (the limit)", a.config, total, dt, disk, a.out);
         die(msg);
     }
     const char *finals[] = {"config.json", "model.safetensors"};
@@ -519,8 +556,8 @@ static int cmd_init(int argc, char **argv) {
         snprintf(msg, sizeof msg, "%s/%s", a.out, finals[i]);
         if (outfile_check_clobber(msg, a.force, &e)) die(e.msg);
     }
-    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, &e)) die(e.msg);
-    fprintf(stderr, "run: wrote a random model%s to %s\n", a.mtp ? " with an MTP module" : "", a.out);
+    if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, to, &e)) die(e.msg);
+    fprintf(stderr, "run: wrote a random %s model%s to %s\n", dt, a.mtp ? " with an MTP module" : "", a.out);
     return 0;
 }
 
@@ -700,8 +737,22 @@ static int take_threads(int argc, char **argv) {
     return out;
 }
 
+/* --device cpu|cuda anywhere on the line, taken out as --threads is. */
+static int take_device(int argc, char **argv) {
+    int out = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--device")) { argv[out++] = argv[i]; continue; }
+        if (i + 1 >= argc || (strcmp(argv[i + 1], "cpu") && strcmp(argv[i + 1], "cuda")))
+            die_usage("--device: expected cpu or cuda");
+        device = argv[++i];
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv) {
     argc = take_threads(argc, argv);
+    argc = take_device(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

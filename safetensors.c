@@ -535,3 +535,127 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
     }
     return outfile_commit(&out, e);
 }
+
+/* -------------------------------------------------------------------------------------------------
+ * Streaming writer: the header first, then each tensor at its offset (fseeko), any order.
+ */
+struct StWriter {
+    FILE *fp;             /* out.f: a temporary file beside path, renamed to it by st_write_end */
+    OutFile out;
+    int open;             /* out holds a temporary file to remove on abort */
+    char *path;
+    int n, n_done;
+    int64_t *at, *nbytes; /* [n]: each tensor's offset in the file, and its size */
+    char *done;           /* [n] */
+};
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* st_write's checks of the arguments, without the data (written later). */
+static int check_stream_args(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
+                             const char *const *meta_values, int n_meta, Error *e) {
+    for (int i = 0; i < n; i++) {
+        const StWriteTensor *t = &ts[i];
+        if (!t->name || strcmp(t->name, "__metadata__") == 0)
+            return error_set(e, "%s: tensor %d has no name or the reserved name __metadata__", path, i);
+        if ((unsigned)t->dtype >= DT_COUNT || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
+            return error_set(e, "%s: tensor '%s': bad dtype %d or ndim %d (0..%d)", path, t->name, (int)t->dtype,
+                             t->ndim, ST_MAX_DIMS);
+        int64_t numel = shape_numel(t->ndim, t->shape);
+        if (numel < 0 || numel > INT64_MAX / 8)
+            return error_set(e, "%s: tensor '%s': shape has a negative or too large dimension", path, t->name);
+    }
+    /* names and metadata keys unique: sorted copies, so a V3-sized header is not n^2 */
+    const char **s = malloc(sizeof(char *) * (size_t)(n + n_meta + 1));
+    if (!s) return error_set(e, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) s[i] = ts[i].name;
+    qsort(s, (size_t)n, sizeof *s, cmp_str);
+    int rc = 0;
+    for (int i = 1; i < n && !rc; i++)
+        if (strcmp(s[i - 1], s[i]) == 0) rc = error_set(e, "%s: tensor '%s' given twice", path, s[i]);
+    for (int i = 0; i < n_meta && !rc; i++) {
+        if (!meta_keys[i] || !meta_values[i]) rc = error_set(e, "%s: metadata entry %d has a NULL key or value", path, i);
+        for (int j = 0; j < i && !rc; j++)
+            if (strcmp(meta_keys[j], meta_keys[i]) == 0) rc = error_set(e, "%s: metadata key '%s' given twice", path, meta_keys[i]);
+    }
+    free(s);
+    return rc;
+}
+
+void st_write_abort(StWriter *w) {
+    if (!w) return;
+    if (w->open) outfile_discard(&w->out); /* the temporary file; the file at path is untouched */
+    free(w->path);
+    free(w->at);
+    free(w->nbytes);
+    free(w->done);
+    free(w);
+}
+
+StWriter *st_write_begin(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
+                         const char *const *meta_values, int n_meta, Error *e) {
+    if (n < 0 || check_stream_args(path, ts, n, meta_keys, meta_values, n_meta, e)) return NULL;
+    StWriter *w = calloc(1, sizeof *w);
+    int *order = malloc(sizeof(int) * (size_t)(n + 1));
+    cJSON *root = NULL;
+    char *json = NULL;
+    if (w) {
+        w->n = n;
+        w->at = malloc(sizeof(int64_t) * (size_t)(n + 1));
+        w->nbytes = malloc(sizeof(int64_t) * (size_t)(n + 1));
+        w->done = calloc((size_t)n + 1, 1);
+    }
+    if (w && w->at && w->nbytes && w->done && order) root = write_header(ts, n, order, meta_keys, meta_values, n_meta);
+    if (root) json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!json) {
+        error_set(e, "%s: out of memory building the header", path);
+        free(order);
+        st_write_abort(w);
+        return NULL;
+    }
+    size_t len = strlen(json), pad = (8 - len % 8) % 8;
+    int64_t offset = 8 + (int64_t)(len + pad);
+    for (int k = 0; k < n; k++) { /* the data region's layout: write_header's order */
+        const StWriteTensor *t = &ts[order[k]];
+        w->at[order[k]] = offset;
+        w->nbytes[order[k]] = shape_numel(t->ndim, t->shape) * (int64_t)dtype_size(t->dtype);
+        offset += w->nbytes[order[k]];
+    }
+    free(order);
+    unsigned char n8[8];
+    for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
+    w->path = strdup(path);
+    w->open = w->path && outfile_open(&w->out, path, e) == 0;
+    w->fp = w->open ? w->out.f : NULL;
+    int ok = w->fp && fwrite(n8, 1, 8, w->fp) == 8 && fwrite(json, 1, len, w->fp) == len;
+    for (size_t i = 0; i < pad && ok; i++) ok = fputc(' ', w->fp) != EOF;
+    cJSON_free(json);
+    if (!ok) {
+        if (w->open || !w->path) error_set(e, "%s: cannot write: %s", path, w->path ? strerror(errno) : "out of memory");
+        st_write_abort(w);
+        return NULL;
+    }
+    return w;
+}
+
+int st_write_tensor(StWriter *w, int i, const void *data, Error *e) {
+    if (i < 0 || i >= w->n || w->done[i]) return error_set(e, "%s: tensor %d out of range or written twice", w->path, i);
+    size_t nbytes = (size_t)w->nbytes[i];
+    if (nbytes > 0 && !data) return error_set(e, "%s: tensor %d: data is NULL", w->path, i);
+    if (nbytes > 0 && (fseeko(w->fp, (off_t)w->at[i], SEEK_SET) != 0 || fwrite(data, 1, nbytes, w->fp) != nbytes))
+        return error_set(e, "%s: write failed: %s", w->path, strerror(errno));
+    w->done[i] = 1;
+    w->n_done++;
+    return 0;
+}
+
+int st_write_end(StWriter *w, Error *e) {
+    int rc = w->n_done == w->n ? 0 : error_set(e, "%s: %d of %d tensors were never written", w->path, w->n - w->n_done, w->n);
+    if (!rc) { /* fsync and rename into place (outfile.h); on failure the temporary is removed */
+        w->open = 0;
+        rc = outfile_commit(&w->out, e);
+    }
+    st_write_abort(w);
+    return rc;
+}

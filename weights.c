@@ -4,6 +4,7 @@
  * (norm weights, correction bias, FP8 block scales) are widened to FP32 arrays that Model owns.
  */
 #include "model.h"
+#include "manifest.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -56,81 +57,60 @@ static int load_matrix(Model *m, Tensor *out, const char *name, int rows, int co
     return 0;
 }
 
-static int load_ffn(Model *m, Ffn *f, const char *prefix, int d, int inter, Error *e) {
-    char n[256];
-    snprintf(n, sizeof n, "%s.gate_proj.weight", prefix);
-    if (load_matrix(m, &f->gate, n, inter, d, e)) return -1;
-    snprintf(n, sizeof n, "%s.up_proj.weight", prefix);
-    if (load_matrix(m, &f->up, n, inter, d, e)) return -1;
-    snprintf(n, sizeof n, "%s.down_proj.weight", prefix);
-    return load_matrix(m, &f->down, n, d, inter, e);
-}
-
-static int load_attention(Model *m, MlaWeights *w, const char *p, Error *e) {
-    const Config *c = &m->cfg;
-    int d = c->hidden_size, nh = c->n_heads, qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
-    char n[256];
-#define NAME(s) (snprintf(n, sizeof n, "%s.self_attn.%s", p, s), n)
-    if (c->q_lora_rank) {
-        if (load_matrix(m, &w->q_a, NAME("q_a_proj.weight"), c->q_lora_rank, d, e)) return -1;
-        if (!(w->q_a_norm = load_vector(m, NAME("q_a_layernorm.weight"), c->q_lora_rank, e))) return -1;
-        if (load_matrix(m, &w->q_b, NAME("q_b_proj.weight"), nh * qk, c->q_lora_rank, e)) return -1;
-    } else if (load_matrix(m, &w->q, NAME("q_proj.weight"), nh * qk, d, e)) return -1;
-    if (load_matrix(m, &w->kv_a, NAME("kv_a_proj_with_mqa.weight"), c->kv_lora_rank + c->qk_rope_head_dim, d, e)) return -1;
-    if (!(w->kv_a_norm = load_vector(m, NAME("kv_a_layernorm.weight"), c->kv_lora_rank, e))) return -1;
-    if (load_matrix(m, &w->kv_b, NAME("kv_b_proj.weight"), nh * (c->qk_nope_head_dim + c->v_head_dim), c->kv_lora_rank, e)) return -1;
-    return load_matrix(m, &w->o, NAME("o_proj.weight"), d, nh * c->v_head_dim, e);
-#undef NAME
-}
-
-static int load_layer(Model *m, Layer *L, int l, Error *e) {
-    const Config *c = &m->cfg;
-    int d = c->hidden_size;
-    char p[64], n[256];
-    snprintf(p, sizeof p, "model.layers.%d", l);
-    snprintf(n, sizeof n, "%s.input_layernorm.weight", p);
-    if (!(L->attn_norm = load_vector(m, n, d, e))) return -1;
-    snprintf(n, sizeof n, "%s.post_attention_layernorm.weight", p);
-    if (!(L->ffn_norm = load_vector(m, n, d, e))) return -1;
-    if (load_attention(m, &L->attn, p, e)) return -1;
-    L->is_moe = config_is_moe_layer(c, l);
-    if (!L->is_moe) {
-        snprintf(n, sizeof n, "%s.mlp", p);
-        return load_ffn(m, &L->dense, n, d, c->intermediate_size, e);
+/* Where manifest entry x goes in m: *mat for a matrix, *vec for a vector. */
+static void slot_of(Model *m, const ManifestEntry *x, Tensor **mat, const float ***vec) {
+    Layer *L = x->layer < 0 ? NULL : x->layer < m->cfg.n_layers ? &m->layers[x->layer] : &m->mtp.layer;
+    Ffn *f = NULL;
+    if (x->slot == M_GATE || x->slot == M_UP || x->slot == M_DOWN)
+        f = x->ffn == MANIFEST_DENSE ? &L->dense : x->ffn == MANIFEST_SHARED ? &L->moe.shared : &L->experts[x->ffn];
+    *mat = NULL;
+    *vec = NULL;
+    switch (x->slot) {
+    case M_EMBED: *mat = &m->embed; break;
+    case M_FINAL_NORM: *vec = &m->final_norm; break;
+    case M_LM_HEAD: *mat = &m->lm_head; break;
+    case M_ATTN_NORM: *vec = &L->attn_norm; break;
+    case M_FFN_NORM: *vec = &L->ffn_norm; break;
+    case M_Q_A: *mat = &L->attn.q_a; break;
+    case M_Q_A_NORM: *vec = &L->attn.q_a_norm; break;
+    case M_Q_B: *mat = &L->attn.q_b; break;
+    case M_Q: *mat = &L->attn.q; break;
+    case M_KV_A: *mat = &L->attn.kv_a; break;
+    case M_KV_A_NORM: *vec = &L->attn.kv_a_norm; break;
+    case M_KV_B: *mat = &L->attn.kv_b; break;
+    case M_O: *mat = &L->attn.o; break;
+    case M_ROUTER: *mat = &L->moe.router; break;
+    case M_BIAS: *vec = &L->moe.bias; break;
+    case M_GATE: *mat = &f->gate; break;
+    case M_UP: *mat = &f->up; break;
+    case M_DOWN: *mat = &f->down; break;
+    case M_ENORM: *vec = &m->mtp.enorm; break;
+    case M_HNORM: *vec = &m->mtp.hnorm; break;
+    case M_EH_PROJ: *mat = &m->mtp.eh_proj; break;
+    case M_HEAD_NORM: *vec = &m->mtp.head_norm; break;
+    case M_HEAD: *mat = &m->mtp.head; break;
+    case M_N_SLOTS: break;
     }
-    Moe *moe = &L->moe;
-    moe->gate = model_moe_gate(c);
-    snprintf(n, sizeof n, "%s.mlp.gate.weight", p);
-    if (load_matrix(m, &moe->router, n, c->n_routed_experts, d, e)) return -1;
-    snprintf(n, sizeof n, "%s.mlp.gate.e_score_correction_bias", p);
-    moe->bias = NULL;
-    if (c->topk_method == TOPK_NOAUX_TC && !(moe->bias = load_vector(m, n, c->n_routed_experts, e))) return -1;
-    L->experts = own(m, calloc((size_t)c->n_routed_experts, sizeof(Ffn)));
-    for (int x = 0; x < c->n_routed_experts; x++) {
-        snprintf(n, sizeof n, "%s.mlp.experts.%d", p, x);
-        if (load_ffn(m, &L->experts[x], n, d, c->moe_intermediate_size, e)) return -1;
-    }
-    moe->experts = L->experts;
-    memset(&moe->shared, 0, sizeof moe->shared);
-    snprintf(n, sizeof n, "%s.mlp.shared_experts", p);
-    if (c->n_shared_experts > 0 && load_ffn(m, &moe->shared, n, d, c->n_shared_experts * c->moe_intermediate_size, e)) return -1;
-    return 0;
 }
 
-static int load_mtp(Model *m, Error *e) {
+static int load_entry(Model *m, const ManifestEntry *x, Error *e) {
+    Tensor *mat;
+    const float **vec;
+    slot_of(m, x, &mat, &vec);
+    int absent = (x->optional || x->slot == M_LM_HEAD) && !st_find(&m->st, x->name);
+    if (absent && x->slot == M_LM_HEAD && m->cfg.tie_word_embeddings) return *mat = m->embed, 0;
+    if (absent && x->optional) return *mat = m->lm_head, 0; /* the MTP's shared_head.head: lm_head */
+    if (vec) return (*vec = load_vector(m, x->name, x->rows, e)) ? 0 : -1;
+    return load_matrix(m, mat, x->name, x->rows, x->cols, e);
+}
+
+/* What a layer is before its tensors load: dense or MoE, the gate's settings, the experts' array. */
+static int setup_layer(Model *m, Layer *L, int l, Error *e) {
     const Config *c = &m->cfg;
-    Mtp *t = &m->mtp;
-    int d = c->hidden_size;
-    char n[256];
-#define MTP(s) (snprintf(n, sizeof n, "model.layers.%d.%s", c->n_layers, s), n)
-    if (!(t->enorm = load_vector(m, MTP("enorm.weight"), d, e))) return -1;
-    if (!(t->hnorm = load_vector(m, MTP("hnorm.weight"), d, e))) return -1;
-    if (!(t->head_norm = load_vector(m, MTP("shared_head.norm.weight"), d, e))) return -1;
-    if (load_matrix(m, &t->eh_proj, MTP("eh_proj.weight"), d, 2 * d, e)) return -1;
-    if (!st_find(&m->st, MTP("shared_head.head.weight"))) t->head = m->lm_head;
-    else if (load_matrix(m, &t->head, n, c->vocab_size, d, e)) return -1;
-#undef MTP
-    return load_layer(m, &t->layer, c->n_layers, e);
+    if (!(L->is_moe = config_is_moe_layer(c, l))) return 0;
+    L->moe.gate = model_moe_gate(c);
+    L->moe.experts = L->experts = own(m, calloc((size_t)c->n_routed_experts, sizeof(Ffn)));
+    return L->experts ? 0 : error_set(e, "out of memory for layer %d's %d experts", l, c->n_routed_experts);
 }
 
 MlaDims model_mla_dims(const Config *c) {
@@ -153,21 +133,21 @@ int model_load(Model *m, const char *dir, Error *e) {
     if (config_load(&m->cfg, path, e)) return -1;
     if (st_open_dir(&m->st, dir, e)) return -1;
     const Config *c = &m->cfg;
-    int d = c->hidden_size;
-    if (load_matrix(m, &m->embed, "model.embed_tokens.weight", c->vocab_size, d, e)) goto fail;
-    if (c->tie_word_embeddings && !st_find(&m->st, "lm_head.weight")) m->lm_head = m->embed;
-    else if (load_matrix(m, &m->lm_head, "lm_head.weight", c->vocab_size, d, e)) goto fail;
-    if (!(m->final_norm = load_vector(m, "model.norm.weight", d, e))) goto fail;
-    m->layers = own(m, calloc((size_t)c->n_layers, sizeof(Layer)));
-    for (int l = 0; l < c->n_layers; l++)
-        if (load_layer(m, &m->layers[l], l, e)) goto fail;
-
+    Manifest mf;
+    if (manifest_model(&mf, c, 1, e)) goto fail;
+    /* the MTP module (the manifest's last entries, layer index n_layers) when its eh_proj is there */
+    m->has_mtp = st_find(&m->st, manifest_find(&mf, c->n_layers, M_EH_PROJ, 0)->name) != NULL;
+    while (!m->has_mtp && mf.n > 0 && mf.e[mf.n - 1].layer == c->n_layers) mf.n--;
+    int rc = !(m->layers = own(m, calloc((size_t)c->n_layers, sizeof(Layer))))
+                 ? error_set(e, "out of memory for %d layers", c->n_layers) : 0;
+    for (int l = 0; l < c->n_layers && !rc; l++) rc = setup_layer(m, &m->layers[l], l, e);
+    if (!rc && m->has_mtp) rc = setup_layer(m, &m->mtp.layer, c->n_layers, e);
+    for (int i = 0; i < mf.n && !rc; i++) rc = load_entry(m, &mf.e[i], e);
+    manifest_free(&mf);
+    if (rc) goto fail;
     m->mla = model_mla_dims(c);
     m->inv_freq = own(m, malloc(sizeof(float) * (size_t)c->qk_rope_head_dim / 2));
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
-    snprintf(path, sizeof path, "model.layers.%d.eh_proj.weight", c->n_layers);
-    m->has_mtp = st_find(&m->st, path) != NULL;
-    if (m->has_mtp && load_mtp(m, e)) goto fail;
     return 0;
 fail:
     model_free(m);

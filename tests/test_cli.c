@@ -143,6 +143,9 @@ static void test_errors(void **st) {
     expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
     expect_fail("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
     expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --threads 0 --ids", 2, "--threads: expected a count");
+    /* a plain build has no GPU forward (device_none.c): one line, exit 1; --device cpu is the default */
+    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device cuda", 1, "built without CUDA");
+    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device tpu", 2, "--device: expected cpu or cuda");
     /* inspect: a config.json alone is a summary (exit 0); a broken safetensors is an error (exit 1) */
     char *dir = make_tmpdir(), cmd[1024], *out;
     snprintf(cmd, sizeof cmd, "cp " FIXTURES "/v3_yarn/config.json %s/ && ./run inspect %s", dir, dir);

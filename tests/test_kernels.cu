@@ -10,7 +10,7 @@
  * line is NOT OK. Then the absorbed MLA decode kernel is timed at V2-Lite's and V3's head counts.
  *
  * Not a cmocka test (the Makefile's tests/test_*.c glob does not see a .cu file). Without OpenBLAS
- * the C reference is linked with the naive cblas_sgemm / cblas_saxpy at the end of this file.
+ * the C reference is linked with the naive cblas_sgemm / cblas_saxpy of tests/cblas_shim/.
  */
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -67,10 +67,7 @@ static size_t count_diff_bytes(const void *a, const void *b, size_t n, size_t si
 
 static Rng rng;
 
-static float normal(void) { /* Box-Muller */
-    float u1 = 1.0f - rng_uniform(&rng), u2 = rng_uniform(&rng);
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
+static float normal(void) { return rng_normal(&rng); } /* ops.c's Box-Muller */
 static float *randn(size_t n, float sd) {
     float *x = (float *)malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) x[i] = sd * normal();
@@ -421,40 +418,3 @@ int main(int argc, char **argv) {
     printf(failures ? "%d NOT OK\n" : "all OK\n", failures);
     return failures ? 1 : 0;
 }
-
-/* ---- a naive CBLAS, for machines without OpenBLAS (a bare GPU box) ----------------------------- */
-#ifdef DSV3_CBLAS_SHIM
-extern "C" {
-/* BEGIN cblas.h: without OpenBLAS, the Makefile copies the lines from here to END into
- * build/cuda/shim/cblas.h for ops.c, mla.c and moe.c; the definitions follow below. */
-enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
-enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
-void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
-                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc);
-void cblas_saxpy(int n, float alpha, const float *x, int incx, float *y, int incy);
-/* END cblas.h */
-
-/* C [M, N] = alpha op(A) op(B) + beta C, row-major only (all that the C code uses). */
-void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int M,
-                 int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                 float beta, float *C, int ldc) {
-    (void)order;
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            float acc = 0.0f;
-            for (int k = 0; k < K; k++) {
-                float a = ta == CblasNoTrans ? A[(size_t)i * lda + k] : A[(size_t)k * lda + i];
-                float b = tb == CblasNoTrans ? B[(size_t)k * ldb + j] : B[(size_t)j * ldb + k];
-                acc += a * b;
-            }
-            float *c = C + (size_t)i * ldc + j;
-            *c = alpha * acc + (beta == 0.0f ? 0.0f : beta * *c);
-        }
-}
-
-void cblas_saxpy(int n, float alpha, const float *x, int incx, float *y, int incy) {
-    for (int i = 0; i < n; i++) y[(size_t)i * incy] += alpha * x[(size_t)i * incx];
-}
-}
-#endif

@@ -1,6 +1,8 @@
 /* test_mla.c - Multi-head Latent Attention on random inputs: the absorbed form equals the naive
  * form, and both equal attention written out plainly in double here (K and V materialized per head,
- * causal softmax); the cache holds d_c + d_R floats per token; future rows are never read. */
+ * causal softmax); the cache holds d_c + d_R floats per token; future rows are never read; the
+ * absorbed form's BLAS path (T > SMALL_BATCH) with BF16 and E4M3 kv_b writes every output. */
+#include "fp8.h"
 #include "mla.h"
 #include "testutil.h"
 
@@ -106,9 +108,53 @@ static void test_projections(void **st) {
     assert_int_equal(mla_cache_width(&v3), 576);
 }
 
+/* mla_attend_absorbed's BLAS path (T > SMALL_BATCH: the sgemm form, not the per-query loop) with
+ * kv_b stored as BF16 and as E4M3 with 128 x 128 block scales, as checkpoints hold it: against the
+ * naive form and the definition in double, both on the widened weights (what matmul and
+ * tensor_rows_f32 see), tolerance 1e-5 of the largest output (FP32 sums of <= d_c = 160 terms; the
+ * measured gaps are ~1e-7). Every output entry must be written: out is NaN-filled before each call. */
+static void test_absorbed_blas_bf16_fp8(void **st) {
+    (void)st;
+    MlaDims m = {.n_heads = 4, .kv_lora_rank = 160, .nope = 16, .rope = 8, .v = 24, .softmax_scale = 0.2f};
+    int width = mla_cache_width(&m), qk = m.nope + m.rope, rows = m.n_heads * (m.nope + m.v), d_c = m.kv_lora_rank;
+    int pos0 = 5, T = SMALL_BATCH + 4, L = pos0 + T; /* 12 new queries after 5 cached positions */
+    assert_true(T > SMALL_BATCH);
+    float *cache = rand_buf((size_t)L * width, 1.0f), *q = rand_buf((size_t)T * m.n_heads * qk, 1.0f);
+    float *kv_b = rand_buf((size_t)rows * d_c, 0.3f), *wide = malloc(sizeof(float) * (size_t)rows * d_c);
+    uint16_t *bf = malloc(sizeof(uint16_t) * (size_t)rows * d_c);
+    uint8_t *codes = malloc((size_t)rows * d_c);
+    float scales[2 * 2]; /* [ceil(160 / 128), ceil(160 / 128)]: partial blocks in both directions */
+    for (size_t i = 0; i < (size_t)rows * d_c; i++) bf[i] = f32_to_bf16(kv_b[i]);
+    fp8_quant_block(codes, scales, kv_b, rows, d_c, 128, 128, FP8_SCALE_F32);
+    const Tensor stored[2] = {
+        {.data = bf, .dtype = DT_BF16, .rows = rows, .cols = d_c},
+        {.data = codes, .dtype = DT_F8_E4M3, .rows = rows, .cols = d_c, .scale_inv = scales, .block_r = 128, .block_c = 128},
+    };
+    size_t n = (size_t)T * m.n_heads * m.v;
+    float *absorbed = malloc(sizeof(float) * n), *naive = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
+    double *ref64 = malloc(sizeof(double) * n);
+    for (int k = 0; k < 2; k++) {
+        MlaWeights w = {.kv_b = stored[k]};
+        tensor_rows_f32(wide, &stored[k], 0, rows);
+        for (size_t i = 0; i < n; i++) absorbed[i] = naive[i] = NAN;
+        mla_attend_absorbed(absorbed, q, cache, T, pos0, &w, &m);
+        mla_attend_naive(naive, q, cache, T, pos0, &w, &m);
+        attention_reference(ref64, q, cache, wide, T, pos0, &m);
+        for (size_t i = 0; i < n; i++) ref[i] = (float)ref64[i];
+        char what[96];
+        snprintf(what, sizeof what, "%s kv_b, T = %d > SMALL_BATCH: absorbed (sgemm) vs naive", k ? "E4M3" : "BF16", T);
+        check_close(what, absorbed, naive, n, 1e-5);
+        snprintf(what, sizeof what, "%s kv_b, T = %d: absorbed vs the definition in double", k ? "E4M3" : "BF16", T);
+        check_close(what, absorbed, ref, n, 1e-5);
+    }
+    free(cache); free(q); free(kv_b); free(wide); free(bf); free(codes);
+    free(absorbed); free(naive); free(ref); free(ref64);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_absorbed_equals_naive_equals_definition), cmocka_unit_test(test_projections),
+        cmocka_unit_test(test_absorbed_blas_bf16_fp8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

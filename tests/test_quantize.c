@@ -5,6 +5,7 @@
  *   - quantized checkpoints load and give HF's logits within the gap notes/fp8.md section 6 predicts;
  *   - --to bf16 / f32 undo it (bytes exact, logits within BF16 rounding);
  *   - matmul's FP8 path equals dequantize-then-multiply to FP32 rounding, PyTorch bit for bit;
+ *   - run init --dtype bf16 / fp8 writes what run quantize makes of the F32 init, tensor for tensor;
  *   - the errors: missing IN, OUT == IN, a link into IN, bad --to, bad --block.
  * Logit gaps are reported per position (max_v |diff| / max |HF logit|, one number per token): the
  * median is the typical gap; a few positions jump where a perturbed MoE router picks other experts. */
@@ -513,7 +514,7 @@ static void test_mtp(void **state) {
     snprintf(in, sizeof in, "%s/in", dir);
     snprintf(out, sizeof out, "%s/out", dir);
     Error e;
-    if (model_init_random(FIXTURES "/v3_yarn/config.json", in, 5, 1, &e)) fail_msg("%s", e.msg);
+    if (model_init_random(FIXTURES "/v3_yarn/config.json", in, 5, 1, QUANT_TO_F32, &e)) fail_msg("%s", e.msg);
     convert_ok(in, out, QUANT_TO_FP8, 128, FP8_SCALE_F32, NULL);
     StFile f;
     open_ok(&f, out);
@@ -540,6 +541,54 @@ static void test_mtp(void **state) {
 }
 
 /* The command line: ./run quantize, and --fp8-gemm on run logits (skipped when ./run is not built). */
+
+/* run init --dtype bf16 / fp8 writes what run quantize --to bf16 / fp8 makes of the F32 init of the
+ * same seed: every tensor (dtype, shape, bytes), config.json, and so the logits, bit for bit. */
+static void test_init_dtypes(void **state) {
+    (void)state;
+    const char *configs[] = {FIXTURES "/v3_yarn/config.json", FIXTURES "/v2_lite/config.json"};
+    const QuantTarget to[] = {QUANT_TO_BF16, QUANT_TO_FP8};
+    for (int ci = 0; ci < 2; ci++) {
+        char *dir = make_tmpdir(), f32[512], direct[512], conv[512], path[600], ref[600];
+        snprintf(f32, sizeof f32, "%s/f32", dir);
+        Error e;
+        if (model_init_random(configs[ci], f32, 9, ci == 0, QUANT_TO_F32, &e)) fail_msg("%s", e.msg);
+        for (int k = 0; k < 2; k++) {
+            snprintf(direct, sizeof direct, "%s/init%d", dir, k);
+            snprintf(conv, sizeof conv, "%s/quant%d", dir, k);
+            if (model_init_random(configs[ci], direct, 9, ci == 0, to[k], &e)) fail_msg("%s", e.msg);
+            convert_ok(f32, conv, to[k], 128, FP8_SCALE_F32, NULL);
+            int n_fp8;
+            snprintf(ref, sizeof ref, "%s/model.safetensors", conv);
+            expect_same_tensors(direct, ref, &n_fp8);
+            assert_int_equal(n_fp8 > 0, to[k] == QUANT_TO_FP8);
+            snprintf(path, sizeof path, "%s/config.json", direct);
+            snprintf(ref, sizeof ref, "%s/config.json", conv);
+            assert_files_equal(path, ref);
+            Model a, b;
+            State sa, sb;
+            int tok[5] = {1, 7, 3, 42, 5};
+            if (model_load(&a, direct, &e) || model_load(&b, conv, &e)) fail_msg("%s", e.msg);
+            assert_int_equal(state_init(&sa, &a, 8, 8, &e), 0);
+            assert_int_equal(state_init(&sb, &b, 8, 8, &e), 0);
+            size_t V = (size_t)a.cfg.vocab_size;
+            float *la = malloc(sizeof(float) * 5 * V), *lb = malloc(sizeof(float) * 5 * V);
+            assert_int_equal(model_forward(&a, &sa, tok, 5, 0, la, 0, ATTN_ABSORBED, &e), 0);
+            assert_int_equal(model_forward(&b, &sb, tok, 5, 0, lb, 0, ATTN_ABSORBED, &e), 0);
+            assert_memory_equal(la, lb, sizeof(float) * 5 * V);
+            printf("OK     %s: run init --dtype %s == run quantize --to %s of the F32 init (%d E4M3 weights), "
+                   "logits bit for bit\n", configs[ci], k ? "fp8" : "bf16", k ? "fp8" : "bf16", n_fp8);
+            free(la);
+            free(lb);
+            state_free(&sa);
+            state_free(&sb);
+            model_free(&a);
+            model_free(&b);
+        }
+        rm_rf(dir);
+        free(dir);
+    }
+}
 
 static void test_cli(void **state) {
     (void)state;
@@ -647,7 +696,8 @@ int main(void) {
         cmocka_unit_test(test_round_trip_v3_yarn), cmocka_unit_test(test_round_trip_v2),
         cmocka_unit_test(test_sharded_ue8m0),      cmocka_unit_test(test_undo),
         cmocka_unit_test(test_fp8_matmul),         cmocka_unit_test(test_fp8_gemm_logits),
-        cmocka_unit_test(test_mtp),                cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_mtp),                cmocka_unit_test(test_init_dtypes),
+        cmocka_unit_test(test_cli),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -486,6 +486,48 @@ static void test_write_errors(void **state) {
     assert_non_null(strstr(e.msg, "no/such/dir.safetensors"));
 }
 
+/* The streaming writer gives st_write's bytes, whatever order the tensors come in; a missing tensor,
+ * a tensor written twice or an aborted stream leaves no file. */
+static void test_stream_writer(void **state) {
+    const char *dir = *state, *whole = path_in(dir, "whole.safetensors"), *stream = path_in(dir, "stream.safetensors");
+    float a[6] = {1, 2, 3, 4, 5, 6}, s = 7;
+    uint16_t b[3] = {0x3f80, 0x4000, 0xc040};
+    uint8_t q[4] = {1, 2, 3, 4};
+    StWriteTensor ts[] = {{"q", DT_F8_E4M3, 2, {2, 2}, q}, {"a", DT_F32, 2, {2, 3}, a},
+                          {"b", DT_BF16, 1, {3}, b},     {"s", DT_F32, 0, {0}, &s}};
+    const void *data[] = {q, a, b, &s};
+    const char *keys[] = {"format"}, *vals[] = {"pt"};
+    Error e = {{0}};
+    assert_int_equal(st_write(whole, ts, 4, keys, vals, 1, &e), 0);
+    StWriter *w = st_write_begin(stream, ts, 4, keys, vals, 1, &e);
+    assert_non_null(w);
+    int order[] = {2, 0, 3, 1};
+    for (int k = 0; k < 4; k++) assert_int_equal(st_write_tensor(w, order[k], data[order[k]], &e), 0);
+    assert_int_equal(st_write_tensor(w, 1, a, &e), -1); /* twice */
+    assert_non_null(strstr(e.msg, "written twice"));
+    assert_int_equal(st_write_end(w, &e), 0);
+    assert_files_equal(whole, stream);
+    w = st_write_begin(stream, ts, 4, keys, vals, 1, &e);
+    assert_non_null(w);
+    assert_int_equal(st_write_tensor(w, 0, q, &e), 0);
+    assert_int_equal(st_write_end(w, &e), -1);
+    assert_non_null(strstr(e.msg, "3 of 4 tensors were never written"));
+    assert_files_equal(whole, stream); /* the complete file written before stays (outfile.h) */
+    w = st_write_begin(stream, ts, 4, keys, vals, 1, &e);
+    assert_non_null(w);
+    st_write_abort(w);
+    assert_files_equal(whole, stream);
+    remove(stream); /* and with nothing there before, nothing is left */
+    w = st_write_begin(stream, ts, 4, keys, vals, 1, &e);
+    assert_non_null(w);
+    st_write_abort(w);
+    assert_int_equal(access(stream, F_OK), -1);
+    StWriteTensor dup[] = {{"a", DT_F32, 1, {1}, a}, {"a", DT_F32, 1, {1}, a}};
+    assert_null(st_write_begin(stream, dup, 2, NULL, NULL, 0, &e));
+    assert_non_null(strstr(e.msg, "given twice"));
+    printf("OK     streamed (order 2 0 3 1) == st_write; unwritten, aborted and duplicate streams leave no file\n");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip_every_dtype, setup, teardown),
@@ -515,6 +557,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_index_not_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expect_missing_and_wrong_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_writer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

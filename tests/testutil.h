@@ -88,6 +88,18 @@ static inline int sh(const char *cmd, char **out) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* Files a and b hold the same bytes. */
+static inline void assert_files_equal(const char *a, const char *b) {
+    size_t na, nb;
+    Error e;
+    char *x = read_file(a, &na, &e), *y = read_file(b, &nb, &e);
+    if (!x || !y) fail_msg("%s", e.msg);
+    assert_int_equal(na, nb);
+    assert_memory_equal(x, y, na);
+    free(x);
+    free(y);
+}
+
 /* The same into a fixed buffer (truncated to cap). */
 static inline int sh_buf(const char *cmd, char *buf, size_t cap) {
     char *out;

@@ -1,0 +1,176 @@
+/* device.cuh - what the device forward's files share (model.cu, mla.cu, moe.cu, ops.cu): the
+ * weights and buffers on the device (Dev), the exact readers of a stored weight, and the steps one
+ * file calls in another. Each .cu mirrors the C file of its name: ops.cu matmul (ops.c), mla.cu the
+ * attention projections and the naive form (mla.c), moe.cu the FFN and MoE blocks (moe.c), model.cu
+ * the upload, the layer loop, the final norm and lm_head, MTP and the State (model.c). */
+#ifndef DEVICE_CUH
+#define DEVICE_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <string.h>
+
+#include "kernels.cuh"
+extern "C" {
+#include "device.h"
+}
+
+/* A weight as stored (ops.h's Tensor, device pointers); FP8 brings its block scales. */
+struct DevTensor {
+    const void *data;
+    DType dtype;
+    int rows, cols;
+    const float *scale; /* [ceil(rows/block_r), ceil(cols/block_c)] or NULL */
+    int block_r, block_c;
+};
+struct DevFfn { DevTensor gate, up, down; };
+struct DevLayer {
+    const float *attn_norm, *ffn_norm, *q_a_norm, *kv_a_norm;
+    DevTensor q_a, q_b, q, kv_a, kv_b, o;
+    const float *kv_b_f32; /* [n_h * (nope + v), d_c], for the attention kernel */
+    int is_moe;
+    DevFfn dense, shared;   /* shared.gate.data NULL when there is none */
+    DevTensor router;
+    const float *bias;
+    MoeGate gate;
+    DevFfn *experts;        /* host array [n_experts] of device tensors */
+    DevFfn *experts_dev;    /* the same array on the device, for the decode kernels */
+};
+
+struct Dev {
+    cublasHandle_t blas;
+    cublasStatus_t blas_err;
+    DevTensor embed, lm_head, eh_proj, mtp_head;
+    const float *final_norm, *enorm, *hnorm, *head_norm, *inv_freq;
+    DevLayer *layers, mtp_layer;
+    /* activations [max_T, ...] and caches, as State's */
+    float *cache, *mtp_cache, *hidden, *x, *h, *q, *q_scratch, *attn, *out, *mtp_in;
+    float *ffn_h, *ffn_u, *scores, *logits, *router_logits, *gate_w, *widen, *moe_h, *tw, *xb, *yb;
+    int *tokens, *idx, *tok, *next;
+    size_t widen_n;
+    int max_T, ctx, n_layers;
+    /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
+     * by two names (a tied lm_head, the MTP head) is uploaded once */
+    void **owned;
+    int n_owned, cap_owned;
+    const void **up_host;
+    const void **up_dev;
+    int n_up;
+};
+
+/* ---- reading a stored weight on the device -------------------------------------------------------- */
+
+/* Element i of a stored array widened to FP32, exactly (ops.c's dtype_load_f32 for the weight
+ * dtypes; the hardware converts FP8 to half, exact, then to float). */
+static __device__ __forceinline__ float load_f32(DType t, const void *p, size_t i) {
+    switch (t) {
+    case DT_F32: return ((const float *)p)[i];
+    case DT_BF16: return __uint_as_float((uint32_t)((const uint16_t *)p)[i] << 16);
+    case DT_F16: return __half2float(((const __half *)p)[i]);
+    case DT_F8_E4M3:
+        return __half2float(__half(__nv_cvt_fp8_to_halfraw(((const __nv_fp8_storage_t *)p)[i], __NV_E4M3)));
+    case DT_F8_E5M2:
+        return __half2float(__half(__nv_cvt_fp8_to_halfraw(((const __nv_fp8_storage_t *)p)[i], __NV_E5M2)));
+    default: return __int_as_float(0x7fc00000);
+    }
+}
+
+/* W[r][c] as tensor_rows_f32 gives it: the stored value, times its block's scale (one rounding). */
+static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) {
+    float v = load_f32(W.dtype, W.data, (size_t)r * W.cols + c);
+    if (W.scale) v *= W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c];
+    return v;
+}
+
+/* 8 consecutive weights of row r from column c (c % 8 == 0, cols % 8 == 0): one 16-byte load for
+ * F32 halves, BF16 and F16, one 8-byte load for FP8; FP8 times its block's scale. */
+template <int DT>
+static __device__ __forceinline__ void load8(float *w, const DevTensor &W, int r, int c) {
+    size_t i = (size_t)r * W.cols + c;
+    if (DT == DT_F32) {
+        float4 a = ((const float4 *)W.data)[i / 4], b = ((const float4 *)W.data)[i / 4 + 1];
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+    } else if (DT == DT_BF16 || DT == DT_F16) {
+        uint4 u = ((const uint4 *)W.data)[i / 8];
+        uint32_t p[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (DT == DT_BF16) {
+                w[2 * k] = __uint_as_float(p[k] << 16);
+                w[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
+            } else {
+                __half2 h2 = *(__half2 *)&p[k];
+                float2 f = __half22float2(h2);
+                w[2 * k] = f.x;
+                w[2 * k + 1] = f.y;
+            }
+        }
+    } else { /* FP8 */
+        uint2 u = ((const uint2 *)W.data)[i / 8];
+        uint32_t p[2] = {u.x, u.y};
+        float s = W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            __nv_fp8_storage_t b = (__nv_fp8_storage_t)((p[k / 4] >> (8 * (k % 4))) & 0xff);
+            w[k] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3))) * s;
+        }
+    }
+}
+
+/* The dot products of row r of W with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: lane l
+ * takes the 8-column chunks l, l+32, ... (coalesced), then a butterfly adds the 32 partials. C's
+ * order is dot_f32's (8 lanes, pairwise): the same products, summed in another order. */
+template <int DT>
+static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,
+                                                 int x_stride) {
+    int lane = threadIdx.x % 32, cols = W.cols;
+#pragma unroll
+    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = 0.0f;
+    int vec = cols % 8 == 0 && (DT == DT_F32 || DT == DT_BF16 || DT == DT_F16 || !W.scale || W.block_c % 8 == 0);
+    int c_vec = vec ? cols : 0;
+    for (int c = lane * 8; c < c_vec; c += 256) {
+        float w[8];
+        load8<DT>(w, W, r, c);
+#pragma unroll
+        for (int t = 0; t < SMALL_BATCH; t++) {
+            if (t >= n) break;
+            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
+            float4 a = xv[0], b = xv[1];
+            acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
+        }
+    }
+    for (int c = c_vec + lane; c < cols; c += 32) { /* any shape: one element at a time */
+        float w = w_at(W, r, c);
+        for (int t = 0; t < n; t++) acc[t] += w * x[(size_t)t * x_stride + c];
+    }
+#pragma unroll
+    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = warp_sum(acc[t]);
+}
+
+
+static inline unsigned blocks_for(size_t n) { return (unsigned)((n + THREADS - 1) / THREADS); }
+
+static inline void rmsnorm_cuda_dev(float *out, const float *x, const float *w, int n, int d, int out_stride, int x_stride,
+                             float eps) {
+    rmsnorm_kernel<<<n, THREADS>>>(out, x, w, d, out_stride, x_stride, eps);
+}
+/* ---- the steps, by the file that defines them ----------------------------------------------------- */
+
+/* model.cu */
+int cuda_err(Error *e, cudaError_t err, const char *what);
+int dev_status(Dev *d, Error *e);
+/* ops.cu */
+__global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n);
+void blas_check(Dev *d, cublasStatus_t st);
+void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate);
+/* mla.cu */
+void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T);
+void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, int T);
+void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos);
+/* moe.cu */
+void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate);
+int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L, int dim, Error *e);
+
+#endif

@@ -1,0 +1,132 @@
+/* moe.cu - moe.c on the GPU: ffn_swiglu, and moe_forward with the gate of kernels.cu; in decode
+ * (T <= SMALL_BATCH) the selected experts only, all on the device; in prefill grouped by expert over
+ * the tokens as moe.c does. */
+#include "device.cuh"
+
+/* h = silu(h) * u, as ffn_swiglu: silu(x) = x / (1 + expf(-x)), then the product. */
+__global__ void silu_mul_kernel(float *h, const float *u, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) h[i] = h[i] / (1.0f + expf(-h[i])) * u[i];
+}
+
+__global__ void add_kernel(float *y, const float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += x[i];
+}
+
+/* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
+void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
+    size_t n = (size_t)T * f.gate.rows;
+    matmul_cuda(d, d->ffn_h, x, f.gate, T, 0);
+    matmul_cuda(d, d->ffn_u, x, f.up, T, 0);
+    silu_mul_kernel<<<blocks_for(n), THREADS>>>(d->ffn_h, d->ffn_u, n);
+    matmul_cuda(d, out, d->ffn_h, f.down, T, accumulate);
+}
+
+/* Decode MoE, step 1: for each token t and each of its top_k experts e = idx[t][k], the rows of
+ * silu(gate_e x_t) * up_e x_t, a warp per row: moe_h [T * top_k, inter]. */
+template <int DT>
+__global__ void moe_up_kernel(float *moe_h, const float *x, const DevFfn *experts, const int *idx, int top_k, int d) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, tk = blockIdx.y;
+    const DevFfn &f = experts[idx[tk]];
+    if (r >= f.gate.rows) return;
+    float g[SMALL_BATCH], u[SMALL_BATCH];
+    const float *xt = x + (size_t)(tk / top_k) * d;
+    warp_dots<DT>(g, f.gate, r, xt, 1, d);
+    warp_dots<DT>(u, f.up, r, xt, 1, d);
+    if (threadIdx.x % 32 == 0) moe_h[(size_t)tk * f.gate.rows + r] = g[0] / (1.0f + expf(-g[0])) * u[0];
+}
+
+/* Decode MoE, step 2: x[t][i] += sum_k w_k (down_e moe_h[t][k])[i] + shared[t][i], the experts added
+ * in ascending expert index as moe.c does (its loop over e), then the shared experts' output. */
+template <int DT>
+__global__ void moe_down_kernel(float *x, const float *moe_h, const float *shared, const DevFfn *experts,
+                                const int *idx, const float *wts, int top_k, int d) {
+    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, t = blockIdx.y;
+    if (i >= d) return;
+    float y[MOE_MAX_TOPK];
+    for (int k = 0; k < top_k; k++) {
+        const DevFfn &f = experts[idx[t * top_k + k]];
+        float acc[SMALL_BATCH];
+        warp_dots<DT>(acc, f.down, i, moe_h + (size_t)(t * top_k + k) * f.down.cols, 1, f.down.cols);
+        y[k] = acc[0];
+    }
+    if (threadIdx.x % 32) return;
+    float out = 0.0f;
+    for (int done = 0, last = -1; done < top_k; done++) { /* next larger expert index */
+        int best = -1;
+        for (int k = 0; k < top_k; k++) {
+            int e = idx[t * top_k + k];
+            if (e > last && (best < 0 || e < idx[t * top_k + best])) best = k;
+        }
+        last = idx[t * top_k + best];
+        out += wts[t * top_k + best] * y[best];
+    }
+    if (shared) out += shared[(size_t)t * d + i];
+    x[(size_t)t * d + i] += out;
+}
+
+/* Prefill MoE helpers: gather the tokens routed to one expert, and add w * y back to their rows. */
+__global__ void gather_rows_kernel(float *xb, const float *x, const int *tok, int d) {
+    for (int c = threadIdx.x; c < d; c += blockDim.x) xb[(size_t)blockIdx.x * d + c] = x[(size_t)tok[blockIdx.x] * d + c];
+}
+__global__ void scatter_add_kernel(float *out, const float *yb, const int *tok, const float *tw, int d) {
+    for (int c = threadIdx.x; c < d; c += blockDim.x)
+        out[(size_t)tok[blockIdx.x] * d + c] += tw[blockIdx.x] * yb[(size_t)blockIdx.x * d + c];
+}
+
+/* moe_forward, then x += its output. h: the normed input [T, d]. */
+int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L, int dim, Error *e) {
+    const MoeGate &g = L.gate;
+    int E = g.n_experts, K = g.top_k, inter = L.experts[0].gate.rows;
+    matmul_cuda(d, d->router_logits, h, L.router, T, 0);
+    moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
+    if (L.shared.gate.data) ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
+    if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
+        dim3 up_grid((inter + THREADS / 32 - 1) / (THREADS / 32), T * K), down_grid((dim + THREADS / 32 - 1) / (THREADS / 32), T);
+        const float *sh = L.shared.gate.data ? d->yb : NULL;
+        switch (L.experts[0].gate.dtype) {
+#define MOE_CASE(DT)                                                                                         \
+    case DT:                                                                                                 \
+        moe_up_kernel<DT><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);                   \
+        moe_down_kernel<DT><<<down_grid, THREADS>>>(x, d->moe_h, sh, L.experts_dev, d->idx, d->gate_w, K, dim); \
+        break;
+        MOE_CASE(DT_F32) MOE_CASE(DT_BF16) MOE_CASE(DT_F16) MOE_CASE(DT_F8_E4M3)
+        default: MOE_CASE(DT_F8_E5M2)
+#undef MOE_CASE
+        }
+        return 0;
+    }
+    /* prefill: the routing comes back to size each expert's batch (moe.c's grouping) */
+    size_t nk = (size_t)T * K;
+    int *idx = (int *)malloc(sizeof(int) * nk), *tok = (int *)malloc(sizeof(int) * nk), *start = (int *)calloc(E + 1, sizeof(int));
+    float *wts = (float *)malloc(sizeof(float) * nk), *tw = (float *)malloc(sizeof(float) * nk);
+    cudaError_t err = cudaMemcpy(idx, d->idx, sizeof(int) * nk, cudaMemcpyDeviceToHost);
+    if (err == cudaSuccess) err = cudaMemcpy(wts, d->gate_w, sizeof(float) * nk, cudaMemcpyDeviceToHost);
+    if (err == cudaSuccess) {
+        int n = 0;
+        for (int x_ = 0; x_ < E; x_++) {
+            start[x_] = n;
+            for (int t = 0; t < T; t++)
+                for (int k = 0; k < K; k++)
+                    if (idx[(size_t)t * K + k] == x_) { tok[n] = t; tw[n] = wts[(size_t)t * K + k]; n++; }
+        }
+        start[E] = n;
+        err = cudaMemcpy(d->tok, tok, sizeof(int) * n, cudaMemcpyHostToDevice);
+        if (err == cudaSuccess) err = cudaMemcpy(d->tw, tw, sizeof(float) * n, cudaMemcpyHostToDevice);
+    }
+    if (err == cudaSuccess) {
+        cudaMemsetAsync(d->out, 0, sizeof(float) * (size_t)T * dim);
+        for (int x_ = 0; x_ < E; x_++) {
+            int n = start[x_ + 1] - start[x_];
+            if (n == 0) continue;
+            gather_rows_kernel<<<n, THREADS>>>(d->xb, h, d->tok + start[x_], dim);
+            ffn_swiglu_cuda(d, d->xb + (size_t)n * dim, d->xb, n, L.experts[x_], 0);
+            scatter_add_kernel<<<n, THREADS>>>(d->out, d->xb + (size_t)n * dim, d->tok + start[x_], d->tw + start[x_], dim);
+        }
+        if (L.shared.gate.data) add_kernel<<<blocks_for((size_t)T * dim), THREADS>>>(d->out, d->yb, (size_t)T * dim);
+        add_kernel<<<blocks_for((size_t)T * dim), THREADS>>>(x, d->out, (size_t)T * dim);
+    }
+    free(idx); free(tok); free(start); free(wts); free(tw);
+    return err == cudaSuccess ? 0 : cuda_err(e, err, "MoE routing");
+}
