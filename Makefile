@@ -200,12 +200,13 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJS) $(HDRS)
 FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
 fuzz-build: $(FUZZ_BINS) run
 
-# -close_fd_mask=1: run golden --verify prints a line per function to stdout. The last line counts
+# -close_fd_mask=1: run golden --verify prints a line per function to stdout. A target's scratch
+# directory (tests/fuzz/fuzz.h) goes under build/fuzz/tmp. The last line counts
 # the targets in tests/run_tests.sh's form ("libfuzzer: N passed, N failed") for .ci/run's sum.
 fuzz-run: fuzz-build
 	@rm -rf build/fuzz/seeds && tests/fuzz/seeds.sh build/fuzz/seeds ./run
-	@p=0; f=0; for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t; \
-	  if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	@p=0; f=0; for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t build/fuzz/tmp; \
+	  if TMPDIR=$(CURDIR)/build/fuzz/tmp ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
 	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
 	    -print_final_stats=1 -close_fd_mask=1 -artifact_prefix=build/fuzz/crash/$$t/ \
 	    build/fuzz/corpus/$$t build/fuzz/seeds/$$t > build/fuzz/$$t.log 2>&1; then p=$$((p + 1)); \
