@@ -162,8 +162,8 @@ fuzz: build/asan/test_fuzz
 	@$(MAKE) --no-print-directory fuzz-run
 
 # Coverage-guided fuzzing (libFuzzer, Debian's clang; tests/fuzz/, notes/robustness.md): every
-# library source again, built by clang with ASan + UBSan and coverage instrumentation, without
-# OpenMP (one thread), one binary per target. Seeds come from the fixtures (tests/fuzz/seeds.sh);
+# library source again, built by clang with ASan + UBSan and coverage instrumentation (OpenMP from
+# libomp, run on one thread), one binary per target. Seeds come from the fixtures (tests/fuzz/seeds.sh);
 # the corpus grows in build/fuzz/corpus/TARGET. Each target runs FUZZ_SECONDS (make fuzz: 60;
 # FUZZ_SECONDS=600 for the 10-minute runs of the notes); a crash, a leak, a sanitizer report, an
 # input slower than 10 s or a single allocation over 512 MB stops it and saves the input under
@@ -171,23 +171,23 @@ fuzz: build/asan/test_fuzz
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= safetensors index config tokenizer_json encode chat_template golden
-FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -O1 -g -I. -Wall -Wextra -Werror -Wno-unknown-pragmas \
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g -I. -Wall -Wextra -Werror -Wno-pass-failed \
                 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_OBJS    := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC))
 FUZZ_STAMP   := build/.fuzz-deps-ok
 .SECONDARY: $(FUZZ_OBJS)
-# clang and its libFuzzer runtime (Debian: clang, libclang-rt-NN-dev), installed when missing
+# clang, its libFuzzer runtime and OpenMP (Debian: clang, libclang-rt-NN-dev, libomp-dev), installed when missing
 $(FUZZ_STAMP): | $(DEPS_STAMP)
 	@if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
-	    $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/.fuzz-probe 2>/dev/null; then \
+	    $(FUZZ_CC) -x c -fopenmp -fsanitize=fuzzer - -o build/.fuzz-probe 2>/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
-	  else echo "fuzz: needs clang with libFuzzer: sudo apt-get install -y clang libclang-rt-dev"; exit 1; fi; \
-	  echo "installing: clang libclang-rt-dev"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang libclang-rt-dev >/dev/null; \
+	  else echo "fuzz: needs clang with libFuzzer: sudo apt-get install -y clang libclang-rt-dev libomp-dev"; exit 1; fi; \
+	  echo "installing: clang libclang-rt-dev libomp-dev"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang libclang-rt-dev libomp-dev >/dev/null; \
 	  v=$$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1); \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libclang-rt-$$v-dev >/dev/null 2>&1 || true; \
 	  echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
-	    $(FUZZ_CC) -x c -fsanitize=fuzzer - -o build/.fuzz-probe || { echo "fuzz: clang cannot link libFuzzer"; exit 1; }; \
+	    $(FUZZ_CC) -x c -fopenmp -fsanitize=fuzzer - -o build/.fuzz-probe || { echo "fuzz: clang cannot link libFuzzer"; exit 1; }; \
 	fi; rm -f build/.fuzz-probe; touch $@
 
 build/fuzz/obj/%.o: %.c $(HDRS) | $(FUZZ_STAMP)
