@@ -9,7 +9,9 @@
 #   make test-asan  only the sanitizer pass
 #   make test-exhaustive   all 2^32 floats through the FP8 encoders (1-3 minutes)
 #   make fuzz       mutated safetensors / config.json / tokenizer.json under ASan+UBSan, longer
-#                   than make test does (FUZZ_ITERS per parser, default 200000)
+#                   than make test does (FUZZ_ITERS per parser, default 200000), then every
+#                   libFuzzer target of tests/fuzz for FUZZ_SECONDS each (default 60; clang)
+#   make valgrind   memcheck of run generate (bundled model) and the tokenizer tests
 #   make cuda       build/cuda/run (--device cuda) and the CUDA tests (nvcc; no GPU needed)
 #   make cuda-test  run the CUDA checks (GPU)   make cuda-bench  the GPU speed figures
 #   make bench      print the speed figures   make bench-models  write the V2-Lite-shape benchmark models
@@ -157,6 +159,74 @@ FUZZ_ITERS ?= 200000
 fuzz: build/asan/test_fuzz
 	@DSV3_FUZZ_ITERS=$(FUZZ_ITERS) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  tests/run_tests.sh fuzz build/asan/test_fuzz
+	@$(MAKE) --no-print-directory fuzz-run
+
+# Coverage-guided fuzzing (libFuzzer, Debian's clang; tests/fuzz/, notes/robustness.md): every
+# library source again, built by clang with ASan + UBSan and coverage instrumentation (OpenMP from
+# libomp, run on one thread), one binary per target. Seeds come from the fixtures (tests/fuzz/seeds.sh);
+# the corpus grows in build/fuzz/corpus/TARGET. Each target runs FUZZ_SECONDS (make fuzz: 60;
+# FUZZ_SECONDS=600 for the 10-minute runs of the notes); a crash, a leak, a sanitizer report, an
+# input slower than 10 s or a single allocation over 512 MB stops it and saves the input under
+# build/fuzz/. FUZZ_TARGETS=config runs only one.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors index config tokenizer_json encode chat_template golden
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -fopenmp -O1 -g -I. -Wall -Wextra -Werror -Wno-pass-failed \
+                -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_OBJS    := $(patsubst %.c,build/fuzz/obj/%.o,$(LIB_SRC))
+FUZZ_STAMP   := build/.fuzz-deps-ok
+.SECONDARY: $(FUZZ_OBJS)
+# clang, its libFuzzer runtime and OpenMP (Debian: clang, libclang-rt-NN-dev, libomp-dev), installed when missing
+$(FUZZ_STAMP): | $(DEPS_STAMP)
+	@if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
+	    $(FUZZ_CC) -x c -fopenmp -fsanitize=fuzzer - -o build/.fuzz-probe 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "fuzz: needs clang with libFuzzer: sudo apt-get install -y clang libclang-rt-dev libomp-dev"; exit 1; fi; \
+	  echo "installing: clang libclang-rt-dev libomp-dev"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq clang libclang-rt-dev libomp-dev >/dev/null; \
+	  v=$$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -1); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libclang-rt-$$v-dev >/dev/null 2>&1 || true; \
+	  echo 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }' | \
+	    $(FUZZ_CC) -x c -fopenmp -fsanitize=fuzzer - -o build/.fuzz-probe || { echo "fuzz: clang cannot link libFuzzer"; exit 1; }; \
+	fi; rm -f build/.fuzz-probe; touch $@
+
+build/fuzz/obj/%.o: %.c $(HDRS) | $(FUZZ_STAMP)
+	@mkdir -p build/fuzz/obj
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(PKG_CFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h $(FUZZ_OBJS) $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(PKG_CFLAGS) -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS)
+
+FUZZ_BINS := $(FUZZ_TARGETS:%=build/fuzz/fuzz_%)
+fuzz-build: $(FUZZ_BINS) run
+
+# -close_fd_mask=1: run golden --verify prints a line per function to stdout. A target's scratch
+# directory (tests/fuzz/fuzz.h) goes under build/fuzz/tmp. The last line counts
+# the targets in tests/run_tests.sh's form ("libfuzzer: N passed, N failed") for .ci/run's sum.
+fuzz-run: fuzz-build
+	@rm -rf build/fuzz/seeds && tests/fuzz/seeds.sh build/fuzz/seeds ./run
+	@p=0; f=0; for t in $(FUZZ_TARGETS); do mkdir -p build/fuzz/corpus/$$t build/fuzz/crash/$$t build/fuzz/tmp; \
+	  if TMPDIR=$(CURDIR)/build/fuzz/tmp ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+	    -print_final_stats=1 -close_fd_mask=1 -artifact_prefix=build/fuzz/crash/$$t/ \
+	    build/fuzz/corpus/$$t build/fuzz/seeds/$$t > build/fuzz/$$t.log 2>&1; then p=$$((p + 1)); \
+	    echo "fuzz_$$t: $$(grep -h 'DONE' build/fuzz/$$t.log | sed 's/ *lim:.*//; s/^#/execs /') (corpus $$(ls build/fuzz/corpus/$$t | wc -l) files)"; \
+	  else f=$$((f + 1)); tail -40 build/fuzz/$$t.log; \
+	    echo "fuzz_$$t: FAILED (build/fuzz/$$t.log, the input in build/fuzz/crash/$$t/)"; fi; done; \
+	echo; echo "libfuzzer: $$p passed, $$f failed"; [ $$f -eq 0 ]
+
+# Valgrind memcheck: run generate with the bundled model (a short prompt) and the tokenizer tests;
+# any error or definite leak fails (status 99). One thread: libgomp's pool is not a leak.
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect
+valgrind: run build/test/test_tokenizer
+	@command -v valgrind >/dev/null || { echo "valgrind: not installed (apt-get install valgrind)"; exit 1; }
+	@p=0; f=0; \
+	if OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./run generate models/kjv-v3 -p "And God said" -n 8 --temp 0 --seed 1; \
+	then p=$$((p + 1)); else f=$$((f + 1)); echo "valgrind: run generate FAILED"; fi; \
+	if OPENBLAS_NUM_THREADS=1 $(VALGRIND) build/test/test_tokenizer > build/valgrind-tokenizer.log 2>&1; \
+	then p=$$((p + 1)); grep 'PASSED' build/valgrind-tokenizer.log; \
+	else f=$$((f + 1)); tail -40 build/valgrind-tokenizer.log; echo "valgrind: test_tokenizer FAILED"; fi; \
+	echo; echo "valgrind: $$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # CUDA (notes/cuda.md). `make cuda` builds, with nvcc and no GPU needed (CI does this):
 #   build/cuda/run            run with --device cuda (model.cu: the forward pass on the GPU)
@@ -237,7 +307,7 @@ cuda-bench: cuda
 clean:
 	rm -rf build run
 
-.PHONY: all deps test test-asan test-exhaustive fuzz clean cuda cuda-test cuda-bench bench bench-models
+.PHONY: all deps test test-asan test-exhaustive fuzz fuzz-build fuzz-run valgrind clean cuda cuda-test cuda-bench bench bench-models
 
 # Batched paged MLA decode on the GPU (mla_decode.cu, notes/mla_decode.md): `make mla-decode` builds
 # the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;

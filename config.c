@@ -259,6 +259,21 @@ int config_parse(Config *c, const char *json_text, const char *src, Error *e) {
             return error_set(e, "%s: topk_group %d groups of %d experts cannot hold num_experts_per_tok %d", src,
                              c->topk_group, c->n_routed_experts / c->n_group, c->num_experts_per_tok);
     }
+    /* LIMITS: far above every released DeepSeek/Kimi config (V3: hidden 7168, vocab 129280, 61
+     * layers, 128 heads), low enough that every size the program forms from two of them fits in an
+     * int and no buffer is sized from an absurd value (notes/robustness.md) */
+    const struct { const char *key; int value, limit; } lim[] = {
+        {"vocab_size", c->vocab_size, CONFIG_MAX_VOCAB}, {"hidden_size", c->hidden_size, CONFIG_MAX_WIDTH},
+        {"intermediate_size", c->intermediate_size, CONFIG_MAX_FFN}, {"moe_intermediate_size", c->moe_intermediate_size, CONFIG_MAX_FFN},
+        {"num_hidden_layers", c->n_layers, CONFIG_MAX_LAYERS}, {"num_attention_heads", c->n_heads, CONFIG_MAX_HEADS},
+        {"kv_lora_rank", c->kv_lora_rank, CONFIG_MAX_WIDTH}, {"q_lora_rank", c->q_lora_rank, CONFIG_MAX_WIDTH},
+        {"qk_nope_head_dim", c->qk_nope_head_dim, CONFIG_MAX_HEAD_DIM}, {"qk_rope_head_dim", c->qk_rope_head_dim, CONFIG_MAX_HEAD_DIM},
+        {"v_head_dim", c->v_head_dim, CONFIG_MAX_HEAD_DIM}, {"n_shared_experts", c->n_shared_experts, MOE_MAX_EXPERTS},
+        {"first_k_dense_replace", c->first_k_dense_replace, CONFIG_MAX_LAYERS},
+        {"num_nextn_predict_layers", c->num_nextn_predict_layers, CONFIG_MAX_LAYERS}};
+    for (size_t i = 0; i < sizeof lim / sizeof lim[0]; i++)
+        if (lim[i].value > lim[i].limit || lim[i].value < 0)
+            return error_set(e, "%s: %s %d is outside the limit 0..%d", src, lim[i].key, lim[i].value, lim[i].limit);
     if (c->moe_layer_freq < 1) return error_set(e, "%s: moe_layer_freq must be >= 1, found %d", src, c->moe_layer_freq);
     if (c->fp8 && (c->fp8_block[0] <= 0 || c->fp8_block[1] <= 0))
         return error_set(e, "%s: quantization_config.weight_block_size must be two positive integers, found [%d, %d]",
@@ -353,7 +368,8 @@ void config_print(FILE *f, const Config *c) {
                r->beta_fast, r->beta_slow, r->mscale, r->mscale_all_dim);
     fprintf(f, "; max positions %d\n", c->max_position_embeddings);
     int half = c->qk_rope_head_dim / 2;
-    float *inv = malloc(sizeof(float) * half);
+    float *inv = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!inv) { fprintf(f, "rope table      (out of memory)\n"); return; }
     float attn_factor = rope_inv_freq(inv, r, c->qk_rope_head_dim);
     fprintf(f, "rope table      inv_freq[0..%d] = %.6g %.6g %.6g ... %.6g %.6g; cos/sin factor %.6f\n", half - 1, inv[0],
            inv[half > 1], inv[half > 2 ? 2 : 0], inv[half > 1 ? half - 2 : 0], inv[half - 1], attn_factor);

@@ -45,8 +45,17 @@ typedef struct {
     char fp8_fmt[8];            /* "e4m3" */
 } Config;
 
+/* Limits a config must keep (config.c says why): each size at most this. */
+#define CONFIG_MAX_VOCAB    (1 << 22) /* tokens; V3 129280, Kimi K2 163840 */
+#define CONFIG_MAX_WIDTH    (1 << 16) /* hidden_size, kv_lora_rank, q_lora_rank; V3 7168, 512, 1536 */
+#define CONFIG_MAX_FFN      (1 << 18) /* intermediate_size, moe_intermediate_size; V3 18432, 2048 */
+#define CONFIG_MAX_LAYERS   4096      /* V3 61 */
+#define CONFIG_MAX_HEADS    4096      /* V3 128 */
+#define CONFIG_MAX_HEAD_DIM 4096      /* qk_nope / qk_rope / v head dims; V3 128, 64, 128 */
+
 /* Parse config.json. Missing optional fields take HF's defaults for the model_type; a missing
- * required field or a wrong type is an error naming the file and the field. */
+ * required field, a wrong type or a size past the limits above is an error naming the file, the
+ * field, the value and the limit. */
 int config_load(Config *c, const char *path, Error *e);
 int config_parse(Config *c, const char *json_text, const char *source_name, Error *e);
 

@@ -100,7 +100,7 @@ char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *sy
     const char *bos = piece_or_empty(tok, tokenizer_bos_id(tok));
     size_t len = strlen(bos) + strlen(user) + 1;
     char *text = malloc(len);
-    snprintf(text, len, "%s%s", bos, user);
+    if (text) snprintf(text, len, "%s%s", bos, user);
     return text;
 }
 
@@ -109,6 +109,7 @@ char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const 
     size_t len = strlen(bos) + (system ? strlen(system) : 0) + 64;
     for (int i = 0; i < n; i++) len += strlen(turns[i]) + strlen(eos) + 64;
     char *text = malloc(len), *p = text;
+    if (!text) return NULL;
     p += sprintf(p, "%s%s%s", bos, system ? system : "", f == CHAT_V2 && system ? "\n\n" : "");
     for (int i = 0; i + 1 < n; i++) { /* the history: user and assistant turns, each reply closed */
         const char *t = turns[i];
@@ -140,10 +141,12 @@ typedef struct {
     TokenizerStream stream;
 } Gen;
 
-/* Records one token (and prints its text); returns 1 when generation must stop (EOS or N). */
+/* Records one token (and prints its text); returns 1 when generation must stop: EOS, N tokens, an
+ * interrupt (o->stop set, by run.c's SIGINT handler) or a closed stdout (`| head`). */
 static int emit(Gen *g, int id) {
     GenResult *r = g->r;
     r->ids[r->n++] = id;
+    if (g->o->stop && *g->o->stop) r->interrupted = 1;
     if (g->o->stream && !tokenizer_is_special(g->tok, id)) {
         char buf[512];
         size_t nb;
@@ -152,10 +155,10 @@ static int emit(Gen *g, int id) {
             size_t chunk = nb - off < sizeof buf - 4 ? nb - off : sizeof buf - 4;
             fwrite(buf, 1, tokenizer_stream_push(&g->stream, buf, bytes + off, chunk), stdout);
         }
-        fflush(stdout);
+        if (fflush(stdout) != 0 || ferror(stdout)) r->closed = 1; /* EPIPE: nobody reads any more */
     }
     r->stopped_at_eos = !g->o->ignore_eos && id == g->o->eos;
-    return r->stopped_at_eos || r->n >= g->o->n_new;
+    return r->stopped_at_eos || r->n >= g->o->n_new || r->interrupted || r->closed;
 }
 
 /* The distribution plain decoding samples from: softmax(logits / temp), cut to the top-p nucleus
@@ -210,8 +213,12 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
     State *s = g->s;
     GenResult *r = g->r;
     int V = m->cfg.vocab_size, greedy = g->o->temp <= 0.0f, rc = -1;
-    float *lv = malloc(sizeof(float) * 2 * V), *lq = malloc(sizeof(float) * V);
+    float *lv = malloc(sizeof(float) * 2 * (size_t)V), *lq = malloc(sizeof(float) * (size_t)V);
     int *nxt = malloc(sizeof(int) * (size_t)T);
+    if (!lv || !lq || !nxt) {
+        error_set(e, "--mtp: out of memory for the draft's logits (%d tokens)", V);
+        goto out;
+    }
     int pending = next_token(g, logits);
     /* the MTP over the prompt: position i pairs h_i with t_{i+1} (the last with the pending token) */
     for (int i = 0; i < T; i++) nxt[i] = i + 1 < T ? prompt[i + 1] : pending;
@@ -274,17 +281,22 @@ int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, 
     if (o->mtp && !m->has_mtp) return error_set(e, "--mtp: the checkpoint has no MTP module");
     if (o->stream && !tok) return error_set(e, "streaming text needs a tokenizer");
     if (o->mtp && o->pos0) return error_set(e, "--mtp: speculative decoding starts at position 0");
-    if (T <= 0 || o->pos0 < 0 || o->pos0 + T + o->n_new > s->ctx)
+    if (T <= 0 || o->pos0 < 0 || o->n_new < 0 || (int64_t)o->pos0 + T + o->n_new > s->ctx)
         return error_set(e, "%d prompt tokens + %d new after position %d do not fit the %d-token cache (raise --ctx)",
                          T, o->n_new, o->pos0, s->ctx);
     Gen g = {.m = m, .s = s, .tok = tok, .o = o, .r = r};
-    r->ids = malloc(sizeof(int) * (size_t)(o->n_new + 1));
-    g.probs = malloc(sizeof(float) * V);
-    g.q_probs = malloc(sizeof(float) * V);
-    g.order = malloc(sizeof(int) * V);
-    float *logits = malloc(sizeof(float) * V);
+    r->ids = malloc(sizeof(int) * ((size_t)o->n_new + 1));
+    g.probs = malloc(sizeof(float) * (size_t)V);
+    g.q_probs = malloc(sizeof(float) * (size_t)V);
+    g.order = malloc(sizeof(int) * (size_t)V);
+    float *logits = malloc(sizeof(float) * (size_t)V);
     rng_seed(&g.rng, o->seed);
     int rc = 0;
+    if (!r->ids || !g.probs || !g.q_probs || !g.order || !logits) {
+        free(g.probs); free(g.q_probs); free(g.order); free(logits); free(r->ids);
+        r->ids = NULL;
+        return error_set(e, "out of memory for %d new tokens and the %d-token sampling scratch", o->n_new, V);
+    }
     double t0 = now_s();
     if (o->n_new > 0) {
         rc = model_forward(m, s, prompt, T, o->pos0, logits, 1, ATTN_ABSORBED, e);
@@ -306,18 +318,30 @@ int generate(const Model *m, State *s, const Tokenizer *tok, const int *prompt, 
  * A conversation in one cache
  */
 
-/* One user turn from `in`: a line without its newline; a line ending in '\\' continues on the next. */
-static char *read_turn(FILE *in) {
+/* One user turn from `in`: a line without its newline; a line ending in '\\' continues on the next.
+ * NULL at EOF, or with e set when the turn passes PROMPT_MAX_BYTES or memory runs out. */
+static char *read_turn(FILE *in, int turn, Error *e) {
     size_t cap = 256, n = 0;
     char *buf = malloc(cap);
     int c, got = 0;
+    if (!buf) return error_set(e, "turn %d: out of memory", turn), NULL;
     while ((c = fgetc(in)) != EOF) {
         got = 1;
         if (c == '\n') {
             if (n && buf[n - 1] == '\\') { buf[n - 1] = '\n'; continue; }
             break;
         }
-        if (n + 2 > cap) buf = realloc(buf, cap *= 2);
+        if (n + 2 > cap) {
+            char *bigger = cap * 2 <= PROMPT_MAX_BYTES + 2 ? realloc(buf, cap *= 2) : NULL;
+            if (!bigger) {
+                free(buf);
+                if (cap * 2 > PROMPT_MAX_BYTES + 2)
+                    error_set(e, "turn %d: over the limit of %u bytes (1 MiB) for a prompt", turn, PROMPT_MAX_BYTES);
+                else error_set(e, "turn %d: out of memory after %zu bytes", turn, n);
+                return NULL;
+            }
+            buf = bigger;
+        }
         buf[n++] = (char)c;
     }
     if (!got) { free(buf); return NULL; }
@@ -331,19 +355,25 @@ int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, c
     if (o->n_new < 1) return error_set(e, "a chat reply needs -n of at least 1");
     int eos = tokenizer_eos_id(tok), pos = 0, carry = -1, rc = 0, turn = 0;
     char *line;
-    while (!rc && (line = read_turn(in))) {
+    e->msg[0] = 0;
+    while (!rc && (line = read_turn(in, turn + 1, e))) {
         if (!*line) { free(line); continue; }
         /* the first turn: the template from the start; later ones: the previous reply's last token
          * (emitted, not yet fed), EOS if the reply did not end with it, then the next user turn */
         char *text;
         if (turn == 0) text = chat_render(f, tok, system, (const char *const *)&line, 1);
-        else user_turn_and_prompt(text = malloc(strlen(line) + 64), f, line);
+        else if ((text = malloc(strlen(line) + 64))) user_turn_and_prompt(text, f, line);
         int *enc, n_enc;
-        rc = tokenizer_encode(tok, text, strlen(text), &enc, &n_enc, e);
+        rc = text ? tokenizer_encode(tok, text, strlen(text), &enc, &n_enc, e) : error_set(e, "turn %d: out of memory", turn + 1);
         free(text);
         free(line);
         if (rc) break;
-        int *ids = malloc(sizeof(int) * (size_t)(n_enc + 2)), T = 0;
+        int *ids = malloc(sizeof(int) * ((size_t)n_enc + 2)), T = 0;
+        if (!ids) {
+            free(enc);
+            rc = error_set(e, "turn %d: out of memory for %d tokens", turn + 1, n_enc);
+            break;
+        }
         if (carry >= 0) ids[T++] = carry;
         if (carry >= 0 && carry != eos && eos >= 0) ids[T++] = eos;
         memcpy(ids + T, enc, sizeof(int) * (size_t)n_enc);
@@ -352,7 +382,7 @@ int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, c
         GenOptions turn_o = *o;
         turn_o.pos0 = pos;
         GenResult r;
-        if (pos + T + o->n_new > s->ctx)
+        if ((int64_t)pos + T + o->n_new > s->ctx)
             rc = error_set(e, "turn %d: the conversation (%d tokens so far, %d more, up to %d new) fills the %d-token "
                            "context (raise --ctx)", turn + 1, pos, T, o->n_new, s->ctx);
         else rc = generate(m, s, tok, ids, T, &turn_o, &r, e);
@@ -364,10 +394,17 @@ int chat_session(const Model *m, State *s, const Tokenizer *tok, ChatFormat f, c
             fputc('\n', out);
             fflush(out);
         }
+        if (r.interrupted || r.closed || ferror(out)) { /* Ctrl-C or a closed stdout: the conversation ends here */
+            if (r.interrupted)
+                fprintf(stderr, "run chat: interrupted: %d tokens of turn %d's reply in %.3f s (%.1f tok/s)\n", r.n, turn + 1,
+                        r.decode_s, r.n > 1 ? (r.n - 1) / r.decode_s : 0.0);
+            free(r.ids);
+            break;
+        }
         pos += T + r.n - 1; /* every emitted token but the last is in the cache */
         carry = r.n ? r.ids[r.n - 1] : -1;
         free(r.ids);
         turn++;
     }
-    return rc;
+    return rc ? rc : e->msg[0] ? -1 : 0; /* read_turn's error: a turn too long, or out of memory */
 }

@@ -9,6 +9,7 @@
 #ifndef GENERATE_H
 #define GENERATE_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -37,6 +38,10 @@ char *prompt_render(int chat, ChatFormat f, const Tokenizer *tok, const char *sy
  * last "</think>", as its template does), V2 "Assistant: {reply}{eos}". malloc'd. */
 char *chat_render(ChatFormat f, const Tokenizer *tok, const char *system, const char *const *turns, int n);
 
+/* A prompt (-p, --system, a chat turn) longer than this is refused before it is encoded: 1 MiB of
+ * text is ~250k tokens, past any context this program can hold on one machine. */
+#define PROMPT_MAX_BYTES (1u << 20)
+
 typedef struct {
     float temp, top_p;  /* temp 0: greedy; top_p 1: no nucleus cut */
     uint64_t seed;
@@ -46,11 +51,14 @@ typedef struct {
     int mtp;            /* speculative decoding with the MTP module (m->has_mtp) */
     int stream;         /* print each token's text to stdout as it comes (needs a tokenizer) */
     int pos0;           /* the prompt's first position: 0, or where a conversation has got to */
+    const volatile sig_atomic_t *stop; /* when set and nonzero, stop after the next token (Ctrl-C); may be NULL */
 } GenOptions;
 
 typedef struct {
     int *ids, n;                 /* the new tokens [n], malloc'd (free with free()) */
     int stopped_at_eos;
+    int interrupted;             /* stopped because *o->stop was set */
+    int closed;                  /* stopped because stdout is closed (EPIPE: the reader went away) */
     int drafted, accepted;       /* MTP drafts verified and kept */
     double prefill_s, decode_s;  /* wall time of the prompt's forward and of the rest */
 } GenResult;

@@ -24,6 +24,7 @@
  * OpenBLAS runs on one thread here, so two runs on one machine write identical bytes.
  */
 #include "golden.h"
+#include "outfile.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -34,7 +35,7 @@
 /* ---- the command line -------------------------------------------------------------------------- */
 
 static const char *USAGE =
-    "usage: run golden --config CONFIG.json --out G.safetensors [--seed S] [--tokens N]\n"
+    "usage: run golden --config CONFIG.json --out G.safetensors [--force] [--seed S] [--tokens N]\n"
     "                  [--functions LIST] [--shape name=value]...\n"
     "       run golden --model DIR --tokens 5,17,42 --out G.safetensors [--functions LIST] [--shape ...]\n"
     "       run golden --verify G.safetensors [--model DIR] [--exact]\n"
@@ -51,7 +52,9 @@ static const char *USAGE =
     "                    heads q_lora_rank kv_lora_rank nope rope v inter moe_inter experts shared top_k\n"
     "                    n_group topk_group vocab layers\n"
     "  --verify G        recompute G's outputs from its inputs; report each function's error against\n"
-    "                    its tolerance (--exact: require identical bits). --model DIR for a --model file\n";
+    "                    its tolerance (--exact: require identical bits). --model DIR for a --model file\n"
+    "  --force           replace an existing --out file (without it one is refused). The file is written\n"
+    "                    under a temporary name and renamed when complete: never half a golden file\n";
 
 static int usage_error(const char *fmt, const char *arg) {
     fprintf(stderr, "run golden: ");
@@ -97,7 +100,7 @@ static int *shape_field(const char *name, Config *c, GoldenShapes *s) {
 int golden_main(int argc, char **argv) {
     const char *config = NULL, *model_dir = NULL, *out_path = NULL, *verify_path = NULL, *tokens = NULL, *fns = NULL;
     const char *shape_args[64];
-    int n_shape = 0, exact = 0;
+    int n_shape = 0, exact = 0, force = 0;
     unsigned long long seed = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -106,6 +109,7 @@ int golden_main(int argc, char **argv) {
                          : !strcmp(a, "--tokens") ? &tokens : !strcmp(a, "--functions") ? &fns : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return fputs(USAGE, stdout), 0;
         else if (!strcmp(a, "--exact")) exact = 1;
+        else if (!strcmp(a, "--force")) force = 1;
         else if (dst || !strcmp(a, "--seed") || !strcmp(a, "--shape")) {
             if (!v) return usage_error("%s needs a value", a);
             char *end;
@@ -132,6 +136,10 @@ int golden_main(int argc, char **argv) {
     }
     if (!config == !model_dir) return usage_error("%s", "give one of --config CONFIG.json and --model DIR");
     if (!out_path) return usage_error("%s", "--out G.safetensors is required");
+    if (outfile_check_clobber(out_path, force, &e)) {
+        fprintf(stderr, "run golden: %s\n", e.msg);
+        return 1;
+    }
     if (model_dir) {
         if (!tokens || !(ids = parse_ids(tokens, &g.sh.tokens)))
             return usage_error("--model needs --tokens as comma-separated ids like 5,17,42, found \"%s\"", tokens ? tokens : "");

@@ -16,6 +16,7 @@
  * embed_tokens [102400, 2048], 0.84 GB in F32), not the checkpoint (17.0 GB in FP8 for V2-Lite).
  */
 #include "init.h"
+#include "outfile.h"
 
 #include "manifest.h"
 
@@ -60,22 +61,20 @@ static int write_config(const char *config_path, const char *out_dir, int with_m
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     free(text);
     snprintf(path, sizeof path, "%s/config.json", out_dir);
-    FILE *out = NULL;
     int rc = -1;
     if (!root) error_set(e, "%s: cannot read", config_path);
     else if (mkdir(out_dir, 0755) && errno != EEXIST) error_set(e, "%s: cannot create the directory", out_dir);
-    else if (!(out = fopen(path, "wb"))) error_set(e, "%s: cannot write", path);
     else {
         cJSON_DeleteItemFromObject(root, "num_nextn_predict_layers");
         cJSON_AddNumberToObject(root, "num_nextn_predict_layers", with_mtp ? 1 : 0);
         cJSON_DeleteItemFromObject(root, "quantization_config");
         QuantOptions o = {.to = to, .block = INIT_FP8_BLOCK, .scale_fmt = FP8_SCALE_F32};
         if (to != QUANT_TO_F32) quant_edit_config(root, &o);
-        char *json = cJSON_Print(root);
-        fputs(json, out);
-        fputc('\n', out);
+        char *json = cJSON_Print(root), *line = json ? malloc(strlen(json) + 2) : NULL;
+        /* whole or not at all, as every output (outfile.h) */
+        rc = line ? outfile_write(path, line, (size_t)sprintf(line, "%s\n", json), e) : error_set(e, "%s: out of memory", path);
         free(json);
-        rc = fclose(out) == 0 ? 0 : error_set(e, "%s: write failed", path);
+        free(line);
     }
     cJSON_Delete(root);
     return rc;

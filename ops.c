@@ -22,6 +22,10 @@ int error_set(Error *e, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
+        /* names and values quoted from a file may hold control characters (JSON's "\n"): blank
+         * them, so the message stays one line whatever the input (tests/fuzz finds such files) */
+        for (char *c = e->msg; *c; c++)
+            if ((unsigned char)*c < 0x20) *c = '?';
     }
     return -1;
 }

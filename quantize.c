@@ -28,6 +28,7 @@
  *   --to f32   the same, in F32 (exact for BF16, F16 and dequantized FP8).
  */
 #include "quantize.h"
+#include "outfile.h"
 #include "manifest.h"
 
 #include <cJSON.h>
@@ -178,15 +179,12 @@ static int convert(const Conv *c, const StTensor *t, Batch *b, QuantStats *stats
 
 /* ---- the directory ------------------------------------------------------------------------------- */
 
-/* Writes out/name, first removing whatever is there: a link into the input is replaced, not followed. */
+/* Writes out/name whole or not at all (outfile.h): a link into the input is replaced, not followed,
+ * and a run killed midway leaves the file that was there. */
 static int write_file(const char *out, const char *name, const char *data, size_t n, Error *e) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", out, name);
-    unlink(path);
-    FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(data, 1, n, f) == n;
-    if (f) ok = fclose(f) == 0 && ok;
-    return ok ? 0 : error_set(e, "%s: cannot write: %s", path, strerror(errno));
+    return outfile_write(path, data, n, e);
 }
 
 static int write_json(const char *out, const char *name, cJSON *j, Error *e) {
@@ -228,8 +226,7 @@ static int write_weights(Conv *c, const char *out, int sharded, QuantStats *stat
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", out, name);
         if (!rc && b.n > 0) {
-            unlink(path); /* a link into the input is replaced, never written through */
-            rc = st_write(path, b.t, b.n, meta_k, meta_v, 1, e);
+            rc = st_write(path, b.t, b.n, meta_k, meta_v, 1, e); /* a link into the input is replaced */
             stats->n_files++;
         }
         for (int k = 0; k < b.n && !rc; k++) {
@@ -304,11 +301,11 @@ int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantS
     else if (!rc && (stat(out, &sb) != 0 || !S_ISDIR(sb.st_mode))) rc = error_set(e, "%s: exists and is not a directory", out);
     snprintf(path, sizeof path, "%s/model.safetensors", in);
     int sharded = access(path, F_OK) != 0; /* st_open_dir read an index and its shards */
-    if (!rc && sharded) { /* a single file left in OUT by an earlier run would win over the index */
+    if (!rc) rc = write_weights(&c, out, sharded, stats, e);
+    if (!rc && sharded) { /* a single file left in OUT by an earlier run would win over the new index */
         snprintf(path, sizeof path, "%s/model.safetensors", out);
         unlink(path);
     }
-    if (!rc) rc = write_weights(&c, out, sharded, stats, e);
     if (!rc) {
         quant_edit_config(cfg, o);
         rc = write_json(out, "config.json", cfg, e);
@@ -328,7 +325,7 @@ int quant_convert(const char *in, const char *out, const QuantOptions *o, QuantS
 /* ---- the command line ---------------------------------------------------------------------------- */
 
 static const char *USAGE =
-    "usage: run quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0]\n"
+    "usage: run quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0] [--force]\n"
     "  Converts checkpoint directory IN into OUT (created if missing; never IN itself).\n"
     "  --to fp8   DeepSeek-V3's layout: attention and FFN/expert Linear weights as E4M3 with one FP32\n"
     "             weight_scale_inv per B x B block (default 128); --scale ue8m0 rounds each scale up\n"
@@ -337,7 +334,10 @@ static const char *USAGE =
     "             scales (other float tensors become BF16 too, but e_score_correction_bias).\n"
     "  --to f32   the same in F32.\n"
     "  config.json gets the matching quantization_config (or none); tokenizer.json,\n"
-    "  tokenizer_config.json and generation_config.json are copied; a sharded IN stays sharded.\n";
+    "  tokenizer_config.json and generation_config.json are copied; a sharded IN stays sharded.\n"
+    "  --force    replace the checkpoint OUT already holds (without it an OUT with a config.json or\n"
+    "             weights is refused). Each file is written under a temporary name and renamed when\n"
+    "             complete, so an interrupted run leaves OUT's old files as they were.\n";
 
 static int usage_error(const char *fmt, ...) {
     va_list ap;
@@ -351,8 +351,10 @@ static int usage_error(const char *fmt, ...) {
 
 int quantize_main(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *to = NULL, *block = NULL, *scale = NULL;
+    int force = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--force")) { force = 1; continue; }
         const char **v = !strcmp(a, "--to") ? &to : !strcmp(a, "--block") ? &block : !strcmp(a, "--scale") ? &scale : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return fputs(USAGE, stdout), 0;
         if (v && i + 1 >= argc) return usage_error("%s needs a value", a);
@@ -378,6 +380,17 @@ int quantize_main(int argc, char **argv) {
         return usage_error("--scale: expected f32 or ue8m0, found \"%s\"", scale);
     if (scale && !strcmp(scale, "ue8m0")) o.scale_fmt = FP8_SCALE_UE8M0;
     Error e;
+    static const char *FINAL[] = {"config.json", "model.safetensors", "model.safetensors.index.json"};
+    char rin[PATH_MAX], rout[PATH_MAX];
+    int same = realpath(in, rin) && realpath(out, rout) && !strcmp(rin, rout); /* quant_convert refuses it */
+    for (int i = 0; i < 3 && !same; i++) { /* an existing checkpoint in OUT is replaced only when asked */
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s", out, FINAL[i]);
+        if (outfile_check_clobber(path, force, &e)) {
+            fprintf(stderr, "run quantize: %s\n", e.msg);
+            return 1;
+        }
+    }
     if (quant_convert(in, out, &o, NULL, &e)) {
         fprintf(stderr, "run quantize: %s\n", e.msg);
         return 1;

@@ -6,7 +6,7 @@
  *   run generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]
  *   run generate DIR --tokens 5,17,42 [-n 16] [--temp 0] --ids [--ignore-eos] [--ctx N]
  *   run generate ... --mtp                             speculative decoding with the MTP module
- *   run init --config C.json --out DIR [--mtp] [--dtype D] a random model (D: f32, bf16, fp8)
+ *   run init --config C.json --out DIR [--mtp] [--dtype D] [--force]   a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
@@ -20,16 +20,21 @@
 #include "golden.h"
 #include "init.h"
 #include "kv.h"
+#include "manifest.h"
 #include "mla.h"
 #include "model.h"
+#include "outfile.h"
 #include "quantize.h"
 #include "tokenizer.h"
 
 #include <math.h>
+#include <signal.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,14 +54,16 @@ static const char *USAGE =
     "                       absorbed one. --fp8-gemm (also for generate): FP8 weights multiply as\n"
     "                       DeepSeek's kernels do, activations quantized to E4M3 in 1x128 tiles\n"
     "                       (default: dequantize the weights, FP32 GEMM)\n"
-    "  generate DIR -p TEXT [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
+    "  generate DIR (-p TEXT | -f FILE) [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
     "                       continue TEXT, streaming the decoded text to stdout as it is produced;\n"
     "                       prompt and generation speed (tok/s) go to stderr. --chat makes TEXT one\n"
     "                       user turn in the chat format of DIR/tokenizer_config.json's chat_template\n"
     "                       (DeepSeek-V3, R1 or V2-Chat; another template is refused), --system S\n"
     "                       before it. Sampling: temperature T (default 0.8; 0 = greedy), nucleus top-p P\n"
     "                       (default 0.9), seed S (default: the time, printed at the end). N: new\n"
-    "                       tokens, default 16. Stops at EOS unless --ignore-eos.\n"
+    "                       tokens, default 16. Stops at EOS unless --ignore-eos. A prompt is at most\n"
+    "                       1 MiB. Ctrl-C stops after the next token and prints the speed so far (exit\n"
+    "                       status 130); a closed stdout (| head) ends it quietly (status 141)\n"
     "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos]\n"
     "                       the same from token ids; --ids prints the new ids on one line of stdout,\n"
     "                       space-separated (greedy unless --temp is given)\n"
@@ -72,6 +79,7 @@ static const char *USAGE =
     "                       write a random model for the config (with an MTP module: --mtp), F32 or\n"
     "                       what run quantize --to bf16 / fp8 makes of it (E4M3, 128 x 128 blocks),\n"
     "                       one tensor at a time (a V2-Lite-sized FP8 model, 17 GB, in < 1 GB of RAM)\n"
+    "                       --force replaces a checkpoint already in DIR\n"
     "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
     "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
     "                       only the ids, space-separated on one line. DIR needs only tokenizer.json.\n"
@@ -95,7 +103,7 @@ static const char *USAGE =
     "                       with DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
     "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
     "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
-    "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0]\n"
+    "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0] [--force]\n"
     "                       convert a checkpoint to DeepSeek's FP8 layout (E4M3, B x B block scales)\n"
     "                       or back to BF16 / F32 (run quantize --help)\n"
     "\n"
@@ -120,6 +128,7 @@ static void die_usage(const char *msg) {
 /* "5,17,42" -> ids; exits with a message on anything else. */
 static int *parse_ids(const char *s, int *n) {
     int cap = 16, *ids = malloc(sizeof(int) * cap);
+    if (!ids) die("--tokens: out of memory");
     *n = 0;
     const char *p = s;
     while (*p) {
@@ -130,7 +139,7 @@ static int *parse_ids(const char *s, int *n) {
             snprintf(msg, sizeof msg, "--tokens: expected comma-separated non-negative integers, found \"%.40s\"", p);
             die_usage(msg);
         }
-        if (*n == cap) ids = realloc(ids, sizeof(int) * (cap *= 2));
+        if (*n == cap && !(ids = realloc(ids, sizeof(int) * (size_t)(cap *= 2)))) die("--tokens: out of memory");
         ids[(*n)++] = (int)v;
         p = end;
         if (*p == ',') p++;
@@ -142,7 +151,7 @@ static int *parse_ids(const char *s, int *n) {
 
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows;
+    int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows, force;
     const char *config, *ids_file, *compare, *dtype;
     float temp, top_p;
     unsigned long long seed;
@@ -193,6 +202,7 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "-f")) { if (!v) die_usage("-f needs a file name"); a.file = v; i++; }
         else if (!strcmp(s, "--system")) { if (!v) die_usage("--system needs the system prompt"); a.system = v; i++; }
         else if (!strcmp(s, "--chat")) a.chat = 1;
+        else if (!strcmp(s, "--force")) a.force = 1;
         else if (!strcmp(s, "--mtp")) a.mtp = 1;
         else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
@@ -222,15 +232,37 @@ static void load_or_die(Model *m, const char *dir) {
 }
 
 
+/* This machine's memory in bytes: what no single buffer may exceed. */
+static double memory_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (double)pages * (double)size : 1e18;
+}
+
+/* Bytes free on the file system where path (or, when it does not exist yet, its parent) would be. */
+static double disk_bytes_free(const char *path) {
+    struct statvfs v;
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s/..", path);
+    if (statvfs(path, &v) != 0 && statvfs(parent, &v) != 0 && statvfs(".", &v) != 0) return 1e18;
+    return (double)v.f_bavail * (double)v.f_frsize;
+}
 static const char *device; /* --device: NULL (the CPU) or "cuda" (take_device) */
 
 static void state_or_die(State *s, const Model *m, int ctx, int need) {
     Error e;
+    char msg[300];
     int max_pos = m->cfg.max_position_embeddings;
     if (ctx == 0) ctx = max_pos < 4096 ? max_pos : 4096;
     if (need > ctx) {
-        char msg[200];
         snprintf(msg, sizeof msg, "%d tokens (prompt + new) do not fit a %d-token context; raise --ctx", need, ctx);
+        die(msg);
+    }
+    /* the latent cache (and the MTP's hidden states and cache) before anything is allocated */
+    double width = mla_cache_width(&m->mla), layers = m->cfg.n_layers + (m->has_mtp ? 1 : 0);
+    double bytes = 4.0 * ctx * (layers * width + (m->has_mtp ? m->cfg.hidden_size : 0)), have = memory_bytes();
+    if (bytes > have) {
+        snprintf(msg, sizeof msg, "--ctx %d: the latent cache needs %.3g bytes, more than this machine's %.3g bytes of "
+                 "memory (the limit); lower --ctx or -n", ctx, bytes, have);
         die(msg);
     }
     if (ctx > max_pos)
@@ -296,6 +328,7 @@ static int cmd_logits(int argc, char **argv) {
     state_or_die(&s, &m, a.ctx, T);
     int V = m.cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)T * V);
+    if (!logits) die("logits: out of memory for the [T, vocab] output");
     AttnForm form = a.naive ? ATTN_NAIVE : ATTN_ABSORBED;
     double t0 = now_s();
     if (a.decode) {
@@ -325,18 +358,65 @@ static Tokenizer *tokenizer_or_die(const char *dir) {
     return t;
 }
 
+/* Ctrl-C during generate / chat: the first one asks generation to stop after the next token
+ * (GenOptions.stop); the handler then resets, so a second Ctrl-C kills as usual. A closed stdout
+ * (`run generate ... | head`) shows up as EPIPE instead of a fatal SIGPIPE: generation stops at the
+ * next token and run exits with status 141 (128 + SIGPIPE, what a shell reports for a killed
+ * writer) without a word. An interrupted run exits with 130 (128 + SIGINT) after its speed line. */
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+enum { EXIT_INTERRUPTED = 130, EXIT_CLOSED_STDOUT = 141 };
+
 static void die_on(int rc, const Error *e) {
     if (rc) die(e->msg);
+}
+
+/* -f FILE as the prompt: its size is checked before it is read (a prompt is at most 1 MiB). */
+static const char *prompt_file_or_die(const char *path) {
+    struct stat st;
+    Error e;
+    char msg[4300];
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > PROMPT_MAX_BYTES) {
+        snprintf(msg, sizeof msg, "-f %s: the prompt is %lld bytes, over the limit of %u bytes (1 MiB)", path,
+                 (long long)st.st_size, PROMPT_MAX_BYTES);
+        die(msg);
+    }
+    size_t n;
+    char *text = read_file(path, &n, &e);
+    if (!text) die(e.msg);
+    if (n > PROMPT_MAX_BYTES || strlen(text) != n) { /* a pipe, or a NUL inside */
+        snprintf(msg, sizeof msg, "-f %s: %s", path, n > PROMPT_MAX_BYTES ? "the prompt is over the limit of 1 MiB" : "the prompt holds a NUL byte");
+        die(msg);
+    }
+    return text;
 }
 
 /* The prompt's ids: the chat template's layout with --chat (generate.h), else BOS then the text.
  * Special tokens in the text are matched by the tokenizer, so a template is plain concatenation. */
 static int *encode_prompt(const Tokenizer *tok, const Args *a, int *n) {
     if (!a->chat && a->system) die_usage("--system only goes with --chat");
+    const char *texts[2] = {a->prompt, a->system}, *flags[2] = {"-p", "--system"};
+    for (int i = 0; i < 2; i++)
+        if (texts[i] && strlen(texts[i]) > PROMPT_MAX_BYTES) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "%s: the text is %zu bytes, over the limit of %u bytes (1 MiB)", flags[i],
+                     strlen(texts[i]), PROMPT_MAX_BYTES);
+            die(msg);
+        }
     ChatFormat f = CHAT_V3;
     Error e;
     if (a->chat) die_on(chat_format_detect(&f, a->dir, tok, &e), &e);
     char *text = prompt_render(a->chat, f, tok, a->system, a->prompt);
+    if (!text) die("out of memory for the prompt");
     int *ids;
     die_on(tokenizer_encode(tok, text, strlen(text), &ids, n, &e), &e);
     free(text);
@@ -346,7 +426,9 @@ static int *encode_prompt(const Tokenizer *tok, const Args *a, int *n) {
 
 static int cmd_generate(int argc, char **argv) {
     Args a = parse_args(argc, argv);
-    if (!a.tokens == !a.prompt) die_usage("generate: give the prompt as text (-p) or as ids (--tokens), one of them");
+    if (a.file && !a.prompt) a.prompt = prompt_file_or_die(a.file); /* leaked until exit, as argv */
+    else if (a.file) die_usage("generate: give the prompt with -p TEXT or -f FILE, not both");
+    if (!a.tokens == !a.prompt) die_usage("generate: give the prompt as text (-p or -f) or as ids (--tokens), one of them");
     if (a.tokens && (a.chat || a.system)) die_usage("--chat and --system go with -p TEXT, not --tokens");
     if (a.ids && !a.has_temp) a.temp = 0.0f; /* scripts asking for ids get greedy unless told */
     Model m;
@@ -364,7 +446,8 @@ static int cmd_generate(int argc, char **argv) {
     state_or_die(&s, &m, a.ctx, T + a.n_new);
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
     GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new, .ignore_eos = a.ignore_eos,
-                    .eos = m.cfg.eos_token_id, .mtp = a.mtp, .stream = !a.ids};
+                    .eos = m.cfg.eos_token_id, .mtp = a.mtp, .stream = !a.ids, .stop = &interrupted};
+    catch_signals();
     if (o.eos < 0 && tok) o.eos = tokenizer_eos_id(tok);
     if (!a.ids && !a.chat) { /* echo the prompt text, then stream the continuation */
         fputs(a.prompt, stdout);
@@ -375,14 +458,15 @@ static int cmd_generate(int argc, char **argv) {
     if (a.ids)
         for (int i = 0; i < r.n; i++) printf("%s%d", i ? " " : "", r.ids[i]);
     printf("\n");
-    fflush(stdout);
+    if (fflush(stdout) != 0 || ferror(stdout) || r.closed) exit(EXIT_CLOSED_STDOUT); /* quietly: see catch_signals */
     int n = r.n;
     if (n == 0) fprintf(stderr, "run: prompt %d tokens, nothing generated (-n 0)", T);
     else fprintf(stderr, "run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d in %.3f s (%.1f tok/s)%s",
                  T, r.prefill_s, T / r.prefill_s, n, r.decode_s, n > 1 ? (n - 1) / r.decode_s : 0.0,
-                 r.stopped_at_eos ? ", stopped at EOS" : "");
+                 r.stopped_at_eos ? ", stopped at EOS" : r.interrupted ? ", interrupted (Ctrl-C)" : "");
     if (a.temp > 0) fprintf(stderr, "; temp %g, top-p %g, seed %llu", a.temp, a.top_p, a.seed);
     fprintf(stderr, "\n");
+    if (r.interrupted) exit(EXIT_INTERRUPTED);
     if (a.mtp && n > 1) {
         /* The same prompt and seed decoded plainly (for the equality at temp 0) and again with MTP,
          * both quietly and in this now warm process, so the speed-up compares like with like. */
@@ -421,10 +505,13 @@ static int cmd_chat(int argc, char **argv) {
     state_or_die(&s, &m, a.ctx, 1);
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
     GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new_set ? a.n_new : 256,
-                    .ignore_eos = a.ignore_eos, .eos = tokenizer_eos_id(tok), .stream = !a.ids};
+                    .ignore_eos = a.ignore_eos, .eos = tokenizer_eos_id(tok), .stream = !a.ids, .stop = &interrupted};
+    catch_signals();
     if (isatty(0)) fprintf(stderr, "run: %s chat format, %d-token context; one turn per line, Ctrl-D ends\n",
                            chat_format_name(f), s.ctx);
     die_on(chat_session(&m, &s, tok, f, a.system, stdin, stdout, &o, &e), &e);
+    if (fflush(stdout) != 0 || ferror(stdout)) exit(EXIT_CLOSED_STDOUT);
+    if (interrupted) exit(EXIT_INTERRUPTED);
     tokenizer_free(tok);
     state_free(&s);
     model_free(&m);
@@ -439,6 +526,36 @@ static int cmd_init(int argc, char **argv) {
     QuantTarget to = !strcmp(dt, "f32") ? QUANT_TO_F32 : !strcmp(dt, "bf16") ? QUANT_TO_BF16 : QUANT_TO_FP8;
     if (strcmp(dt, "f32") && strcmp(dt, "bf16") && strcmp(dt, "fp8")) die_usage("init: --dtype: expected f32, bf16 or fp8");
     Error e;
+    Config c;
+    char msg[600];
+    if (config_load(&c, a.config, &e)) die(e.msg);
+    /* run init draws one tensor at a time (init.c): the largest must fit in memory as F32, and the
+     * whole checkpoint on the disk that holds OUT */
+    Manifest mf = {0};
+    if (manifest_model(&mf, &c, a.mtp, &e)) die(e.msg);
+    double largest = 0, total = 0, elem = to == QUANT_TO_F32 ? 4 : to == QUANT_TO_BF16 ? 2 : 1;
+    for (int i = 0; i < mf.n; i++) {
+        double n = (double)mf.e[i].rows * (mf.e[i].cols ? mf.e[i].cols : 1);
+        largest = n > largest ? n : largest;
+        total += n * elem;
+    }
+    manifest_free(&mf);
+    double have = memory_bytes(), disk = disk_bytes_free(a.out);
+    if (4 * largest > have) {
+        snprintf(msg, sizeof msg, "init: %s's largest tensor needs %.3g bytes in F32, more than this machine's %.3g "
+                 "bytes of memory (the limit)", a.config, 4 * largest, have);
+        die(msg);
+    }
+    if (total > disk) {
+        snprintf(msg, sizeof msg, "init: %s's checkpoint needs %.3g bytes (%s), more than the %.3g bytes free where "
+                 "%s goes (the limit)", a.config, total, dt, disk, a.out);
+        die(msg);
+    }
+    const char *finals[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) { /* an existing checkpoint in OUT is replaced only when asked */
+        snprintf(msg, sizeof msg, "%s/%s", a.out, finals[i]);
+        if (outfile_check_clobber(msg, a.force, &e)) die(e.msg);
+    }
     if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, to, &e)) die(e.msg);
     fprintf(stderr, "run: wrote a random %s model%s to %s\n", dt, a.mtp ? " with an MTP module" : "", a.out);
     return 0;
@@ -459,6 +576,7 @@ static int cmd_tokenize(int argc, char **argv) {
     Tokenizer *tok = tokenizer_or_die(a.dir);
     size_t n;
     char *text = a.file ? read_or_die(a.file, &n) : strdup(a.prompt);
+    if (!text) die("tokenize: out of memory");
     if (!a.file) n = strlen(text);
     int *ids, n_ids;
     Error e;
@@ -506,7 +624,7 @@ static int cmd_ppl(int argc, char **argv) {
         const StTensor *t = st_find(&f, "heldout_ids");
         if (!t || t->ndim != 1) die("ppl: the file has no 1-D tensor heldout_ids");
         n = (int)t->numel;
-        ids = malloc(sizeof(int) * (size_t)n);
+        if (!(ids = malloc(sizeof(int) * ((size_t)n + 1)))) die("ppl: out of memory for the ids");
         for (int i = 0; i < n; i++) ids[i] = (int)dtype_load_f32(t->dtype, t->data, (size_t)i);
         st_close(&f);
     }
@@ -525,6 +643,7 @@ static int cmd_ppl(int argc, char **argv) {
     }
     float *logits = malloc(sizeof(float) * (size_t)W * V), *logits2 = a.compare ? malloc(sizeof(float) * (size_t)W * V) : NULL;
     int *win = malloc(sizeof(int) * (size_t)W);
+    if (!logits || !win || (a.compare && !logits2)) die("ppl: out of memory for the window's logits");
     /* with --compare: per prediction, d = NLL2 - NLL1 and its expansion in the logit change
      * delta = l2 - l1 under p = softmax(l1): d = (E_p delta - delta_y) + Var_p(delta) / 2 + O(delta^3) */
     double nll = 0, nll2 = 0, first = 0, first_sq = 0, second = 0, t0 = now_s();

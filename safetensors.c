@@ -18,9 +18,12 @@
  * Writing follows the safetensors library (safetensors/src/tensor.rs, `prepare`): the header is
  * padded with spaces to a multiple of 8, and tensors are laid out largest element size first, so
  * each one starts at a multiple of its element size and the data region has no holes (the Python
- * reader rejects files whose tensors do not cover the data region exactly).
+ * reader rejects files whose tensors do not cover the data region exactly). The file is written
+ * under a temporary name and renamed into place when complete (outfile.h): a failed or killed
+ * write leaves the previous file as it was.
  */
 #include "safetensors.h"
+#include "outfile.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -146,6 +149,10 @@ static int parse_entry(StTensor *t, const cJSON *j, const char *path, const unsi
                              name, i);
     }
     t->numel = shape_numel(t->ndim, t->shape);
+    char s0[128];
+    if (t->numel < 0)
+        return error_set(e, "%s: tensor '%s': shape %s has more elements than 2^63 (the limit)", path, name,
+                         shape_str(s0, sizeof s0, t->ndim, t->shape));
 
     int64_t begin = json_uint(cJSON_GetArrayItem(off, 0));
     int64_t end = json_uint(cJSON_GetArrayItem(off, 1));
@@ -158,7 +165,7 @@ static int parse_entry(StTensor *t, const cJSON *j, const char *path, const unsi
     if ((uint64_t)end > data_size)
         return error_set(e,
                          "%s: tensor '%s': data_offsets [%lld, %lld] run past the data region of "
-                         "%zu bytes",
+                         "%zu bytes (the file ends there)",
                          path, name, (long long)begin, (long long)end, data_size);
     char s[128];
     size_t esize = dtype_size(t->dtype);
@@ -501,14 +508,14 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
     cJSON *root = order ? write_header(ts, n, order, meta_keys, meta_values, n_meta) : NULL;
     char *json = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
-    FILE *fp = json ? fopen(path, "wb") : NULL;
-    if (!fp) {
-        int rc = json ? error_set(e, "%s: cannot create: %s", path, strerror(errno))
-                      : error_set(e, "%s: out of memory building the header", path);
+    OutFile out; /* a temporary file, renamed to path once complete (outfile.h) */
+    if (!json || outfile_open(&out, path, e)) {
+        int rc = json ? -1 : error_set(e, "%s: out of memory building the header", path);
         free(order);
         cJSON_free(json);
         return rc;
     }
+    FILE *fp = out.f;
     size_t len = strlen(json), pad = (8 - len % 8) % 8;
     unsigned char n8[8];
     for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
@@ -519,22 +526,23 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
         size_t nbytes = (size_t)shape_numel(t->ndim, t->shape) * dtype_size(t->dtype);
         ok = nbytes == 0 || fwrite(t->data, 1, nbytes, fp) == nbytes;
     }
-    ok = fclose(fp) == 0 && ok;
     free(order);
     cJSON_free(json);
     if (!ok) {
         int err = errno;
-        remove(path); /* no half-written file left behind */
+        outfile_discard(&out); /* no half-written file left behind; the old one stays */
         return error_set(e, "%s: write failed: %s", path, strerror(err));
     }
-    return 0;
+    return outfile_commit(&out, e);
 }
 
 /* -------------------------------------------------------------------------------------------------
  * Streaming writer: the header first, then each tensor at its offset (fseeko), any order.
  */
 struct StWriter {
-    FILE *fp;
+    FILE *fp;             /* out.f: a temporary file beside path, renamed to it by st_write_end */
+    OutFile out;
+    int open;             /* out holds a temporary file to remove on abort */
     char *path;
     int n, n_done;
     int64_t *at, *nbytes; /* [n]: each tensor's offset in the file, and its size */
@@ -576,8 +584,7 @@ static int check_stream_args(const char *path, const StWriteTensor *ts, int n, c
 
 void st_write_abort(StWriter *w) {
     if (!w) return;
-    if (w->fp) fclose(w->fp);
-    if (w->path) remove(w->path);
+    if (w->open) outfile_discard(&w->out); /* the temporary file; the file at path is untouched */
     free(w->path);
     free(w->at);
     free(w->nbytes);
@@ -619,13 +626,13 @@ StWriter *st_write_begin(const char *path, const StWriteTensor *ts, int n, const
     unsigned char n8[8];
     for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
     w->path = strdup(path);
-    w->fp = w->path ? fopen(path, "wb") : NULL;
+    w->open = w->path && outfile_open(&w->out, path, e) == 0;
+    w->fp = w->open ? w->out.f : NULL;
     int ok = w->fp && fwrite(n8, 1, 8, w->fp) == 8 && fwrite(json, 1, len, w->fp) == len;
     for (size_t i = 0; i < pad && ok; i++) ok = fputc(' ', w->fp) != EOF;
     cJSON_free(json);
     if (!ok) {
-        error_set(e, "%s: cannot write: %s", path, strerror(errno));
-        if (!w->fp) free(w->path), w->path = NULL; /* nothing of ours to remove */
+        if (w->open || !w->path) error_set(e, "%s: cannot write: %s", path, w->path ? strerror(errno) : "out of memory");
         st_write_abort(w);
         return NULL;
     }
@@ -645,13 +652,9 @@ int st_write_tensor(StWriter *w, int i, const void *data, Error *e) {
 
 int st_write_end(StWriter *w, Error *e) {
     int rc = w->n_done == w->n ? 0 : error_set(e, "%s: %d of %d tensors were never written", w->path, w->n - w->n_done, w->n);
-    int err = 0;
-    if (fclose(w->fp) != 0) err = errno;
-    w->fp = NULL;
-    if (!rc && err) rc = error_set(e, "%s: write failed: %s", w->path, strerror(err));
-    if (!rc) { /* keep the file */
-        free(w->path);
-        w->path = NULL;
+    if (!rc) { /* fsync and rename into place (outfile.h); on failure the temporary is removed */
+        w->open = 0;
+        rc = outfile_commit(&w->out, e);
     }
     st_write_abort(w);
     return rc;

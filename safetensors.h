@@ -70,6 +70,8 @@ typedef struct {
     const void *data;
 } StWriteTensor;
 
+/* The file appears whole or not at all: written under a temporary name beside path, fsynced and
+ * renamed (outfile.h); on failure the file that was at path is left as it was. */
 int st_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
              const char *const *meta_values, int n_meta, Error *e);
 
@@ -77,7 +79,9 @@ int st_write(const char *path, const StWriteTensor *ts, int n, const char *const
  * (their data pointers are not read), then st_write_tensor writes tensor i's bytes, in any order, and
  * st_write_end checks that every tensor was written and closes. The file has the bytes st_write
  * would give for the same tensors. After an error from st_write_tensor, call st_write_abort.
- * st_write_end and st_write_abort free w; abort, or an error from end, removes the file. */
+ * st_write_end and st_write_abort free w. The bytes go to a temporary file beside path that st_write_end
+ * fsyncs and renames into place (outfile.h); abort, or an error from end, removes it and leaves the
+ * file that was at path as it was. */
 typedef struct StWriter StWriter;
 StWriter *st_write_begin(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
                          const char *const *meta_values, int n_meta, Error *e);

@@ -39,6 +39,7 @@
 #include "tokenizer.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <pcre2.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -173,9 +174,15 @@ static int json_bool(const cJSON *obj, const char *key, int dflt) {
     return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
 }
 
+/* Ids index arrays of the largest id + 1, so they are bounded: TOKENIZER_MAX_ID is 32 times
+ * DeepSeek-V3's vocabulary, and a file claiming id 2^31 is refused before anything is sized by it. */
+#define TOKENIZER_MAX_ID ((1 << 22) - 1)
 static int json_id(const cJSON *v, const char *file, const char *field, const char *name, Error *e) {
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1e8 || v->valuedouble != (int)v->valuedouble)
-        return error_set(e, "%s: %s \"%s\": expected an id in [0, 1e8], found something else", file, field, name);
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != floor(v->valuedouble))
+        return error_set(e, "%s: %s \"%s\": expected a non-negative integer id, found something else", file, field, name);
+    if (v->valuedouble > TOKENIZER_MAX_ID)
+        return error_set(e, "%s: %s \"%s\": id %.0f is past the limit %d (a vocabulary of at most %d tokens)", file,
+                         field, name, v->valuedouble, TOKENIZER_MAX_ID, TOKENIZER_MAX_ID + 1);
     return v->valueint;
 }
 

@@ -11,8 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Records p for model_free; NULL (p freed) when p is NULL or the list cannot grow: out of memory. */
 static void *own(Model *m, void *p) {
-    m->owned = realloc(m->owned, sizeof(void *) * (size_t)(m->n_owned + 1));
+    void **o = p ? realloc(m->owned, sizeof(void *) * (size_t)(m->n_owned + 1)) : NULL;
+    if (!o) {
+        free(p);
+        return NULL;
+    }
+    m->owned = o;
     m->owned[m->n_owned++] = p;
     return p;
 }
@@ -28,7 +34,9 @@ static float *load_floats(Model *m, const char *name, int ndim, const int64_t *s
         error_set(e, "%s: dtype %s, expected F32, BF16 or F16", name, dtype_name(t->dtype));
         return NULL;
     }
-    return own(m, st_to_f32(t));
+    float *f = own(m, st_to_f32(t));
+    if (!f) error_set(e, "%s: out of memory widening %lld values to FP32", name, (long long)t->numel);
+    return f;
 }
 
 /* A vector [n] widened to FP32. */
@@ -146,7 +154,11 @@ int model_load(Model *m, const char *dir, Error *e) {
     manifest_free(&mf);
     if (rc) goto fail;
     m->mla = model_mla_dims(c);
-    m->inv_freq = own(m, malloc(sizeof(float) * (size_t)c->qk_rope_head_dim / 2));
+    m->inv_freq = own(m, malloc(sizeof(float) * (size_t)(c->qk_rope_head_dim / 2 + 1)));
+    if (!m->inv_freq) {
+        rc = error_set(e, "out of memory for the RoPE table");
+        goto fail;
+    }
     m->rope_attn_factor = rope_inv_freq(m->inv_freq, &c->rope, c->qk_rope_head_dim);
     return 0;
 fail:

@@ -95,12 +95,12 @@ static void test_deterministic(void **st) {
     same_bytes("two runs, whole file", fa, fb, na);
     free(fb);
     /* another seed: other bytes; a subset of functions: the same inputs for those (one stream per tensor) */
-    snprintf(cmd, sizeof cmd, ARGS " --seed 8 --out %s", b);
+    snprintf(cmd, sizeof cmd, ARGS " --seed 8 --force --out %s", b); /* replacing a file takes --force */
     assert_int_equal(golden(cmd, NULL), 0);
     fb = read_all(b, &nb);
     assert_true(na != nb || memcmp(fa, fb, na));
     free(fb);
-    snprintf(cmd, sizeof cmd, ARGS " --functions moe_gate,rmsnorm --out %s", b);
+    snprintf(cmd, sizeof cmd, ARGS " --functions moe_gate,rmsnorm --force --out %s", b);
     assert_int_equal(golden(cmd, NULL), 0);
     StFile f1, f2;
     Error e;

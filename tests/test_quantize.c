@@ -674,7 +674,9 @@ static void test_errors(void **state) {
     snprintf(cmd, sizeof cmd, "mkdir %s/l && ln -s $PWD/" FIXTURES "/v3_yarn/model.safetensors $PWD/" FIXTURES
              "/v3_yarn/config.json %s/l/", dir, dir);
     assert_int_equal(system(cmd), 0);
-    snprintf(args, sizeof args, FIXTURES "/v3_yarn %s/l --to fp8", dir);
+    snprintf(args, sizeof args, FIXTURES "/v3_yarn %s/l --to fp8", dir); /* an existing checkpoint: kept ... */
+    assert_int_equal(quantize(args), 1);
+    snprintf(args, sizeof args, FIXTURES "/v3_yarn %s/l --to fp8 --force", dir); /* ... unless --force */
     assert_int_equal(quantize(args), 0);
     assert_int_equal(stat(FIXTURES "/v3_yarn/model.safetensors", &after), 0);
     assert_int_equal(before.st_size, after.st_size);
