@@ -14,6 +14,7 @@
 
 #include "model.h"
 #include "ops.h"
+#include "rel_err.h" /* rel_err(a, b, n): max |a - b| / max |b| */
 #include "safetensors.h"
 
 #define FIXTURES "tests/fixtures"
@@ -28,17 +29,6 @@ static inline float *test_rand_buf(Rng *r, size_t n, float scale) {
     assert_non_null(p);
     for (size_t i = 0; i < n; i++) p[i] = test_uniform(r) * scale;
     return p;
-}
-
-/* max_i |a_i - b_i| / max_i |b_i|: the "relative error" every numerics test reports. */
-static inline double rel_err(const float *a, const float *b, size_t n) {
-    double maxdiff = 0, maxref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > maxdiff || isnan(d)) maxdiff = isnan(d) ? INFINITY : d;
-        if (fabs((double)b[i]) > maxref) maxref = fabs((double)b[i]);
-    }
-    return maxref > 0 ? maxdiff / maxref : maxdiff;
 }
 
 /* Prints "OK   what: rel err 3.1e-07 (tol 1e-04)" or NOT OK, then fails the test if over. */
