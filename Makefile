@@ -94,10 +94,10 @@ build/asan/obj/%.o: %.c $(HDRS) | $(DEPS_STAMP)
 
 .SECONDARY: $(TEST_OBJS) $(ASAN_OBJS)  # kept between runs, not deleted as intermediates
 
-build/test/%: tests/%.c tests/testutil.h $(TEST_OBJS) $(HDRS) | $(DEPS_STAMP)
+build/test/%: tests/%.c tests/testutil.h tests/rel_err.h $(TEST_OBJS) $(HDRS) | $(DEPS_STAMP)
 	$(CC) $(TEST_FLAGS) $(PKG_CFLAGS) -o $@ $< $(TEST_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 
-build/asan/%: tests/%.c tests/testutil.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
+build/asan/%: tests/%.c tests/testutil.h tests/rel_err.h $(ASAN_OBJS) $(HDRS) | $(DEPS_STAMP)
 	$(CC) $(ASAN_FLAGS) $(PKG_CFLAGS) -o $@ $< $(ASAN_OBJS) $(TEST_LIBS) $(PKG_LIBS)
 
 TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
@@ -275,12 +275,12 @@ build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%
 	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
 build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
-build/cuda/test_device: tests/device_forward.c $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+build/cuda/test_device: tests/device_forward.c tests/rel_err.h $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
-	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $< %.h,$^) -lcublas $(PKG_LIBS) -lgomp
 
-build/cuda/test_forward_twins: tests/test_forward_twins.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
-	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h,$^) -lcublas $(PKG_LIBS) -lgomp
 build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 

@@ -3,8 +3,9 @@
  * With DIR, first the figures that say how far from the machine's limits a checkpoint runs
  * (notes/performance.md records them):
  *   decode   tok/s of one-token steps, the bytes a token activates at stored precision (embedding
- *            row, attention, router, shared and top_k routed experts, lm_head; norms and scales
- *            are noise), so bytes/s, against the read and copy bandwidth measured in the same run
+ *            row, attention, router, shared and top_k routed experts, lm_head, and the norms and
+ *            scales, which are noise: bench_activated_bytes, the figure bench_device.cu uses too),
+ *            so bytes/s, against the read and copy bandwidth measured in the same run
  *            over a buffer larger than the last-level cache: decode is memory-bound, the ratio
  *            says how close to the floor it is.
  *   prefill  tok/s of a 512-token prefill (logits of the last position only, as generate asks),
@@ -126,18 +127,22 @@ static double tensor_bytes(const Tensor *t) {
 
 static double ffn_bytes(const Ffn *f) { return tensor_bytes(&f->gate) + tensor_bytes(&f->up) + tensor_bytes(&f->down); }
 
-/* Bytes of weights one decode token reads at stored precision (routed experts: top_k of the
- * first one's size; all experts of a layer have the same shapes and dtypes). */
-static double activated_bytes(const Model *m) {
+/* Bytes of weights one decode token reads at stored precision: the embedding's one row, every
+ * layer's projections, its FP32 norm weights (and the router's correction bias), routed experts as
+ * top_k of the first one's size (all experts of a layer have the same shapes and dtypes), the final
+ * norm and lm_head. bench_device.cu prints the same figure for the device forward. */
+double bench_activated_bytes(const Model *m) {
     const Config *c = &m->cfg;
-    double b = (double)c->hidden_size * dtype_size(m->embed.dtype) + tensor_bytes(&m->lm_head);
+    double d = c->hidden_size, b = d * dtype_size(m->embed.dtype) + 4 * d + tensor_bytes(&m->lm_head);
     for (int l = 0; l < c->n_layers; l++) {
         const Layer *L = &m->layers[l];
         const MlaWeights *a = &L->attn;
-        b += tensor_bytes(&a->q) + tensor_bytes(&a->q_a) + tensor_bytes(&a->q_b) + tensor_bytes(&a->kv_a) +
+        b += 8 * d + 4.0 * (c->q_lora_rank + c->kv_lora_rank);
+        b += tensor_bytes(&a->q_a) + tensor_bytes(&a->q_b) + tensor_bytes(&a->q) + tensor_bytes(&a->kv_a) +
              tensor_bytes(&a->kv_b) + tensor_bytes(&a->o);
-        if (!L->is_moe) b += ffn_bytes(&L->dense);
-        else b += tensor_bytes(&L->moe.router) + ffn_bytes(&L->moe.shared) + c->num_experts_per_tok * ffn_bytes(&L->experts[0]);
+        if (!L->is_moe) { b += ffn_bytes(&L->dense); continue; }
+        b += tensor_bytes(&L->moe.router) + (L->moe.bias ? 4.0 * c->n_routed_experts : 0) + ffn_bytes(&L->moe.shared);
+        b += c->num_experts_per_tok * ffn_bytes(&L->experts[0]);
     }
     return b;
 }
@@ -210,16 +215,22 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Loads checkpoint dir into m: 1, or 0 after printing "WHAT: skipped (why)" (a benchmark whose
+ * checkpoint is not there is skipped, not failed). */
+static int load_or_skip(Model *m, const char *dir, const char *what) {
+    Error e;
+    if (model_load(m, dir, &e) == 0) return 1;
+    printf("%s: skipped (%s)\n", what, e.msg);
+    return 0;
+}
+
 /* Decode tok/s against bandwidth, prefill tok/s against sgemm, for checkpoint DIR. */
 #define BENCH_CLI_CHUNK 64 /* the chunk run.c's commands prefill in (state_init's max_T) */
 static int bench_limits(const char *dir) {
     Model m;
     State s;
     Error e;
-    if (model_load(&m, dir, &e)) {
-        printf("limits: skipped (%s)\n", e.msg);
-        return 0;
-    }
+    if (!load_or_skip(&m, dir, "limits")) return 0;
     const Config *c = &m.cfg;
     int V = c->vocab_size, P = 512, steps = 16, rc = 0;
     int *toks = malloc(sizeof(int) * (P + steps));
@@ -234,7 +245,7 @@ static int bench_limits(const char *dir) {
     }
     double rd, cp;
     if (bench_bandwidth(&rd, &cp)) rd = cp = 0;
-    double bytes = activated_bytes(&m);
+    double bytes = bench_activated_bytes(&m);
     /* prefill first (it also fills the cache decode reads): once to page the checkpoint in, then
      * timed in chunks of 64 tokens (what run generate, logits and ppl use: run.c's state) and in
      * one chunk of 512 (each expert then sees all its tokens of the prompt in one call) */
@@ -323,10 +334,7 @@ static int bench_steps(const char *dir) {
     Model m;
     State s;
     Error e;
-    if (model_load(&m, dir, &e)) {
-        printf("decode steps: skipped (%s)\n", e.msg);
-        return 0;
-    }
+    if (!load_or_skip(&m, dir, "decode steps")) return 0;
     int V = m.cfg.vocab_size, toks[102], R = 200, rc = 0;
     for (int i = 0; i < 102; i++) toks[i] = (i * 37 + 5) % V;
     float *logits = malloc(sizeof(float) * 2 * V);

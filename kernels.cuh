@@ -54,22 +54,17 @@ static __device__ __forceinline__ double warp_sum_f64(double v) {
 
 /* Sum (max) over the whole block, returned to every thread. red: 32 floats of shared memory. The
  * first __syncthreads lets a previous call's readers finish before red is overwritten. */
-static __device__ __forceinline__ float block_sum(float v, float *red) {
+template <bool IS_MAX> static __device__ __forceinline__ float block_reduce(float v, float *red) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = warp_sum(v);
+    v = IS_MAX ? warp_max(v) : warp_sum(v);
     __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
-    return warp_sum(lane < (int)blockDim.x / 32 ? red[lane] : 0.0f);
+    float r = lane < (int)blockDim.x / 32 ? red[lane] : (IS_MAX ? -INFINITY : 0.0f); /* the op's identity */
+    return IS_MAX ? warp_max(r) : warp_sum(r);
 }
-static __device__ __forceinline__ float block_max(float v, float *red) {
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_max(lane < (int)blockDim.x / 32 ? red[lane] : -INFINITY);
-}
+static __device__ __forceinline__ float block_sum(float v, float *red) { return block_reduce<false>(v, red); }
+static __device__ __forceinline__ float block_max(float v, float *red) { return block_reduce<true>(v, red); }
 
 /* kernels.cu's kernels that model.cu launches (their comments are there). */
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, int out_stride,

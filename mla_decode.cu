@@ -126,6 +126,16 @@ static __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* x = 0 for an array of MMA fragments held in registers (unrolled: constant indices keep it there). */
+template <int A, int B, int C> static __device__ __forceinline__ void zero_frags(float (&x)[A][B][C]) {
+    #pragma unroll
+    for (int a = 0; a < A; a++)
+        #pragma unroll
+        for (int b = 0; b < B; b++)
+            #pragma unroll
+            for (int c = 0; c < C; c++) x[a][b][c] = 0.0f;
+}
+
 /* ---- shared memory ---------------------------------------------------------------------------- */
 
 /* Bytes of each region for MT m-tiles of 16 heads; FP8 adds two raw stages and keeps one tile. */
@@ -234,12 +244,7 @@ mla_decode_kernel(float *o_dst, float *lse_dst, const float *q_abs, const uint8_
     if (threadIdx.x < H) { m_s[threadIdx.x] = -INFINITY; l_s[threadIdx.x] = 0.0f; }
 
     float o[MT][8][4];
-    #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-        #pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-            #pragma unroll
-            for (int i = 0; i < 4; i++) o[mt][nt][i] = 0.0f;
+    zero_frags(o);
 
     for (int t = t_begin; t < t_end; t++) {
         const int i_t = t - t_begin;
@@ -256,12 +261,7 @@ mla_decode_kernel(float *o_dst, float *lse_dst, const float *q_abs, const uint8_
 
         /* S step: partial S [H, 16 rows of the tile] over this warp's 144 features. */
         float s[MT][2][4];
-        #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-            #pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-                #pragma unroll
-                for (int i = 0; i < 4; i++) s[mt][nt][i] = 0.0f;
+        zero_frags(s);
         #pragma unroll
         for (int nt = 0; nt < 2; nt++) {
             const __nv_bfloat16 *krow = tile + (size_t)(tok_half * 16 + nt * 8 + g) * ROW_PAD + slice * SLICE + 2 * c;

@@ -16,32 +16,8 @@
 #include <stdlib.h>
 
 extern "C" {
+#include "bench.h"
 #include "device.h"
-}
-
-static double tensor_bytes(const Tensor *t) {
-    if (!t->data) return 0;
-    double b = (double)t->rows * t->cols * dtype_size(t->dtype);
-    if (t->scale_inv) b += 4.0 * ((t->rows + t->block_r - 1) / t->block_r) * ((t->cols + t->block_c - 1) / t->block_c);
-    return b;
-}
-static double ffn_bytes(const Ffn *f) { return tensor_bytes(&f->gate) + tensor_bytes(&f->up) + tensor_bytes(&f->down); }
-
-/* Weights one token reads (a lookup's one row of the embedding). */
-static double activated_bytes(const Model *m) {
-    const Config *c = &m->cfg;
-    double d = c->hidden_size, b = d * dtype_size(m->embed.dtype) + 4 * d + tensor_bytes(&m->lm_head);
-    for (int l = 0; l < c->n_layers; l++) {
-        const Layer *L = &m->layers[l];
-        const MlaWeights *a = &L->attn;
-        b += 8 * d + 4.0 * (c->q_lora_rank + c->kv_lora_rank);
-        b += tensor_bytes(&a->q_a) + tensor_bytes(&a->q_b) + tensor_bytes(&a->q) + tensor_bytes(&a->kv_a) +
-             tensor_bytes(&a->kv_b) + tensor_bytes(&a->o);
-        if (!L->is_moe) { b += ffn_bytes(&L->dense); continue; }
-        b += tensor_bytes(&L->moe.router) + (L->moe.bias ? 4.0 * c->n_routed_experts : 0) + ffn_bytes(&L->moe.shared);
-        b += c->num_experts_per_tok * ffn_bytes(&L->experts[0]);
-    }
-    return b;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -104,7 +80,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n_dec; i++) die_on(model_forward_argmax_device(&m, &s, &next, 1, P + i, &next, &e), &e);
         if (r >= 0) dec[r] = n_dec / (now_s() - a);
     }
-    double wbytes = activated_bytes(&m);
+    double wbytes = bench_activated_bytes(&m); /* bench.c */
     double cbytes = (double)m.cfg.n_layers * (P + n_dec / 2.0) * mla_cache_width(&m.mla) * 4;
     double floor_s = (wbytes + cbytes) / bw, d_med = median3(dec);
     printf("%s: copy bandwidth %.0f GB/s; a decode step reads %.1f MB of weights at stored precision + %.2f MB of "

@@ -21,21 +21,12 @@
 #include "device.h"
 #include "generate.h"
 #include "safetensors.h"
+#include "tests/rel_err.h"
 
 #define TOL 1e-4
 static int N_GREEDY = 64; /* 8 with --quick */
 
 static int failures = 0;
-
-static double rel_err(const float *got, const float *want, size_t n) {
-    double maxdiff = 0, maxref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - (double)want[i]);
-        if (d > maxdiff || isnan(d)) maxdiff = isnan(d) ? INFINITY : d;
-        if (fabs((double)want[i]) > maxref) maxref = fabs((double)want[i]);
-    }
-    return maxref > 0 ? maxdiff / maxref : maxdiff;
-}
 
 static void check(const char *what, double err, double tol) {
     int ok = err <= tol;

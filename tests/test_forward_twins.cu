@@ -21,21 +21,12 @@ extern "C" {
 #include "device.h"
 #include "fp8.h"
 }
+#include "tests/rel_err.h"
 
 #define TOL 1e-5
 
 static int failures = 0;
 static Rng rng;
-
-static double rel_err(const float *got, const float *want, size_t n) {
-    double maxdiff = 0, maxref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - (double)want[i]);
-        if (d > maxdiff || isnan(d)) maxdiff = isnan(d) ? INFINITY : d;
-        if (fabs((double)want[i]) > maxref) maxref = fabs((double)want[i]);
-    }
-    return maxref > 0 ? maxdiff / maxref : maxdiff;
-}
 
 static void check(const char *name, double err) {
     int ok = err <= TOL;

@@ -536,32 +536,41 @@ static void expect(const char *args, int status, const char *needle) {
     if (status == 1) assert_int_equal(strchr(err, '\n') - err, (long)strlen(err) - 1); /* one line */
 }
 
+/* Command lines run golden must refuse: the exit status (2 usage, 1 runtime) and what it says. */
+static const struct {
+    const char *args;
+    int status;
+    const char *needle;
+} bad_args[] = {
+    {"", 2, "give one of --config"},
+    {"--config " YARN " --model " FIXTURES "/v3_yarn --out /tmp/x", 2, "give one of"},
+    {"--config " YARN, 2, "--out G.safetensors is required"},
+    {"--config " YARN " --out", 2, "--out needs a value"},
+    {"--config " YARN " --bogus --out /tmp/x", 2, "unknown option \"--bogus\""},
+    {"--config " YARN " --seed -1 --out /tmp/x", 2, "--seed: expected a decimal integer"},
+    {"--config " YARN " --seed 0x10 --out /tmp/x", 2, "--seed: expected a decimal integer"},
+    {"--config " YARN " --seed 99999999999999999999999 --out /tmp/x", 2, "in 0..2^64-1"},
+    {"--config " YARN " --functions rmsnorm, --out /tmp/x", 1, "expected comma-separated names"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape hidden=32 --out /tmp/x", 1, "the checkpoint sets the model's sizes"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape batch=2 --out /tmp/x", 1, "batch is 1"},
+    {"--config " YARN " --tokens 0 --out /tmp/x", 2, "--tokens: expected a count"},
+    {"--config /nonexistent.json --out /tmp/x", 1, "/nonexistent.json: cannot open"},
+    {"--config " YARN " --functions rmsnorm,nope --out /tmp/x", 1, "unknown function \"nope\""},
+    {"--config " YARN " --shape foo=3 --out /tmp/x", 1, "name one of: batch tokens cache"},
+    {"--config " YARN " --shape rope=7 --out /tmp/x", 1, "rope must be even"},
+    {"--config " YARN " --shape cache=2 --out /tmp/x", 1, "cache >= tokens"},
+    {"--config " YARN " --shape heads=x --out /tmp/x", 1, "expected a non-negative integer"},
+    {"--config " YARN " --shape experts=0 --functions moe --out /tmp/x", 1, "moe needs routed experts"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5,x --out /tmp/x", 2, "comma-separated ids"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5,999 --out /tmp/x", 1, "id 999 is outside the vocabulary [0, 256)"},
+    {"--model /nonexistent --tokens 5 --out /tmp/x", 1, "/nonexistent/config.json: cannot open"},
+    {"--verify " FIXTURES "/v3_yarn/expected.safetensors", 1, "not a golden file"},
+    {"--verify /tmp/x --out /tmp/y", 2, "--verify takes only"},
+};
+
 static void test_errors(void **st) {
     (void)st;
-    expect("", 2, "give one of --config");
-    expect("--config " YARN " --model " FIXTURES "/v3_yarn --out /tmp/x", 2, "give one of");
-    expect("--config " YARN, 2, "--out G.safetensors is required");
-    expect("--config " YARN " --out", 2, "--out needs a value");
-    expect("--config " YARN " --bogus --out /tmp/x", 2, "unknown option \"--bogus\"");
-    expect("--config " YARN " --seed -1 --out /tmp/x", 2, "--seed: expected a decimal integer");
-    expect("--config " YARN " --seed 0x10 --out /tmp/x", 2, "--seed: expected a decimal integer");
-    expect("--config " YARN " --seed 99999999999999999999999 --out /tmp/x", 2, "in 0..2^64-1");
-    expect("--config " YARN " --functions rmsnorm, --out /tmp/x", 1, "expected comma-separated names");
-    expect("--model " FIXTURES "/v3_yarn --tokens 5 --shape hidden=32 --out /tmp/x", 1, "the checkpoint sets the model's sizes");
-    expect("--model " FIXTURES "/v3_yarn --tokens 5 --shape batch=2 --out /tmp/x", 1, "batch is 1");
-    expect("--config " YARN " --tokens 0 --out /tmp/x", 2, "--tokens: expected a count");
-    expect("--config /nonexistent.json --out /tmp/x", 1, "/nonexistent.json: cannot open");
-    expect("--config " YARN " --functions rmsnorm,nope --out /tmp/x", 1, "unknown function \"nope\"");
-    expect("--config " YARN " --shape foo=3 --out /tmp/x", 1, "name one of: batch tokens cache");
-    expect("--config " YARN " --shape rope=7 --out /tmp/x", 1, "rope must be even");
-    expect("--config " YARN " --shape cache=2 --out /tmp/x", 1, "cache >= tokens");
-    expect("--config " YARN " --shape heads=x --out /tmp/x", 1, "expected a non-negative integer");
-    expect("--config " YARN " --shape experts=0 --functions moe --out /tmp/x", 1, "moe needs routed experts");
-    expect("--model " FIXTURES "/v3_yarn --tokens 5,x --out /tmp/x", 2, "comma-separated ids");
-    expect("--model " FIXTURES "/v3_yarn --tokens 5,999 --out /tmp/x", 1, "id 999 is outside the vocabulary [0, 256)");
-    expect("--model /nonexistent --tokens 5 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
-    expect("--verify " FIXTURES "/v3_yarn/expected.safetensors", 1, "not a golden file");
-    expect("--verify /tmp/x --out /tmp/y", 2, "--verify takes only");
+    for (size_t i = 0; i < sizeof bad_args / sizeof *bad_args; i++) expect(bad_args[i].args, bad_args[i].status, bad_args[i].needle);
     /* V3's whole MoE layer is 45 GB of FP32 weights: refused before any memory is touched, no file */
     char *dir = make_tmpdir(), args[1024], path[512];
     snprintf(path, sizeof path, "%s/big.safetensors", dir);

@@ -10,44 +10,13 @@
 
 #define TOL_LOGITS 1e-4
 
-typedef struct {
-    StFile exp;
-    int T, V, n_greedy;
-    int *prompt, *greedy;
-    const float *logits; /* [T, V] view */
-    float *owned_logits;
-} Expected;
-
-static void load_expected(Expected *x, const char *name) {
-    char path[512];
-    Error e;
-    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
-    if (st_open(&x->exp, path, &e)) fail_msg("%s", e.msg);
-    const StTensor *p = st_find(&x->exp, "prompt"), *g = st_find(&x->exp, "greedy"), *l = st_find(&x->exp, "logits");
-    assert_non_null(p); assert_non_null(g); assert_non_null(l);
-    x->T = (int)p->numel;
-    x->n_greedy = (int)g->numel;
-    x->V = (int)l->shape[1];
-    x->prompt = malloc(sizeof(int) * x->T);
-    x->greedy = malloc(sizeof(int) * x->n_greedy);
-    for (int i = 0; i < x->T; i++) x->prompt[i] = (int)dtype_load_f32(p->dtype, p->data, i);
-    for (int i = 0; i < x->n_greedy; i++) x->greedy[i] = (int)dtype_load_f32(g->dtype, g->data, i);
-    x->owned_logits = st_to_f32(l);
-    x->logits = x->owned_logits;
-}
-
-static void free_expected(Expected *x) {
-    free(x->prompt); free(x->greedy); free(x->owned_logits);
-    st_close(&x->exp);
-}
-
 static void check_fixture(const char *name) {
     Expected x;
     Model m;
     State s;
     Error e;
     char dir[256], what[256];
-    load_expected(&x, name);
+    expected_load(&x, name);
     snprintf(dir, sizeof dir, FIXTURES "/%s", name);
     if (model_load(&m, dir, &e)) fail_msg("%s", e.msg);
     assert_int_equal(m.cfg.vocab_size, x.V);
@@ -94,7 +63,7 @@ static void check_fixture(const char *name) {
     free(logits);
     state_free(&s);
     model_free(&m);
-    free_expected(&x);
+    expected_free(&x);
 }
 
 static void test_v3_yarn(void **st) { (void)st; check_fixture("v3_yarn"); }
@@ -110,7 +79,7 @@ static void test_v2_norm(void **st) {
     Model m;
     State s;
     Error e;
-    load_expected(&x, "v2_norm");
+    expected_load(&x, "v2_norm");
     assert_int_equal(model_load(&m, FIXTURES "/v2_norm", &e), 0);
     assert_int_equal(m.cfg.norm_topk_prob, 0);
     assert_int_equal(m.cfg.norm_topk_prob_ignored, 1);
@@ -124,7 +93,7 @@ static void test_v2_norm(void **st) {
     free(logits);
     state_free(&s);
     model_free(&m);
-    free_expected(&x);
+    expected_free(&x);
 }
 static void test_v3_sharded(void **st) { (void)st; check_fixture("v3_sharded"); }
 
@@ -184,27 +153,37 @@ static void expect_load_error(char *dir, const char *needle) {
     free(dir);
 }
 
+/* One checkpoint that model_load must refuse: a fixture with one string of its config.json
+ * (weights = 0) or of its safetensors header (weights = 1) replaced, and what the error must say. */
+typedef struct {
+    int weights;
+    const char *fixture, *from, *to, *needle;
+} BadCheckpoint;
+
+static const BadCheckpoint bad_checkpoints[] = {
+    /* a tensor the model needs that no shard holds: one layer more than the checkpoint has */
+    {0, "v3_yarn", "\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4", "model.layers.3.input_layernorm.weight"},
+    /* a tensor whose shape disagrees with the config */
+    {0, "v3_yarn", "\"kv_lora_rank\": 32", "\"kv_lora_rank\": 30", "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"},
+    {0, "v2_lite", "\"vocab_size\": 256", "\"vocab_size\": 300", "[300, 64]"},
+    /* sharded: the same through the index */
+    {0, "v3_sharded", "\"moe_intermediate_size\": 32", "\"moe_intermediate_size\": 16", "mlp.experts.0.gate_proj.weight"},
+    /* an FP8 weight without its block scales */
+    {0, "v3_fp8", "\"weight_block_size\": [\n      128,\n      128\n    ]", "\"weight_block_size\": [64, 128]", "weight_scale_inv"},
+    /* a norm weight or block scale stored as integers is refused, not converted */
+    {1, "v3_yarn", "\"model.norm.weight\":{\"dtype\":\"F32\"", "\"model.norm.weight\":{\"dtype\":\"I32\"",
+     "model.norm.weight: dtype I32, expected F32, BF16 or F16"},
+    {1, "v3_fp8", "down_proj.weight_scale_inv\":{\"dtype\":\"F32\"", "down_proj.weight_scale_inv\":{\"dtype\":\"I32\"",
+     "weight_scale_inv: dtype I32"},
+};
+
 static void test_load_errors(void **st) {
     (void)st;
-    /* a tensor the model needs that no shard holds: one layer more than the checkpoint has */
-    expect_load_error(variant("v3_yarn", "\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4"),
-                      "model.layers.3.input_layernorm.weight");
-    /* a tensor whose shape disagrees with the config */
-    expect_load_error(variant("v3_yarn", "\"kv_lora_rank\": 32", "\"kv_lora_rank\": 30"),
-                      "model.layers.0.self_attn.kv_a_proj_with_mqa.weight");
-    expect_load_error(variant("v2_lite", "\"vocab_size\": 256", "\"vocab_size\": 300"),
-                      "[300, 64]");
-    /* sharded: the same through the index */
-    expect_load_error(variant("v3_sharded", "\"moe_intermediate_size\": 32", "\"moe_intermediate_size\": 16"),
-                      "mlp.experts.0.gate_proj.weight");
-    /* an FP8 weight without its block scales */
-    expect_load_error(variant("v3_fp8", "\"weight_block_size\": [\n      128,\n      128\n    ]", "\"weight_block_size\": [64, 128]"),
-                      "weight_scale_inv");
-    /* a norm weight or block scale stored as integers is refused, not converted */
-    expect_load_error(patched_weights("v3_yarn", "\"model.norm.weight\":{\"dtype\":\"F32\"", "\"model.norm.weight\":{\"dtype\":\"I32\""),
-                      "model.norm.weight: dtype I32, expected F32, BF16 or F16");
-    expect_load_error(patched_weights("v3_fp8", "down_proj.weight_scale_inv\":{\"dtype\":\"F32\"", "down_proj.weight_scale_inv\":{\"dtype\":\"I32\""),
-                      "weight_scale_inv: dtype I32");
+    for (size_t i = 0; i < sizeof bad_checkpoints / sizeof *bad_checkpoints; i++) {
+        const BadCheckpoint *b = &bad_checkpoints[i];
+        expect_load_error(b->weights ? patched_weights(b->fixture, b->from, b->to) : variant(b->fixture, b->from, b->to),
+                          b->needle);
+    }
     Model m;
     Error e;
     assert_int_equal(model_load(&m, "/nonexistent/ckpt", &e), -1);

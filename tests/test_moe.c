@@ -10,21 +10,30 @@ static void set_scores(float *logits, const float *s, int n) {
     for (int i = 0; i < n; i++) logits[i] = logit_of(s[i]);
 }
 
+/* A DeepSeek-V3 gate (sigmoid scores, noaux_tc top-k, weights renormalized, then scaled) over n
+ * experts in n_group groups, picking top_k from the best topk_group groups. */
+static MoeGate v3_gate(int n, int top_k, int n_group, int topk_group, float scaling) {
+    return (MoeGate){.n_experts = n, .top_k = top_k, .n_group = n_group, .topk_group = topk_group, .scoring = SCORE_SIGMOID,
+                     .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = scaling};
+}
+
+/* idx [k] holds the experts want [k], in that order. */
+static void assert_picks(const int *idx, const int *want, int k) {
+    for (int i = 0; i < k; i++) assert_int_equal(idx[i], want[i]);
+}
+
 /* The bias decides WHICH experts; the weights are the unbiased scores. */
 static void test_bias_selects_but_does_not_weigh(void **st) {
     (void)st;
     float s[4] = {0.5f, 0.6f, 0.7f, 0.4f}, logits[4], w[2];
     int idx[2];
     set_scores(logits, s, 4);
-    MoeGate g = {.n_experts = 4, .top_k = 2, .n_group = 1, .topk_group = 1, .scoring = SCORE_SIGMOID,
-                 .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = 2.5f};
+    MoeGate g = v3_gate(4, 2, 1, 1, 2.5f);
     moe_gate(idx, w, logits, NULL, &g);
-    assert_int_equal(idx[0], 2);
-    assert_int_equal(idx[1], 1);
+    assert_picks(idx, (int[]){2, 1}, 2);
     float bias[4] = {0.3f, 0, 0, 0}; /* biased: 0.8, 0.6, 0.7, 0.4 -> experts 0 and 2 */
     moe_gate(idx, w, logits, bias, &g);
-    assert_int_equal(idx[0], 0);
-    assert_int_equal(idx[1], 2);
+    assert_picks(idx, (int[]){0, 2}, 2);
     /* weights: 0.5 / (0.5 + 0.7) * 2.5 and 0.7 / 1.2 * 2.5, not the biased 0.8 */
     assert_float_equal(w[0], 0.5f / 1.2f * 2.5f, 1e-6);
     assert_float_equal(w[1], 0.7f / 1.2f * 2.5f, 1e-6);
@@ -42,12 +51,9 @@ static void test_group_limit(void **st) {
     float s[8] = {0.1f, 0.2f, 0.95f, 0.05f, 0.6f, 0.5f, 0.9f, 0.01f}, logits[8], w[3];
     int idx[3];
     set_scores(logits, s, 8);
-    MoeGate g = {.n_experts = 8, .top_k = 3, .n_group = 4, .topk_group = 2, .scoring = SCORE_SIGMOID,
-                 .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = 1.0f};
+    MoeGate g = v3_gate(8, 3, 4, 2, 1.0f);
     moe_gate(idx, w, logits, NULL, &g);
-    assert_int_equal(idx[0], 2);
-    assert_int_equal(idx[1], 4);
-    assert_int_equal(idx[2], 5); /* not 6 (0.9): its group scores 0.91 < 1.0 and 1.1 */
+    assert_picks(idx, (int[]){2, 4, 5}, 3); /* not 6 (0.9): its group scores 0.91 < 1.0 and 1.1 */
     assert_float_equal(w[0] + w[1] + w[2], 1.0f, 1e-6);
     /* without the group limit expert 6 is second */
     g.n_group = 1;
@@ -59,26 +65,21 @@ static void test_group_limit(void **st) {
     g.topk_group = 2;
     g.method = TOPK_GROUP_LIMITED_GREEDY;
     moe_gate(idx, w, logits, NULL, &g);
-    assert_int_equal(idx[0], 2);
-    assert_int_equal(idx[1], 6);
-    assert_int_equal(idx[2], 3);
+    assert_picks(idx, (int[]){2, 6, 3}, 3);
 }
 
 static void test_ties_go_to_lower_index(void **st) {
     (void)st;
     float logits[6] = {0, 1, 1, 0, 1, 0}, w[2];
     int idx[2];
-    MoeGate g = {.n_experts = 6, .top_k = 2, .n_group = 1, .topk_group = 1, .scoring = SCORE_SIGMOID,
-                 .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = 1};
+    MoeGate g = v3_gate(6, 2, 1, 1, 1);
     moe_gate(idx, w, logits, NULL, &g);
-    assert_int_equal(idx[0], 1);
-    assert_int_equal(idx[1], 2);
+    assert_picks(idx, (int[]){1, 2}, 2);
     /* tied groups: [0,1] [1,0] [1,0] all score 1.5 biased-sum of sigmoids; keep groups 0 and 1 */
     g.n_group = 3;
     g.topk_group = 2;
     moe_gate(idx, w, logits, NULL, &g);
-    assert_int_equal(idx[0], 1);
-    assert_int_equal(idx[1], 2);
+    assert_picks(idx, (int[]){1, 2}, 2);
 }
 
 /* DeepSeek's code masks excluded experts with -inf, HF with 0.0: they differ when every eligible
@@ -90,8 +91,7 @@ static void test_excluded_experts_minus_inf(void **st) {
     float bias[4] = {-0.9f, -0.9f, -0.7f, -0.6f}; /* biased: -0.6 -0.8 | -0.2 -0.2 */
     int idx[2];
     set_scores(logits, s, 4);
-    MoeGate g = {.n_experts = 4, .top_k = 2, .n_group = 2, .topk_group = 1, .scoring = SCORE_SIGMOID,
-                 .method = TOPK_NOAUX_TC, .norm_topk_prob = 1, .routed_scaling_factor = 1};
+    MoeGate g = v3_gate(4, 2, 2, 1, 1);
     moe_gate(idx, w, logits, bias, &g);
     assert_true((idx[0] == 2 && idx[1] == 3) || (idx[0] == 3 && idx[1] == 2));
     assert_float_equal(w[0] + w[1], 1.0f, 1e-6);
@@ -105,22 +105,17 @@ static void test_softmax_greedy_v2(void **st) {
                  .method = TOPK_GREEDY, .norm_topk_prob = 0, .routed_scaling_factor = 2};
     moe_gate(idx, w, logits, NULL, &g);
     double z = exp(1) + exp(2) + exp(3) + 1;
-    assert_int_equal(idx[0], 2);
-    assert_int_equal(idx[1], 1);
+    assert_picks(idx, (int[]){2, 1}, 2);
     assert_float_equal(w[0], (float)(2 * exp(3) / z), 1e-6);
     assert_float_equal(w[1], (float)(2 * exp(2) / z), 1e-6);
 }
 
 /* Every fixture stored, per MoE layer, the router input x, HF's logits, weights and indices. */
 static void check_router(const char *name) {
-    char path[256], key[64];
+    char key[64];
     Model m;
-    Error e;
     StFile f;
-    snprintf(path, sizeof path, FIXTURES "/%s", name);
-    assert_int_equal(model_load(&m, path, &e), 0);
-    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
-    assert_int_equal(st_open(&f, path, &e), 0);
+    fixture_open(&m, &f, name);
     int checked = 0;
     for (int l = 0; l < m.cfg.n_layers; l++) {
         snprintf(key, sizeof key, "gate.%d.x", l);

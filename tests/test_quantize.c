@@ -22,33 +22,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------------- */
 
-typedef struct {
-    StFile f;
-    int T, V, *prompt;
-    float *logits; /* HF's [T, V] */
-} Expected;
-
-static void load_expected(Expected *x, const char *name) {
-    char path[512];
-    Error e;
-    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
-    if (st_open(&x->f, path, &e)) fail_msg("%s", e.msg);
-    const StTensor *p = st_find(&x->f, "prompt"), *l = st_find(&x->f, "logits");
-    assert_non_null(p);
-    assert_non_null(l);
-    x->T = (int)p->numel;
-    x->V = (int)l->shape[1];
-    x->prompt = malloc(sizeof(int) * x->T);
-    for (int i = 0; i < x->T; i++) x->prompt[i] = (int)dtype_load_f32(p->dtype, p->data, i);
-    x->logits = st_to_f32(l);
-}
-
-static void free_expected(Expected *x) {
-    free(x->prompt);
-    free(x->logits);
-    st_close(&x->f);
-}
-
 /* Prefill logits [T, V] of checkpoint dir; fp8_gemm puts its FP8 weights on the FP8 GEMM path.
  * *n_fp8 (if given) gets the number of FP8 weights. */
 static float *logits_of(const char *dir, const Expected *x, int fp8_gemm, int *n_fp8) {
@@ -246,7 +219,7 @@ static void round_trip(const char *name, int n_fp8_want) {
     char *dir = make_tmpdir(), fx[256], out[256], path[512];
     snprintf(fx, sizeof fx, FIXTURES "/%s", name);
     Expected x;
-    load_expected(&x, name);
+    expected_load(&x, name);
     snprintf(out, sizeof out, "%s/fp8", dir);
     QuantStats st;
     convert_ok(fx, out, QUANT_TO_FP8, 128, FP8_SCALE_F32, &st);
@@ -294,7 +267,7 @@ static void round_trip(const char *name, int n_fp8_want) {
     st_close(&f);
     free(l8);
     free(l16);
-    free_expected(&x);
+    expected_free(&x);
     rm_rf(dir);
     free(dir);
 }
@@ -343,12 +316,12 @@ static void test_sharded_ue8m0(void **state) {
     fclose(c);
     assert_non_null(strstr(text, "\"scale_fmt\":\t\"ue8m0\""));
     Expected x;
-    load_expected(&x, "v3_sharded");
+    expected_load(&x, "v3_sharded");
     float *l = logits_of(out, &x, 0, NULL);
     Gap g = gap("v3_sharded (BF16) -> FP8, UE8M0 scales:", l, &x);
     printf("OK     %d weights in 3 shards with power-of-two scales; median gap %.2f u_e4m3\n", n_scales, g.median / U_E4M3);
     free(l);
-    free_expected(&x);
+    expected_free(&x);
     rm_rf(dir);
     free(dir);
 }
@@ -358,7 +331,7 @@ static void test_undo(void **state) {
     (void)state;
     char *dir = make_tmpdir(), out[512];
     Expected x;
-    load_expected(&x, "v3_fp8");
+    expected_load(&x, "v3_fp8");
     StFile in;
     open_ok(&in, FIXTURES "/v3_fp8");
     for (int to = QUANT_TO_BF16; to <= QUANT_TO_F32; to++) {
@@ -422,7 +395,7 @@ static void test_undo(void **state) {
     free(l);
     printf("OK     fp8 -> fp8 (same blocks) copies every tensor; 64 x 64 blocks load\n");
     st_close(&in);
-    free_expected(&x);
+    expected_free(&x);
     rm_rf(dir);
     free(dir);
 }
@@ -492,7 +465,7 @@ static void test_fp8_matmul(void **state) {
 static void test_fp8_gemm_logits(void **state) {
     (void)state;
     Expected x;
-    load_expected(&x, "v3_fp8");
+    expected_load(&x, "v3_fp8");
     int n;
     float *l = logits_of(FIXTURES "/v3_fp8", &x, 1, &n);
     assert_int_equal(n, 28);
@@ -503,7 +476,7 @@ static void test_fp8_gemm_logits(void **state) {
     l = logits_of(FIXTURES "/v3_fp8", &x, 0, &n); /* switched off: the default path again */
     check_close("v3_fp8, FP8 GEMM switched off again", l, x.logits, (size_t)x.T * x.V, 1e-4);
     free(l);
-    free_expected(&x);
+    expected_free(&x);
 }
 
 /* The MTP module (layer index num_hidden_layers): its decoder layer is quantized, eh_proj and the
@@ -600,7 +573,7 @@ static void test_cli(void **state) {
     assert_int_equal(sh_buf("./run quantize --help", out, sizeof out), 0);
     assert_non_null(strstr(out, "--to fp8"));
     Expected x;
-    load_expected(&x, "v3_fp8");
+    expected_load(&x, "v3_fp8");
     for (int t = 0; t < x.T; t++) sprintf(ids + strlen(ids), "%s%d", t ? "," : "", x.prompt[t]);
     snprintf(cmd, sizeof cmd, "./run logits " FIXTURES "/v3_fp8 --fp8-gemm --tokens %s --out %s/l.safetensors 2>&1", ids, dir);
     assert_int_equal(sh_buf(cmd, out, sizeof out), 0);
@@ -617,7 +590,7 @@ static void test_cli(void **state) {
     assert_non_null(strstr(out, "no FP8 E4M3 weights"));
     free(want);
     st_close(&f);
-    free_expected(&x);
+    expected_free(&x);
     rm_rf(dir);
     free(dir);
 }

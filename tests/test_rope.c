@@ -8,14 +8,9 @@
 
 /* What HF stored for a fixture: rope.inv_freq, rope.attention_scaling, attn.scaling. */
 static void check_against_hf(const char *name) {
-    char path[256];
     Model m;
-    Error e;
     StFile f;
-    snprintf(path, sizeof path, FIXTURES "/%s", name);
-    assert_int_equal(model_load(&m, path, &e), 0);
-    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
-    assert_int_equal(st_open(&f, path, &e), 0);
+    fixture_open(&m, &f, name);
     float *inv = st_to_f32(st_find(&f, "rope.inv_freq"));
     float *att = st_to_f32(st_find(&f, "rope.attention_scaling"));
     float *scale = st_to_f32(st_find(&f, "attn.scaling"));
@@ -139,20 +134,17 @@ static void test_yarn_formula(void **st) {
 static void test_rotation(void **st) {
     (void)st;
     float inv[2] = {1.0f, 0.5f};
-    /* adjacent pairs: (x0, x1) by 3 * 1 rad, (x2, x3) by 3 * 0.5 rad */
-    float x[4] = {1, 0, 0, 2};
-    rope_rotate(x, 1, 4, 4, 3, inv, 1.0f, 1);
-    assert_float_equal(x[0], cosf(3), 1e-7);
-    assert_float_equal(x[1], sinf(3), 1e-7);
-    assert_float_equal(x[2], -2 * sinf(1.5f), 1e-6);
-    assert_float_equal(x[3], 2 * cosf(1.5f), 1e-6);
-    /* half-split pairs: (x0, x2) and (x1, x3) */
-    float y[4] = {1, 0, 0, 2};
-    rope_rotate(y, 1, 4, 4, 3, inv, 1.0f, 0);
-    assert_float_equal(y[0], cosf(3), 1e-7);
-    assert_float_equal(y[2], sinf(3), 1e-7);
-    assert_float_equal(y[1], -2 * sinf(1.5f), 1e-6);
-    assert_float_equal(y[3], 2 * cosf(1.5f), 1e-6);
+    /* adjacent pairs: (x0, x1) by 3 * 1 rad, (x2, x3) by 3 * 0.5 rad; half-split pairs: (x0, x2)
+     * and (x1, x3), the same angles. The two conventions differ only in which slots pair up. */
+    for (int adjacent = 1; adjacent >= 0; adjacent--) {
+        int p0 = adjacent ? 1 : 2, q0 = adjacent ? 2 : 1; /* x0's partner; the second pair's first */
+        float x[4] = {1, 0, 0, 2};
+        rope_rotate(x, 1, 4, 4, 3, inv, 1.0f, adjacent);
+        assert_float_equal(x[0], cosf(3), 1e-7);
+        assert_float_equal(x[p0], sinf(3), 1e-7);
+        assert_float_equal(x[q0], -2 * sinf(1.5f), 1e-6);
+        assert_float_equal(x[3], 2 * cosf(1.5f), 1e-6);
+    }
     /* HF's rope_interleave=true permutes [x0 x1 x2 x3] -> [x0 x2 x1 x3] then rotates half-split:
      * the same numbers as adjacent rotation, in permuted order */
     float a[4] = {0.3f, -1.2f, 0.7f, 2.0f}, p[4] = {0.3f, 0.7f, -1.2f, 2.0f};

@@ -12,7 +12,10 @@
 #include <cmocka.h>
 #include <sys/wait.h>
 
+#include "model.h"
 #include "ops.h"
+#include "rel_err.h" /* rel_err(a, b, n): max |a - b| / max |b| */
+#include "safetensors.h"
 
 #define FIXTURES "tests/fixtures"
 
@@ -28,17 +31,6 @@ static inline float *test_rand_buf(Rng *r, size_t n, float scale) {
     return p;
 }
 
-/* max_i |a_i - b_i| / max_i |b_i|: the "relative error" every numerics test reports. */
-static inline double rel_err(const float *a, const float *b, size_t n) {
-    double maxdiff = 0, maxref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - (double)b[i]);
-        if (d > maxdiff || isnan(d)) maxdiff = isnan(d) ? INFINITY : d;
-        if (fabs((double)b[i]) > maxref) maxref = fabs((double)b[i]);
-    }
-    return maxref > 0 ? maxdiff / maxref : maxdiff;
-}
-
 /* Prints "OK   what: rel err 3.1e-07 (tol 1e-04)" or NOT OK, then fails the test if over. */
 static inline void check_close(const char *what, const float *got, const float *want, size_t n, double tol) {
     double err = rel_err(got, want, n);
@@ -51,6 +43,51 @@ static inline void check_close(const char *what, const float *got, const float *
 static inline char *slurp(const char *path, size_t *n) {
     Error e;
     return read_file(path, n, &e);
+}
+
+/* A fixture's expected.safetensors (tests/fixtures/make_fixtures.py, HF transformers): the prompt
+ * [T] ids, HF's greedy continuation [n_greedy] ids and HF's logits [T, V] of the prompt. */
+typedef struct {
+    StFile f;
+    int T, V, n_greedy;
+    int *prompt, *greedy;
+    float *logits; /* [T, V] */
+} Expected;
+
+static inline int *expected_ids(const StTensor *t) {
+    int *ids = malloc(sizeof(int) * (size_t)(t->numel ? t->numel : 1));
+    for (int64_t i = 0; i < t->numel; i++) ids[i] = (int)dtype_load_f32(t->dtype, t->data, i);
+    return ids;
+}
+/* Opens fixture name's expected.safetensors into f (the caller st_closes it). */
+static inline void expected_open(StFile *f, const char *name) {
+    char path[512];
+    Error e;
+    snprintf(path, sizeof path, FIXTURES "/%s/expected.safetensors", name);
+    if (st_open(f, path, &e)) fail_msg("%s", e.msg);
+}
+/* Loads fixture name's checkpoint into m and opens its expected.safetensors into f. */
+static inline void fixture_open(Model *m, StFile *f, const char *name) {
+    char dir[512];
+    Error e;
+    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
+    if (model_load(m, dir, &e)) fail_msg("%s", e.msg);
+    expected_open(f, name);
+}
+static inline void expected_load(Expected *x, const char *name) {
+    expected_open(&x->f, name);
+    const StTensor *p = st_find(&x->f, "prompt"), *g = st_find(&x->f, "greedy"), *l = st_find(&x->f, "logits");
+    assert_non_null(p); assert_non_null(g); assert_non_null(l);
+    x->T = (int)p->numel;
+    x->n_greedy = (int)g->numel;
+    x->V = (int)l->shape[1];
+    x->prompt = expected_ids(p);
+    x->greedy = expected_ids(g);
+    x->logits = st_to_f32(l);
+}
+static inline void expected_free(Expected *x) {
+    free(x->prompt); free(x->greedy); free(x->logits);
+    st_close(&x->f);
 }
 
 /* A fresh temporary directory (mkdtemp) under /tmp; the caller removes it with rm_rf. */
