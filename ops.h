@@ -76,7 +76,8 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps
 /* With W->fp8_gemm set (E4M3 weights with block scales) it is instead
  * fp8_gemm(quant_act(x), W) (fp8.h): each output depends on its own row of x only, so it is
  * batch-invariant too. */
-void matmul(float *out, const float *x, const Tensor *W, int n);
+/* Returns 0, or -1 with e set when its scratch cannot be allocated (out then partly written). */
+int matmul(float *out, const float *x, const Tensor *W, int n, Error *e);
 
 /* The decode kernels by name, for the tests (each against plain, bit for bit) and run bench.
  * MATMUL_BEST is what matmul uses: the fastest this CPU runs. */

@@ -153,9 +153,9 @@ static void test_decode_matches_absorbed(void **st) {
             for (int s = 0; s < LENS[b]; s++)
                 mla_kv_decode_row(rows + (size_t)s * WIDTH, c.format, mla_paged_row(&c, t.tables + b * MAX_PAGES, s),
                                   DC, DR);
-            mla_attend_absorbed(want + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, rows, 1, LENS[b] - 1, &t.w, &t.m);
+            mla_attend_absorbed(want + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, rows, 1, LENS[b] - 1, &t.w, &t.m, NULL);
             mla_attend_absorbed(exact + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, t.latents[b], 1,
-                                LENS[b] - 1, &t.w, &t.m);
+                                LENS[b] - 1, &t.w, &t.m, NULL);
         }
         size_t differ = 0;
         for (size_t i = 0; i < n_out; i++) differ += memcmp(got + i, want + i, sizeof(float)) != 0;
