@@ -192,7 +192,7 @@ static void test_latent_and_lse(void **st) {
     float *q_abs = randn((size_t)BATCH * N_H * WIDTH, 0.5f), scale = 0.1f;
     float *o = malloc(sizeof(float) * BATCH * N_H * DC), *lse = malloc(sizeof(float) * BATCH * N_H);
     float *o_ref = malloc(sizeof(float) * BATCH * N_H * DC), lse_ref[BATCH * N_H];
-    mla_paged_decode_latent(o, lse, q_abs, &c, t.tables, MAX_PAGES, LENS, BATCH, N_H, scale);
+    assert_int_equal(mla_paged_decode_latent(o, lse, q_abs, &c, t.tables, MAX_PAGES, LENS, BATCH, N_H, scale, NULL), 0);
     double sc[256];
     for (int b = 0; b < BATCH; b++)
         for (int h = 0; h < N_H; h++) {

@@ -6,6 +6,7 @@
  * threads where there are two cores). No global in the library: the shapes alone make it fail.
  * Under ASan, allocator_may_return_null (below) makes a refused allocation a NULL, as glibc's. */
 #include "mla.h"
+#include "mla_paged.h"
 #include "moe.h"
 #include "testutil.h"
 
@@ -44,6 +45,16 @@ static void test_mla(void **st) {
     assert_oom(rc, &e, "mla_attend_naive", sizeof(float) * ((size_t)(m->nope + m->v) * (d_c + 9) + 81));
 }
 
+/* the paged decode gathers a sequence's rows [L, d_c + d_R] first: 2^12 rows of 2^30 + 2 floats */
+static void test_mla_paged(void **st) {
+    (void)st;
+    Error e = {{0}};
+    MlaPagedCache c = {.format = MLA_KV_F32, .d_c = 1 << 30, .d_R = 2};
+    int lens[1] = {1 << 12}, tables[1] = {0};
+    int rc = mla_paged_decode_latent(dummy, NULL, dummy, &c, tables, 1, lens, 1, 2, 1.0f, &e);
+    assert_oom(rc, &e, "mla_paged_decode_latent", sizeof(float) * ((size_t)1 << 12) * ((1u << 30) + 2));
+}
+
 static void test_matmul(void **st) {
     (void)st;
     Error e = {{0}};
@@ -79,7 +90,7 @@ static void test_moe(void **st) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mla), cmocka_unit_test(test_matmul), cmocka_unit_test(test_moe),
+        cmocka_unit_test(test_mla), cmocka_unit_test(test_mla_paged), cmocka_unit_test(test_matmul), cmocka_unit_test(test_moe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
