@@ -58,14 +58,14 @@ static void bench_attention(void) {
                 if (form ? mla_attend_naive(out, q, cache, 1, L - 1, &w, &m, &err)
                          : mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m, &err)) {
                     fprintf(stderr, "bench: %s\n", err.msg);
-                    L = Lmax; /* ends the table */
-                    break;
+                    goto done;
                 }
             }
             t[form] = (now_s() - t0) / reps * 1e3;
         }
         printf("| %7d | %11.3f | %8.1f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
     }
+done:
     free(cache); free(q); free(kv_b); free(out);
 }
 
