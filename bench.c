@@ -55,13 +55,18 @@ static void bench_attention(void) {
             int reps = form ? 1 : 5;
             double t0 = now_s();
             for (int i = 0; i < reps; i++) {
-                if (form) mla_attend_naive(out, q, cache, 1, L - 1, &w, &m);
-                else mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m);
+                Error err;
+                if (form ? mla_attend_naive(out, q, cache, 1, L - 1, &w, &m, &err)
+                         : mla_attend_absorbed(out, q, cache, 1, L - 1, &w, &m, &err)) {
+                    fprintf(stderr, "bench: %s\n", err.msg);
+                    goto done;
+                }
             }
             t[form] = (now_s() - t0) / reps * 1e3;
         }
         printf("| %7d | %11.3f | %8.1f | %15.1fx | %.2f MB |\n", L, t[0], t[1], t[1] / t[0], L * width * 4.0 / 1e6);
     }
+done:
     free(cache); free(q); free(kv_b); free(out);
 }
 

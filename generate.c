@@ -163,15 +163,23 @@ static int emit(Gen *g, int id) {
 
 /* The distribution plain decoding samples from: softmax(logits / temp), cut to the top-p nucleus
  * and renormalized; probs [vocab] (zeros outside the nucleus). */
-static void target_probs(const Gen *g, const float *logits, float *probs) {
+/* The message when the nucleus's sort scratch (nucleus, sample: -1) cannot be allocated. */
+static int sample_oom(const Gen *g, Error *e) {
+    int V = g->m->cfg.vocab_size;
+    return error_set(e, "sampling: out of memory (%zu bytes for the nucleus sort of %d tokens)", sizeof(int) * (size_t)V, V);
+}
+
+static int target_probs(const Gen *g, const float *logits, float *probs, Error *e) {
     int V = g->m->cfg.vocab_size;
     for (int i = 0; i < V; i++) probs[i] = logits[i] / g->o->temp;
     softmax(probs, V);
     int k = nucleus(probs, V, g->o->top_p, g->order);
+    if (k < 0) return sample_oom(g, e);
     float mass = 0.0f;
     for (int i = 0; i < k; i++) mass += probs[g->order[i]];
     for (int i = k; i < V; i++) probs[g->order[i]] = 0.0f;
     for (int i = 0; i < k; i++) probs[g->order[i]] /= mass;
+    return 0;
 }
 
 static int draw(Gen *g, const float *probs) {
@@ -187,14 +195,17 @@ static int draw(Gen *g, const float *probs) {
     return last;
 }
 
-static int next_token(Gen *g, const float *logits) {
-    return sample(logits, g->m->cfg.vocab_size, g->o->temp, g->o->top_p, &g->rng, g->probs, g->order);
+/* The token drawn from logits, or -1 with e set. */
+static int next_token(Gen *g, const float *logits, Error *e) {
+    int t = sample(logits, g->m->cfg.vocab_size, g->o->temp, g->o->top_p, &g->rng, g->probs, g->order);
+    return t < 0 ? sample_oom(g, e) : t;
 }
 
 /* Plain decoding after the prefill (logits: the prompt's last position; end: the position after
  * it): one forward per token. */
 static int decode_plain(Gen *g, float *logits, int end, Error *e) {
-    int next = next_token(g, logits);
+    int next = next_token(g, logits, e);
+    if (next < 0) return -1;
     for (;;) {
         if (emit(g, next)) return 0;
         int pos = end + g->r->n - 1;
@@ -203,7 +214,7 @@ static int decode_plain(Gen *g, float *logits, int end, Error *e) {
             continue;
         }
         if (model_forward(g->m, g->s, &next, 1, pos, logits, 1, ATTN_ABSORBED, e)) return -1;
-        next = next_token(g, logits);
+        if ((next = next_token(g, logits, e)) < 0) return -1;
     }
 }
 
@@ -219,7 +230,8 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
         error_set(e, "--mtp: out of memory for the draft's logits (%d tokens)", V);
         goto out;
     }
-    int pending = next_token(g, logits);
+    int pending = next_token(g, logits, e);
+    if (pending < 0) goto out;
     /* the MTP over the prompt: position i pairs h_i with t_{i+1} (the last with the pending token) */
     for (int i = 0; i < T; i++) nxt[i] = i + 1 < T ? prompt[i + 1] : pending;
     for (int done = 0; done < T; done += s->max_T) {
@@ -232,7 +244,10 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
         if (r->n + 1 >= g->o->n_new) { emit(g, pending); break; } /* no room for a draft */
         int draft;
         if (greedy) draft = argmax(q_logits, V);
-        else { target_probs(g, q_logits, g->q_probs); draft = draw(g, g->q_probs); }
+        else {
+            if (target_probs(g, q_logits, g->q_probs, e)) goto out;
+            draft = draw(g, g->q_probs);
+        }
         int verify[2] = {pending, draft};
         if (model_forward(m, s, verify, 2, pos, lv, 0, ATTN_ABSORBED, e)) goto out;
         r->drafted++;
@@ -241,7 +256,7 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
             t1 = argmax(lv, V);
             keep = t1 == draft;
         } else {
-            target_probs(g, lv, g->probs);
+            if (target_probs(g, lv, g->probs, e)) goto out;
             keep = rng_uniform(&g->rng) * g->q_probs[draft] < g->probs[draft];
             if (keep) t1 = draft;
             else {
@@ -255,7 +270,8 @@ static int decode_mtp(Gen *g, float *logits, const int *prompt, int T, Error *e)
         if (keep) {
             r->accepted++;
             if (emit(g, draft)) break;
-            int t2 = next_token(g, lv + V);
+            int t2 = next_token(g, lv + V, e);
+            if (t2 < 0) goto out;
             int two[2] = {draft, t2};
             if (mtp_forward(m, s, two, 2, pos, lq, 1, e)) goto out;
             q_logits = lq;

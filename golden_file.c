@@ -101,13 +101,24 @@ static char *config_json(const Config *c) {
 typedef struct {
     char **keys, **vals;
     int n;
+    int oom; /* an entry could not be added: the writer refuses the file */
 } Meta;
 
+/* Appends key = val. A failed allocation, or a NULL val (a failed one upstream: arg_list,
+ * shapes_json, config_json), adds nothing and sets oom, checked once before the file is written. */
 static void meta_add(Meta *m, const char *key, const char *val) {
-    m->keys = realloc(m->keys, sizeof(char *) * (size_t)(m->n + 1));
-    m->vals = realloc(m->vals, sizeof(char *) * (size_t)(m->n + 1));
-    m->keys[m->n] = strdup(key);
-    m->vals[m->n++] = strdup(val);
+    char **k = val ? realloc(m->keys, sizeof(char *) * (size_t)(m->n + 1)) : NULL;
+    if (k) m->keys = k;
+    char **v = k ? realloc(m->vals, sizeof(char *) * (size_t)(m->n + 1)) : NULL;
+    if (v) m->vals = v;
+    char *ks = v ? strdup(key) : NULL, *vs = ks ? strdup(val) : NULL;
+    if (!vs) {
+        free(ks);
+        m->oom = 1;
+        return;
+    }
+    m->keys[m->n] = ks;
+    m->vals[m->n++] = vs;
 }
 
 static void meta_free(Meta *m) {
@@ -121,7 +132,7 @@ static char *arg_list(const Golden *g, int from, int to, int outputs) {
     size_t len = 1;
     for (int i = from; i < to; i++) len += strlen(g->ts[i].name) + 1;
     char *s = calloc(len, 1);
-    for (int i = from; i < to; i++)
+    for (int i = from; s && i < to; i++)
         if (g->ts[i].output == outputs) {
             if (*s) strcat(s, ",");
             strcat(s, strchr(g->ts[i].name, '.') + 1);
@@ -131,7 +142,7 @@ static char *arg_list(const Golden *g, int from, int to, int outputs) {
 
 static char *shapes_json(const GoldenShapes *s) {
     char *b = malloc(160);
-    snprintf(b, 160, "{\"batch\":%d,\"tokens\":%d,\"cache\":%d,\"gemm_m\":%d,\"gemm_n\":%d,\"gemm_k\":%d}",
+    if (b) snprintf(b, 160, "{\"batch\":%d,\"tokens\":%d,\"cache\":%d,\"gemm_m\":%d,\"gemm_n\":%d,\"gemm_k\":%d}",
              s->batch, s->tokens, s->cache, s->gemm_m, s->gemm_n, s->gemm_k);
     return b;
 }
@@ -238,14 +249,15 @@ int golden_run(Golden *g, const int *selected, const char *out_path, const char 
         meta_add(&meta, "tolerance_metric", "max|got - want| / max|want| per F32 output; integer and F8 outputs match exactly");
         meta_add(&meta, "generator", "splitmix64 per tensor from seed ^ fnv1a64(name); u = ((r >> 40) - 2^23) * 2^-23; "
                  "x = fmaf(scale, u, offset)");
-        StWriteTensor *ts = calloc((size_t)g->n + 1, sizeof *ts);
+        StWriteTensor *ts = meta.oom ? NULL : calloc((size_t)g->n + 1, sizeof *ts);
         for (int i = 0; ts && i < g->n; i++) {
             ts[i] = (StWriteTensor){.name = g->ts[i].name, .dtype = g->ts[i].dtype, .ndim = g->ts[i].ndim,
                                     .data = g->ts[i].data};
             memcpy(ts[i].shape, g->ts[i].shape, sizeof ts[i].shape);
         }
         rc = ts ? st_write(out_path, ts, g->n, (const char *const *)meta.keys, (const char *const *)meta.vals, meta.n, g->e)
-                : error_set(g->e, "out of memory");
+                : error_set(g->e, "golden: out of memory for the file's %s (%d tensors, %d metadata entries)",
+                            meta.oom ? "metadata" : "tensor list", g->n, meta.n);
         if (!rc) fprintf(stderr, "run golden: %d functions, %d tensors, %.3g MB -> %s\n", n_run, g->n, g->bytes / 1e6, out_path);
         free(ts);
     }

@@ -178,8 +178,7 @@ static int e_mla_query(Golden *g) {
     float *c_q = ql ? g_out(g, "c_q", DT_F32, 3, B, T, ql) : NULL; /* rmsnorm(q_a(x)): the scratch argument */
     if (g->failed) return -1;
     md.eps = eps[0];
-    mla_query(q, c_q, x, B * T, &w, &md);
-    return 0;
+    return mla_query(q, c_q, x, B * T, &w, &md, g->e);
 }
 
 static int e_mla_latent(Golden *g) {
@@ -193,8 +192,7 @@ static int e_mla_latent(Golden *g) {
     float *lat = g_out(g, "latent", DT_F32, 3, B, T, W);
     if (g->failed) return -1;
     md.eps = eps[0];
-    mla_latent(lat, x, B * T, &w, &md);
-    return 0;
+    return mla_latent(lat, x, B * T, &w, &md, g->e);
 }
 
 /* T queries at positions pos0 = L - T .. L - 1 of each of B sequences, over its cache [L, d_c + d_R]. */
@@ -218,8 +216,8 @@ static int attend(Golden *g, int T, int naive) {
         }
         float *ob = o + (size_t)b * T * nh * v;
         const float *cb = cache + (size_t)b * L * W;
-        if (naive) mla_attend_naive(ob, q, cb, T, pos0, &w, &md);
-        else mla_attend_absorbed(ob, q, cb, T, pos0, &w, &md);
+        if (naive ? mla_attend_naive(ob, q, cb, T, pos0, &w, &md, g->e) : mla_attend_absorbed(ob, q, cb, T, pos0, &w, &md, g->e))
+            return -1;
     }
     return 0;
 }
@@ -259,8 +257,7 @@ static int e_ffn_swiglu(Golden *g) {
              .down = f32_tensor(g_weight(g, "", "down_proj", d, inter), d, inter)};
     float *o = g_out(g, "out", DT_F32, 3, B, T, d);
     if (g->failed) return -1;
-    ffn_swiglu(o, x, B * T, &f);
-    return 0;
+    return ffn_swiglu(o, x, B * T, &f, g->e);
 }
 
 /* The whole MoE layer; experts stacked [E, ...] as a grouped GEMM takes them. logits, topk_idx and
@@ -289,8 +286,7 @@ static int e_moe(Golden *g) {
         ex[e] = (Ffn){.gate = f32_tensor(wg + (size_t)e * mi * d, mi, d), .up = f32_tensor(wu + (size_t)e * mi * d, mi, d),
                       .down = f32_tensor(wd + (size_t)e * d * mi, d, mi)};
     moe.experts = ex;
-    moe_forward(o, x, B * T, &moe);
-    matmul(logits, x, &moe.router, B * T);
+    if (moe_forward(o, x, B * T, &moe, g->e) || matmul(logits, x, &moe.router, B * T, g->e)) return -1;
     for (size_t r = 0; r < (size_t)B * T; r++) moe_gate(idx + r * K, wts + r * K, logits + r * E, bias, &gt);
     return 0;
 }
@@ -355,8 +351,7 @@ static int e_fp8_gemm(Golden *g) {
     fp8_quant_block(wq, ws, w, N, K, FP8_BLOCK, FP8_BLOCK, FP8_SCALE_F32);
     for (int i = 0; i < 3; i++) fp8_gemm(y[i], xq, xs, wq, ws, M, N, K, FP8_BLOCK, FP8_BLOCK, MODES[i].acc);
     Tensor wt = f32_tensor(w, N, K);
-    matmul(y_ref, x, &wt, M);
-    return 0;
+    return matmul(y_ref, x, &wt, M, g->e);
 }
 
 /* A whole decoder layer (MoE if the config has experts) at positions pos0 = L - T .. L - 1 over a
@@ -382,7 +377,8 @@ static int e_decoder_layer(Golden *g) {
         memset(cache + ((size_t)b * L + pos0) * W, 0, sizeof(float) * (size_t)T * W);
         memcpy(s.cache, cache + (size_t)b * L * W, sizeof(float) * (size_t)L * W);
         memcpy(s.x, x + (size_t)b * T * d, sizeof(float) * (size_t)T * d);
-        model_layer_forward(&m, &s, &ly, s.cache, T, pos0, ATTN_ABSORBED, h_attn + (size_t)b * T * d);
+        if (model_layer_forward(&m, &s, &ly, s.cache, T, pos0, ATTN_ABSORBED, h_attn + (size_t)b * T * d, g->e))
+            return state_free(&s), -1;
         memcpy(o + (size_t)b * T * d, s.x, sizeof(float) * (size_t)T * d);
         memcpy(cache_out + (size_t)b * L * W, s.cache, sizeof(float) * (size_t)L * W);
     }
@@ -441,13 +437,14 @@ static int e_model(Golden *g) {
         size_t o = (size_t)b * T * d;
         for (int t = 0; t < T; t++) tensor_rows_f32(s.x + (size_t)t * d, &m->embed, tok[b * T + t], 1);
         memcpy(emb + o, s.x, sizeof(float) * (size_t)T * d);
-        for (int l = 0; l < nl; l++) {
-            model_layer_forward(m, &s, &m->layers[l], s.cache + (size_t)l * T * W, T, 0, ATTN_ABSORBED, ha[l] + o);
+        for (int l = 0; l < nl && !rc; l++) {
+            rc = model_layer_forward(m, &s, &m->layers[l], s.cache + (size_t)l * T * W, T, 0, ATTN_ABSORBED, ha[l] + o, g->e);
             memcpy(hf[l] + o, s.x, sizeof(float) * (size_t)T * d);
         }
+        if (rc) break;
         rmsnorm(s.h, s.x, m->final_norm, T, d, c->rms_norm_eps);
         memcpy(fin + o, s.h, sizeof(float) * (size_t)T * d);
-        matmul(logits + (size_t)b * T * V, s.h, &m->lm_head, T);
+        if ((rc = matmul(logits + (size_t)b * T * V, s.h, &m->lm_head, T, g->e))) break;
         /* the loop above (embedding, layers, final norm, lm_head) must still be model_forward's:
          * the same logits, bit for bit */
         rc = model_forward(m, &s2, tok + b * T, T, 0, check, 0, ATTN_ABSORBED, g->e);

@@ -333,62 +333,95 @@ int matmul_kernel_supported(MatmulKernel k) {
     return k == MATMUL_PLAIN || k == MATMUL_BEST || (k == MATMUL_AVX2 && __builtin_cpu_supports("avx2"));
 }
 
-int matmul_small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k) {
+/* matmul_small_with, and -2 when a thread's scratch could not be allocated (*bytes: its size). */
+static int small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k, size_t *bytes) {
     if (!matmul_kernel_supported(k) || n > SMALL_BATCH) return -1;
     if (k == MATMUL_BEST) k = __builtin_cpu_supports("avx2") ? MATMUL_AVX2 : MATMUL_PLAIN;
     if (!vector_dtype(W)) k = MATMUL_PLAIN;
     int rows = W->rows, cols = W->cols, n_blocks = (rows + SMALL_ROWS - 1) / SMALL_ROWS;
     int n_cb = W->scale_inv ? (cols + W->block_c - 1) / W->block_c : 0;
+    size_t sf_bytes = sizeof(float) * (size_t)(KERNEL_ROWS * n_cb + 1), buf_bytes = sizeof(float) * (size_t)SMALL_ROWS * cols;
+    int failed = 0; /* set by any thread whose scratch is missing; every thread still reaches the barrier */
 #pragma omp parallel if (n_blocks > 1 && (size_t)rows * cols >= PARALLEL_MIN)
     {
-        float *buf = NULL, *sf = malloc(sizeof(float) * (size_t)(KERNEL_ROWS * n_cb + 1));
+        float *buf = NULL, *sf = malloc(sf_bytes);
+        if (!sf) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(static)
         for (int b = 0; b < n_blocks; b++) {
+            if (!sf) continue;
             int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
             if (k == MATMUL_AVX2 && block_avx2(out, x, W, n, r0, nr, sf) == 0) continue;
-            if (!buf) buf = malloc(sizeof(float) * (size_t)SMALL_ROWS * cols);
+            if (!buf && !(buf = malloc(buf_bytes))) {
+#pragma omp atomic write
+                failed = 1;
+                free(sf);
+                sf = NULL; /* skips this thread's remaining blocks */
+                continue;
+            }
             block_plain(out, x, W, n, r0, nr, buf);
         }
         free(buf);
         free(sf);
     }
+    if (failed) {
+        *bytes = sf_bytes + buf_bytes;
+        return -2;
+    }
     return 0;
+}
+
+int matmul_small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k) {
+    size_t bytes;
+    return small_with(out, x, W, n, k, &bytes) == 0 ? 0 : -1;
 }
 
 /* ---------------------------------------------------------------------------------------------
  * The FP8 path (DeepSeek's act_quant + fp8_gemm): x [n, cols] quantized to E4M3 per row in
  * 1 x block_c tiles, multiplied with the stored codes, FP32 accumulation per K-block.
  */
-static void matmul_fp8(float *out, const float *x, const Tensor *W, int n) {
+static int matmul_fp8(float *out, const float *x, const Tensor *W, int n, Error *e) {
     int cols = W->cols, nkb = (cols + W->block_c - 1) / W->block_c;
     uint8_t *qx = malloc((size_t)n * cols);
     float *sx = malloc(sizeof(float) * (size_t)n * nkb);
+    if (!qx || !sx) {
+        free(qx);
+        free(sx);
+        return error_set(e, "matmul: out of memory (%zu bytes for the quantized activations of %d tokens)",
+                         ((size_t)n * cols) + sizeof(float) * (size_t)n * nkb, n);
+    }
     fp8_quant_act(qx, sx, x, n, cols, W->block_c, FP8_SCALE_F32);
     fp8_gemm(out, qx, sx, W->data, W->scale_inv, n, W->rows, cols, W->block_r, W->block_c,
              (Fp8Accum){0, 0, FP8_ACC_TRUNCATE});
     free(qx);
     free(sx);
+    return 0;
 }
 
-void matmul(float *out, const float *x, const Tensor *W, int n) {
+int matmul(float *out, const float *x, const Tensor *W, int n, Error *e) {
     int rows = W->rows, cols = W->cols;
-    if (W->fp8_gemm && W->dtype == DT_F8_E4M3 && W->scale_inv) {
-        matmul_fp8(out, x, W, n);
-        return;
-    }
+    if (W->fp8_gemm && W->dtype == DT_F8_E4M3 && W->scale_inv) return matmul_fp8(out, x, W, n, e);
     if (n <= SMALL_BATCH) {
-        matmul_small_with(out, x, W, n, MATMUL_BEST);
-        return;
+        size_t bytes = 0;
+        if (small_with(out, x, W, n, MATMUL_BEST, &bytes))
+            return error_set(e, "matmul: out of memory (%zu bytes of per-thread scratch for a [%d, %d] weight)",
+                             bytes, rows, cols);
+        return 0;
     }
     int aligned = ((uintptr_t)W->data % sizeof(float)) == 0;
     if (W->dtype == DT_F32 && aligned) {
         /* out [n, rows] = x [n, cols] . W^T, W used in place from the mapping */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols,
                     (const float *)W->data, cols, 0.0f, out, rows);
-        return;
+        return 0;
     }
     int tile = rows < TILE_ROWS ? rows : TILE_ROWS;
     float *buf = malloc(sizeof(float) * (size_t)tile * cols);
+    if (!buf)
+        return error_set(e, "matmul: out of memory (%zu bytes for a tile of %d rows of a [%d, %d] weight)",
+                         sizeof(float) * (size_t)tile * cols, tile, rows, cols);
     for (int r0 = 0; r0 < rows; r0 += tile) {
         int nr = rows - r0 < tile ? rows - r0 : tile;
         tensor_rows_f32(buf, W, r0, nr);
@@ -397,6 +430,7 @@ void matmul(float *out, const float *x, const Tensor *W, int n) {
                     0.0f, out + r0, rows);
     }
     free(buf);
+    return 0;
 }
 
 void matmul_naive(float *out, const float *x, const float *W, int n, int rows, int cols) {

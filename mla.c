@@ -52,23 +52,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-void mla_query(float *q, float *scratch, const float *x, int T, const MlaWeights *w, const MlaDims *m) {
-    if (m->q_lora_rank == 0) {
-        matmul(q, x, &w->q, T);                                   /* [T, n_h*(nope+rope)] */
-        return;
-    }
-    matmul(scratch, x, &w->q_a, T);                               /* [T, d_c'] */
+int mla_query(float *q, float *scratch, const float *x, int T, const MlaWeights *w, const MlaDims *m, Error *e) {
+    if (m->q_lora_rank == 0) return matmul(q, x, &w->q, T, e);   /* [T, n_h*(nope+rope)] */
+    if (matmul(scratch, x, &w->q_a, T, e)) return -1;             /* [T, d_c'] */
     rmsnorm(scratch, scratch, w->q_a_norm, T, m->q_lora_rank, m->eps);
-    matmul(q, scratch, &w->q_b, T);                               /* [T, n_h*(nope+rope)] */
+    return matmul(q, scratch, &w->q_b, T, e);                     /* [T, n_h*(nope+rope)] */
 }
 
-void mla_latent(float *latent, const float *x, int T, const MlaWeights *w, const MlaDims *m) {
+int mla_latent(float *latent, const float *x, int T, const MlaWeights *w, const MlaDims *m, Error *e) {
     int width = mla_cache_width(m);
-    matmul(latent, x, &w->kv_a, T);                               /* [T, d_c + d_R] */
+    if (matmul(latent, x, &w->kv_a, T, e)) return -1;             /* [T, d_c + d_R] */
     for (int t = 0; t < T; t++) {                                 /* norm the latent, not k_pe */
         float *c = latent + (size_t)t * width;
         rmsnorm(c, c, w->kv_a_norm, 1, m->kv_lora_rank, m->eps);
     }
+    return 0;
 }
 
 /* scores [T, L] *= scale, entries s > pos0 + t set to -inf, then softmax per row. */
@@ -84,10 +82,12 @@ static void causal_softmax(float *scores, int T, int L, int pos0, float scale) {
 
 /* Absorbed attention for a few queries (decode, speculative verify): every number a query gets is
  * computed from that query alone, in a fixed order (dot_f32), so it does not depend on T. */
-static void attend_absorbed_small(float *out, const float *q, const float *cache, int T, int pos0,
-                                  const MlaWeights *w, const MlaDims *m) {
+static int attend_absorbed_small(float *out, const float *q, const float *cache, int T, int pos0,
+                                 const MlaWeights *w, const MlaDims *m, Error *e) {
     int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
     int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
+    size_t bytes = sizeof(float) * ((size_t)(m->nope + m->v) * d_c + 2 * (size_t)d_c + (size_t)L);
+    int failed = 0; /* set by any thread whose scratch is missing; every thread still reaches the barrier */
     /* Threads (OpenMP) take whole heads, each with its own scratch: a head's numbers are computed
      * the same way on any thread, so the bits do not depend on the thread count. */
 #pragma omp parallel if (m->n_heads > 1 && (size_t)m->n_heads * L * width >= (1 << 14))
@@ -95,8 +95,14 @@ static void attend_absorbed_small(float *out, const float *q, const float *cache
     float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
     float *q_lat = malloc(sizeof(float) * (size_t)d_c), *o_lat = malloc(sizeof(float) * (size_t)d_c);
     float *p = malloc(sizeof(float) * (size_t)L);
+    int ok = w_h && q_lat && o_lat && p;
+    if (!ok) {
+#pragma omp atomic write
+        failed = 1;
+    }
 #pragma omp for schedule(static)
     for (int h = 0; h < m->n_heads; h++) {
+        if (!ok) continue;
         tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
         const float *w_uv = w_h + (size_t)m->nope * d_c;
         for (int t = 0; t < T; t++) {
@@ -117,20 +123,26 @@ static void attend_absorbed_small(float *out, const float *q, const float *cache
     }
     free(w_h); free(q_lat); free(o_lat); free(p);
     }
+    if (failed)
+        return error_set(e, "mla_attend_absorbed: out of memory (%zu bytes of per-thread scratch, %d cached tokens)",
+                         bytes, L);
+    return 0;
 }
 
-void mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,
-                         const MlaWeights *w, const MlaDims *m) {
-    if (T <= SMALL_BATCH) {
-        attend_absorbed_small(out, q, cache, T, pos0, w, m);
-        return;
-    }
+int mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,
+                        const MlaWeights *w, const MlaDims *m, Error *e) {
+    if (T <= SMALL_BATCH) return attend_absorbed_small(out, q, cache, T, pos0, w, m, e);
     int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
     int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
     float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
     float *q_lat = malloc(sizeof(float) * (size_t)T * d_c);              /* [T, d_c] */
     float *scores = malloc(sizeof(float) * (size_t)T * L);               /* [T, L] */
     float *o_lat = malloc(sizeof(float) * (size_t)T * d_c);              /* [T, d_c] */
+    if (!w_h || !q_lat || !scores || !o_lat) {
+        free(w_h); free(q_lat); free(scores); free(o_lat);
+        return error_set(e, "mla_attend_absorbed: out of memory (%zu bytes of scratch for %d queries over %d tokens)",
+                         sizeof(float) * ((size_t)(m->nope + m->v) * d_c + 2 * (size_t)T * d_c + (size_t)T * L), T, L);
+    }
     for (int h = 0; h < m->n_heads; h++) {
         tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
         const float *w_uk = w_h, *w_uv = w_h + (size_t)m->nope * d_c;
@@ -151,15 +163,21 @@ void mla_attend_absorbed(float *out, const float *q, const float *cache, int T, 
                     0.0f, out + (size_t)h * m->v, out_stride);
     }
     free(w_h); free(q_lat); free(scores); free(o_lat);
+    return 0;
 }
 
-void mla_attend_naive(float *out, const float *q, const float *cache, int T, int pos0,
-                      const MlaWeights *w, const MlaDims *m) {
+int mla_attend_naive(float *out, const float *q, const float *cache, int T, int pos0,
+                     const MlaWeights *w, const MlaDims *m, Error *e) {
     int d_c = m->kv_lora_rank, qk = m->nope + m->rope, width = mla_cache_width(m);
     int L = pos0 + T, q_stride = m->n_heads * qk, out_stride = m->n_heads * m->v;
     float *w_h = malloc(sizeof(float) * (size_t)(m->nope + m->v) * d_c); /* [nope+v, d_c] */
     float *kv = malloc(sizeof(float) * (size_t)L * (m->nope + m->v));    /* [L, nope+v] */
     float *scores = malloc(sizeof(float) * (size_t)T * L);               /* [T, L] */
+    if (!w_h || !kv || !scores) {
+        free(w_h); free(kv); free(scores);
+        return error_set(e, "mla_attend_naive: out of memory (%zu bytes of scratch for %d queries over %d tokens)",
+                         sizeof(float) * ((size_t)(m->nope + m->v) * (d_c + (size_t)L) + (size_t)T * L), T, L);
+    }
     for (int h = 0; h < m->n_heads; h++) {
         tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v), m->nope + m->v);
         /* [k_nope | v] for every cached token: kv [L, nope+v] = C [L, d_c] . W_h^T */
@@ -177,21 +195,21 @@ void mla_attend_naive(float *out, const float *q, const float *cache, int T, int
                     m->nope + m->v, 0.0f, out + (size_t)h * m->v, out_stride);
     }
     free(w_h); free(kv); free(scores);
+    return 0;
 }
 
-void mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
-                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form) {
+int mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+                const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form, Error *e) {
     int width = mla_cache_width(m), qk = m->nope + m->rope, q_stride = m->n_heads * qk;
     float *latent = cache + (size_t)pos0 * width;                 /* this call's rows [T, d_c + d_R] */
-    mla_query(s->q, s->q_lora, x, T, w, m);
-    mla_latent(latent, x, T, w, m);
+    if (mla_query(s->q, s->q_lora, x, T, w, m, e) || mla_latent(latent, x, T, w, m, e)) return -1;
     for (int t = 0; t < T; t++) {                                 /* q_pe of every head, then k_pe */
         rope_rotate(s->q + (size_t)t * q_stride + m->nope, m->n_heads, qk, m->rope, pos0 + t, r->inv_freq,
                     r->attn_factor, r->interleaved);
         rope_rotate(latent + (size_t)t * width + m->kv_lora_rank, 1, width, m->rope, pos0 + t, r->inv_freq,
                     r->attn_factor, r->interleaved);
     }
-    if (form == ATTN_NAIVE) mla_attend_naive(s->attn, s->q, cache, T, pos0, w, m);
-    else mla_attend_absorbed(s->attn, s->q, cache, T, pos0, w, m);
-    matmul(out, s->attn, &w->o, T);                               /* [T, d] */
+    int rc = form == ATTN_NAIVE ? mla_attend_naive(s->attn, s->q, cache, T, pos0, w, m, e)
+                                : mla_attend_absorbed(s->attn, s->q, cache, T, pos0, w, m, e);
+    return rc ? -1 : matmul(out, s->attn, &w->o, T, e);          /* [T, d] */
 }

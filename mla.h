@@ -50,22 +50,24 @@ static inline int mla_cache_width(const MlaDims *m) { return m->kv_lora_rank + m
  * layer's input_layernorm), tokens at positions pos0 .. pos0+T-1. Writes cache rows pos0 .. pos0+T-1
  * ([c_kv | k_pe] of each token, k_pe rotated) and attends over rows 0 .. pos0+T-1 of cache
  * [>= pos0+T, d_c + d_R]; the rows below pos0 must hold the earlier positions. */
-void mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
-                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form);
+int mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+                const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form, Error *e);
 
 /* q [T, n_h * (nope + rope)] = q_b(rmsnorm(q_a(x))) or q_proj(x), from x [T, d].
  * scratch: T * q_lora_rank floats (unused without query compression). */
-void mla_query(float *q, float *scratch, const float *x, int T, const MlaWeights *w, const MlaDims *m);
+int mla_query(float *q, float *scratch, const float *x, int T, const MlaWeights *w, const MlaDims *m, Error *e);
 
 /* latent [T, d_c + d_R] = [rmsnorm(c_kv) | k_pe] from kv_a(x); k_pe not yet rotated. */
-void mla_latent(float *latent, const float *x, int T, const MlaWeights *w, const MlaDims *m);
+int mla_latent(float *latent, const float *x, int T, const MlaWeights *w, const MlaDims *m, Error *e);
 
 /* Attention of T queries at positions pos0 .. pos0+T-1 over cache rows 0 .. pos0+T-1 (causal).
  * q [T, n_h * (nope + rope)] with q_pe rotated; cache [>= pos0+T, d_c + d_R] with k_pe rotated.
- * out [T, n_h * v]: the per-head outputs, concatenated, before o_proj. */
-void mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,
-                         const MlaWeights *w, const MlaDims *m);
-void mla_attend_naive(float *out, const float *q, const float *cache, int T, int pos0,
-                      const MlaWeights *w, const MlaDims *m);
+ * out [T, n_h * v]: the per-head outputs, concatenated, before o_proj.
+ * These and mla_forward return 0, or -1 with e naming the function and the bytes when their
+ * scratch (sized by T and pos0 + T) cannot be allocated. */
+int mla_attend_absorbed(float *out, const float *q, const float *cache, int T, int pos0,
+                        const MlaWeights *w, const MlaDims *m, Error *e);
+int mla_attend_naive(float *out, const float *q, const float *cache, int T, int pos0,
+                     const MlaWeights *w, const MlaDims *m, Error *e);
 
 #endif

@@ -166,19 +166,28 @@ static int max_len(const int *lens, int B) {
     return L;
 }
 
-void mla_paged_decode_latent(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
-                             const int32_t *block_tables, int max_pages, const int *lens, int B,
-                             int n_h, float scale) {
+int mla_paged_decode_latent(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
+                            const int32_t *block_tables, int max_pages, const int *lens, int B,
+                            int n_h, float scale, Error *e) {
     int d_c = c->d_c, width = c->d_c + c->d_R, L = max_len(lens, B);
     float *rows = malloc(sizeof(float) * (size_t)L * width);
-    for (int b = 0; b < B; b++) {
+    if (!rows)
+        return error_set(e, "mla_paged_decode_latent: out of memory (%zu bytes for %d gathered rows)",
+                         sizeof(float) * (size_t)L * width, L);
+    int failed = 0; /* set by any thread whose scores are missing; every thread still reaches the barrier */
+    for (int b = 0; b < B && !failed; b++) {
         gather_rows(rows, c, block_tables + (size_t)b * max_pages, lens[b]);
         /* Threads take whole heads: each head's numbers are the same on any thread. */
 #pragma omp parallel if (n_h > 1 && (size_t)n_h * lens[b] * width >= (1 << 14))
         {
             float *p = malloc(sizeof(float) * (size_t)L);
+            if (!p) {
+#pragma omp atomic write
+                failed = 1;
+            }
 #pragma omp for schedule(static)
             for (int h = 0; h < n_h; h++) {
+                if (!p) continue;
                 size_t bh = (size_t)b * n_h + h;
                 decode_one(o_lat + bh * d_c, lse ? lse + bh : NULL, q_abs + bh * width, rows, lens[b],
                            d_c, c->d_R, scale, p);
@@ -187,6 +196,9 @@ void mla_paged_decode_latent(float *o_lat, float *lse, const float *q_abs, const
         }
     }
     free(rows);
+    if (failed)
+        return error_set(e, "mla_paged_decode_latent: out of memory (%zu bytes of per-thread scores)", sizeof(float) * (size_t)L);
+    return 0;
 }
 
 int mla_paged_decode(float *out, const float *q, const MlaPagedCache *c, const int32_t *block_tables,
@@ -217,7 +229,10 @@ int mla_paged_decode(float *out, const float *q, const MlaPagedCache *c, const i
             memcpy(qa + d_c, q_nope + m->nope, sizeof(float) * d_R);
         }
     }
-    mla_paged_decode_latent(o_lat, NULL, q_abs, c, block_tables, max_pages, lens, B, n_h, m->softmax_scale);
+    if (mla_paged_decode_latent(o_lat, NULL, q_abs, c, block_tables, max_pages, lens, B, n_h, m->softmax_scale, e)) {
+        free(q_abs); free(o_lat); free(w_h);
+        return -1;
+    }
     for (int h = 0; h < n_h; h++) { /* out_h = W_UV o_lat */
         tensor_rows_f32(w_h, &w->kv_b, h * (m->nope + m->v) + m->nope, m->v);
         for (int b = 0; b < B; b++)

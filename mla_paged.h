@@ -66,10 +66,11 @@ void mla_paged_write(MlaPagedCache *c, const int32_t *block_table, int s, const 
  * log, of the scaled scores; may be NULL). Every (b, h) is computed alone, in mla.c's
  * attend_absorbed_small order (dot_f32, softmax, axpy in s order), on rows widened to FP32, so with
  * an F32 cache it is bit for bit mla_attend_absorbed's over the same rows. Threads take whole
- * (b, h) pairs. */
-void mla_paged_decode_latent(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
-                             const int32_t *block_tables, int max_pages, const int *lens, int B,
-                             int n_h, float scale);
+ * (b, h) pairs. Returns 0, or -1 with e set (the function and the bytes) when its gathered rows
+ * [max lens, d_c + d_R] or a thread's scores cannot be allocated. */
+int mla_paged_decode_latent(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
+                            const int32_t *block_tables, int max_pages, const int *lens, int B,
+                            int n_h, float scale, Error *e);
 
 /* The whole absorbed decode of one token per sequence: out [B, n_h * v] from q [B, n_h * (nope +
  * rope)] (q_pe rotated), with q_lat = W_UK^T q_nope and out_h = W_UV o_lat from w->kv_b, as

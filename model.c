@@ -52,34 +52,36 @@ void state_free(State *s) {
     memset(s, 0, sizeof *s);
 }
 
-void model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
-                         float *after_attn) {
+int model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+                        float *after_attn, Error *e) {
     const Config *c = &m->cfg;
     int d = c->hidden_size;
     MlaScratch scratch = {.q = s->q, .q_lora = s->q_scratch, .attn = s->attn};
     MlaRope rope = {.inv_freq = m->inv_freq, .attn_factor = m->rope_attn_factor, .interleaved = c->rope.interleaved};
     /* attention */
     rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
-    mla_forward(s->out, cache, &scratch, s->h, T, pos, &L->attn, &m->mla, &rope, form);
+    if (mla_forward(s->out, cache, &scratch, s->h, T, pos, &L->attn, &m->mla, &rope, form, e)) return -1;
     for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
     if (after_attn) memcpy(after_attn, s->x, sizeof(float) * (size_t)T * d);
     /* feed-forward */
     rmsnorm(s->h, s->x, L->ffn_norm, T, d, c->rms_norm_eps);
-    if (L->is_moe) moe_forward(s->out, s->h, T, &L->moe);
-    else ffn_swiglu(s->out, s->h, T, &L->dense);
+    if (L->is_moe ? moe_forward(s->out, s->h, T, &L->moe, e) : ffn_swiglu(s->out, s->h, T, &L->dense, e)) return -1;
     for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
+    return 0;
 }
 
 /* One chunk of T <= max_T tokens; the final hidden states (normed) are left in s->h, and copied to
  * s->hidden when there is an MTP module to feed. */
-static void forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form) {
+static int forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form, Error *e) {
     const Config *c = &m->cfg;
     int d = c->hidden_size, width = mla_cache_width(&m->mla);
     for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
     for (int l = 0; l < c->n_layers; l++)
-        model_layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form, NULL);
+        if (model_layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form, NULL, e))
+            return -1;
     rmsnorm(s->h, s->x, m->final_norm, T, d, c->rms_norm_eps);
     if (s->hidden) memcpy(s->hidden + (size_t)pos * d, s->h, sizeof(float) * (size_t)T * d);
+    return 0;
 }
 
 int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
@@ -94,11 +96,12 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
     if (s->dev) return model_forward_device(m, s, tokens, T, pos, logits, last_only, form, e);
     for (int done = 0; done < T; done += s->max_T) {
         int n = T - done < s->max_T ? T - done : s->max_T;
-        forward_chunk(m, s, tokens + done, n, pos + done, form);
-        if (!last_only)
-            matmul(logits + (size_t)done * c->vocab_size, s->h, &m->lm_head, n);
-        else if (done + n == T)
-            matmul(logits, s->h + (size_t)(n - 1) * c->hidden_size, &m->lm_head, 1);
+        if (forward_chunk(m, s, tokens + done, n, pos + done, form, e)) return -1;
+        if (!last_only) {
+            if (matmul(logits + (size_t)done * c->vocab_size, s->h, &m->lm_head, n, e)) return -1;
+        } else if (done + n == T) {
+            if (matmul(logits, s->h + (size_t)(n - 1) * c->hidden_size, &m->lm_head, 1, e)) return -1;
+        }
     }
     return 0;
 }
@@ -120,10 +123,10 @@ int mtp_forward(const Model *m, State *s, const int *next_tokens, int T, int pos
         rmsnorm(in, in, mtp->enorm, 1, d, c->rms_norm_eps);
         rmsnorm(in + d, s->hidden + (size_t)(pos + t) * d, mtp->hnorm, 1, d, c->rms_norm_eps);
     }
-    matmul(s->x, s->mtp_in, &mtp->eh_proj, T);
-    model_layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED, NULL);
+    if (matmul(s->x, s->mtp_in, &mtp->eh_proj, T, e) ||
+        model_layer_forward(m, s, &mtp->layer, s->mtp_cache, T, pos, ATTN_ABSORBED, NULL, e))
+        return -1;
     rmsnorm(s->h, s->x, mtp->head_norm, T, d, c->rms_norm_eps);
-    if (last_only) matmul(logits, s->h + (size_t)(T - 1) * d, &mtp->head, 1);
-    else matmul(logits, s->h, &mtp->head, T);
-    return 0;
+    if (last_only) return matmul(logits, s->h + (size_t)(T - 1) * d, &mtp->head, 1, e);
+    return matmul(logits, s->h, &mtp->head, T, e);
 }

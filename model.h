@@ -83,9 +83,10 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
 
 /* One decoder layer on s->x [T, d] in place at positions pos .. pos+T-1, with its own latent cache
  * [ctx, d_c + d_R]: x += mla_forward(rmsnorm(x)), then x += FFN(rmsnorm(x)). after_attn [T, d] (or
- * NULL) gets x after the attention residual (the golden files record it). */
-void model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
-                         float *after_attn);
+ * NULL) gets x after the attention residual (the golden files record it). 0, or -1 with e set when
+ * a scratch buffer of the attention, the FFN or a matmul cannot be allocated. */
+int model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+                        float *after_attn, Error *e);
 
 /* MTP drafts for positions pos .. pos+T-1: next_tokens [T] are t_{i+1}; reads s->hidden (filled by
  * model_forward for those positions) and writes logits [T, vocab] for tokens i+2 (last_only: only

@@ -83,19 +83,22 @@ void moe_gate(int *idx, float *weights, const float *logits, const float *bias, 
     }
 }
 
-void ffn_swiglu(float *out, const float *x, int T, const Ffn *f) {
+int ffn_swiglu(float *out, const float *x, int T, const Ffn *f, Error *e) {
     int inter = f->gate.rows;
     float *h = malloc(sizeof(float) * (size_t)T * inter * 2);  /* [T, inter] twice */
+    if (!h) return error_set(e, "ffn_swiglu: out of memory (%zu bytes for %d tokens' hidden)", sizeof(float) * (size_t)T * inter * 2, T);
     float *u = h + (size_t)T * inter;
-    matmul(h, x, &f->gate, T);
-    matmul(u, x, &f->up, T);
-    silu(h, T * inter);
-    for (size_t i = 0; i < (size_t)T * inter; i++) h[i] *= u[i];
-    matmul(out, h, &f->down, T);
+    int rc = matmul(h, x, &f->gate, T, e) || matmul(u, x, &f->up, T, e);
+    if (!rc) {
+        silu(h, T * inter);
+        for (size_t i = 0; i < (size_t)T * inter; i++) h[i] *= u[i];
+        rc = matmul(out, h, &f->down, T, e);
+    }
     free(h);
+    return rc ? -1 : 0;
 }
 
-void moe_forward(float *out, const float *x, int T, const Moe *moe) {
+int moe_forward(float *out, const float *x, int T, const Moe *moe, Error *e) {
     const MoeGate *g = &moe->gate;
     int d = moe->router.cols, E = g->n_experts, K = g->top_k;
     float *logits = malloc(sizeof(float) * (size_t)T * E);       /* [T, E] */
@@ -105,31 +108,38 @@ void moe_forward(float *out, const float *x, int T, const Moe *moe) {
     float *yb = malloc(sizeof(float) * (size_t)T * d);
     int *tok = malloc(sizeof(int) * (size_t)T);
     float *tw = malloc(sizeof(float) * (size_t)T);
-
-    matmul(logits, x, &moe->router, T);
+    int rc = 0;
+    if (!logits || !idx || !wts || !xb || !yb || !tok || !tw) {
+        rc = error_set(e, "moe_forward: out of memory (%zu bytes of routing scratch for %d tokens)",
+                       (sizeof(float) * ((size_t)E + K + 2 * (size_t)d + 1) + sizeof(int) * ((size_t)K + 1)) * T, T);
+        goto done;
+    }
+    if ((rc = matmul(logits, x, &moe->router, T, e))) goto done;
     for (int t = 0; t < T; t++)
         moe_gate(idx + (size_t)t * K, wts + (size_t)t * K, logits + (size_t)t * E, moe->bias, g);
 
     memset(out, 0, sizeof(float) * (size_t)T * d);
-    for (int e = 0; e < E; e++) {
+    for (int ex = 0; ex < E; ex++) {
         int n = 0;
         for (int t = 0; t < T; t++)
             for (int k = 0; k < K; k++)
-                if (idx[(size_t)t * K + k] == e) {
+                if (idx[(size_t)t * K + k] == ex) {
                     tok[n] = t;
                     tw[n] = wts[(size_t)t * K + k];
                     memcpy(xb + (size_t)n * d, x + (size_t)t * d, sizeof(float) * d);
                     n++;
                 }
         if (n == 0) continue;
-        ffn_swiglu(yb, xb, n, &moe->experts[e]);
+        if ((rc = ffn_swiglu(yb, xb, n, &moe->experts[ex], e))) goto done;
         /* out[t] += w * y with our axpy, not cblas_saxpy, whose kernel (FMA or not) OpenBLAS
          * picks by CPU, so the same inputs could round differently on two machines */
         for (int i = 0; i < n; i++) axpy(out + (size_t)tok[i] * d, tw[i], yb + (size_t)i * d, d);
     }
     if (moe->shared.gate.data) {
-        ffn_swiglu(yb, x, T, &moe->shared);
+        if ((rc = ffn_swiglu(yb, x, T, &moe->shared, e))) goto done;
         for (size_t i = 0; i < (size_t)T * d; i++) out[i] += yb[i];
     }
+done:
     free(logits); free(idx); free(wts); free(xb); free(yb); free(tok); free(tw);
+    return rc ? -1 : 0;
 }

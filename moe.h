@@ -34,8 +34,9 @@ typedef struct {
     Tensor down;       /* [d, inter] */
 } Ffn;
 
-/* out [T, d] = down(silu(gate(x)) * up(x)), x [T, d]. */
-void ffn_swiglu(float *out, const float *x, int T, const Ffn *f);
+/* out [T, d] = down(silu(gate(x)) * up(x)), x [T, d]. Returns 0, or -1 with e set (the function
+ * and the bytes) when the hidden [T, 2 inter] cannot be allocated. */
+int ffn_swiglu(float *out, const float *x, int T, const Ffn *f, Error *e);
 
 typedef struct {
     MoeGate gate;
@@ -46,7 +47,8 @@ typedef struct {
 } Moe;
 
 /* out [T, d] = sum_k w_k expert_{idx_k}(x) + shared(x), x [T, d]. Experts are run on the batch of
- * tokens that chose them and added in expert order (as HF does), then the shared experts. */
-void moe_forward(float *out, const float *x, int T, const Moe *moe);
+ * tokens that chose them and added in expert order (as HF does), then the shared experts.
+ * Returns 0, or -1 with e set when its scratch (sized by T) cannot be allocated. */
+int moe_forward(float *out, const float *x, int T, const Moe *moe, Error *e);
 
 #endif

@@ -300,6 +300,7 @@ static void sort_desc(int *order, int *tmp, const float *p, int n) {
 int nucleus(const float *p, int n, float top_p, int *order) {
     for (int i = 0; i < n; i++) order[i] = i;
     int *tmp = malloc(sizeof(int) * (size_t)n);
+    if (!tmp) return -1;
     sort_desc(order, tmp, p, n);
     free(tmp);
     if (top_p >= 1.0f) return n;
@@ -315,7 +316,7 @@ int sample(const float *logits, int n, float temp, float top_p, Rng *rng, float 
     softmax(probs, n);
     int k = n;
     if (top_p > 0.0f && top_p < 1.0f) {
-        k = nucleus(probs, n, top_p, order);
+        if ((k = nucleus(probs, n, top_p, order)) < 0) return -1;
     } else {
         for (int i = 0; i < n; i++) order[i] = i;
     }

@@ -76,7 +76,8 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps
 /* With W->fp8_gemm set (E4M3 weights with block scales) it is instead
  * fp8_gemm(quant_act(x), W) (fp8.h): each output depends on its own row of x only, so it is
  * batch-invariant too. */
-void matmul(float *out, const float *x, const Tensor *W, int n);
+/* Returns 0, or -1 with e set when its scratch cannot be allocated (out then partly written). */
+int matmul(float *out, const float *x, const Tensor *W, int n, Error *e);
 
 /* The decode kernels by name, for the tests (each against plain, bit for bit) and run bench.
  * MATMUL_BEST is what matmul uses: the fastest this CPU runs. */
@@ -121,11 +122,13 @@ float rng_normal(Rng *r);
 
 /* Draw a token from logits [n]. temp == 0: argmax. Otherwise p = softmax(logits / temp); with
  * 0 < top_p < 1 only the nucleus is kept: the fewest most-probable tokens whose mass reaches top_p
- * (ties broken by lower index), renormalized. probs [n] and order [n] are scratch. */
+ * (ties broken by lower index), renormalized. probs [n] and order [n] are scratch. -1 when the
+ * nucleus's sort scratch cannot be allocated (the caller, which has the Error, says so). */
 int sample(const float *logits, int n, float temp, float top_p, Rng *rng, float *probs, int *order);
 
 /* The nucleus itself: sorts order [n] by descending p (ties: lower index first) and returns how many
- * of the first entries make up the top_p mass (n when top_p >= 1). */
+ * of the first entries make up the top_p mass (n when top_p >= 1); -1 (order unsorted) when its
+ * scratch of n ints cannot be allocated. */
 int nucleus(const float *p, int n, float top_p, int *order);
 
 #endif

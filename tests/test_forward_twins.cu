@@ -92,7 +92,7 @@ static void test_matmul(void) {
                 int n = ns[ni];
                 float *x = randn((size_t)n * cols, 1.0f), *ref = nans((size_t)n * rows), *got = nans((size_t)n * rows);
                 Error e;
-                matmul(ref, x, &W, n);
+                matmul(ref, x, &W, n, NULL);
                 char name[160];
                 snprintf(name, sizeof name, "matmul %s [%d, %d] n=%d (%s)", dtype_name(W.dtype), rows, cols, n,
                          n <= SMALL_BATCH ? "GEMV" : "widen + cuBLAS");
@@ -138,7 +138,7 @@ static void test_moe(void) {
                 int T = Ts[ti];
                 float *x = randn((size_t)T * d, 1.0f), *ref = nans((size_t)T * d), *got = nans((size_t)T * d);
                 Error e;
-                moe_forward(ref, x, T, &moe);
+                moe_forward(ref, x, T, &moe, NULL);
                 char name[200];
                 snprintf(name, sizeof name, "moe_forward %s, %s experts, T=%d (%s)", cases[ci].name, dtype_name(dts[di]), T,
                          T <= SMALL_BATCH ? "decode kernels" : "grouped by expert");

@@ -287,7 +287,7 @@ static void test_replay(void **st) {
                 memcpy(q + th * 24, qn + (b * T * 4 + th) * 16, 16 * 4);
                 memcpy(q + th * 24 + 16, qp + (b * T * 4 + th) * 8, 8 * 4);
             }
-            (i == 2 ? mla_attend_naive : mla_attend_absorbed)(o + b * T * 64, q, cache + b * 7 * 40, T, p0[0], &mw, &md);
+            (i == 2 ? mla_attend_naive : mla_attend_absorbed)(o + b * T * 64, q, cache + b * 7 * 40, T, p0[0], &mw, &md, NULL);
         }
         snprintf(n, sizeof n, "%s.out", fns[i]);
         same_bytes(n, o, outs[i], (size_t)2 * T * 64 * 4);

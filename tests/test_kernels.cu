@@ -178,7 +178,7 @@ static void test_mla(void) {
         MlaInputs in = mla_inputs(&cases[c]);
         size_t n_out = (size_t)cases[c].T * cases[c].n_h * cases[c].v;
         float *ref = floats(n_out), *got = floats(n_out);
-        mla_attend_absorbed(ref, in.q, in.cache, cases[c].T, cases[c].pos0, &in.w, &in.m);
+        mla_attend_absorbed(ref, in.q, in.cache, cases[c].T, cases[c].pos0, &in.w, &in.m, NULL);
         mla_attend_absorbed_cuda(got, in.q, in.cache, cases[c].T, cases[c].pos0, &in.w, &in.m);
         char name[96];
         snprintf(name, sizeof name, "mla_attend_absorbed %s", cases[c].name);
@@ -354,7 +354,7 @@ static void bench_mla_decode(void) {
         size_t n_out = (size_t)n_h * k->v, n_w = (size_t)n_h * (k->nope + k->v) * k->d_c;
         float *ref = floats(n_out), *got = floats(n_out);
         double t0 = now_ms();
-        mla_attend_absorbed(ref, in.q, in.cache, 1, k->pos0, &in.w, &in.m);
+        mla_attend_absorbed(ref, in.q, in.cache, 1, k->pos0, &in.w, &in.m, NULL);
         double cpu_ms = now_ms() - t0;
         t0 = now_ms();
         mla_attend_absorbed_cuda(got, in.q, in.cache, 1, k->pos0, &in.w, &in.m);

@@ -62,8 +62,8 @@ static void test_absorbed_equals_naive_equals_definition(void **st) {
     size_t n = (size_t)T * m.n_heads * m.v;
     float *absorbed = malloc(sizeof(float) * n), *naive = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
     double *ref64 = malloc(sizeof(double) * n);
-    mla_attend_absorbed(absorbed, q, cache, T, pos0, &w, &m);
-    mla_attend_naive(naive, q, cache, T, pos0, &w, &m);
+    mla_attend_absorbed(absorbed, q, cache, T, pos0, &w, &m, NULL);
+    mla_attend_naive(naive, q, cache, T, pos0, &w, &m, NULL);
     attention_reference(ref64, q, cache, kv_b, T, pos0, &m);
     for (size_t i = 0; i < n; i++) ref[i] = (float)ref64[i];
     check_close("absorbed vs naive", absorbed, naive, n, 1e-5);
@@ -74,10 +74,10 @@ static void test_absorbed_equals_naive_equals_definition(void **st) {
     float *poisoned = malloc(sizeof(float) * (size_t)(L + 3) * width);
     memcpy(poisoned, cache, sizeof(float) * (size_t)L * width);
     for (int i = L * width; i < (L + 3) * width; i++) poisoned[i] = NAN;
-    mla_attend_absorbed(naive, q, poisoned, T, pos0, &w, &m);
+    mla_attend_absorbed(naive, q, poisoned, T, pos0, &w, &m, NULL);
     check_close("absorbed ignores rows beyond pos0+T", naive, absorbed, n, 0);
     /* single-token decode at the last position equals the last row of the prefill */
-    mla_attend_absorbed(naive, q + (size_t)(T - 1) * m.n_heads * qk, cache, 1, L - 1, &w, &m);
+    mla_attend_absorbed(naive, q + (size_t)(T - 1) * m.n_heads * qk, cache, 1, L - 1, &w, &m, NULL);
     check_close("decode step == last prefill row", naive, absorbed + (size_t)(T - 1) * m.n_heads * m.v,
                 (size_t)m.n_heads * m.v, 1e-6);
     free(cache); free(q); free(kv_b); free(absorbed); free(naive); free(ref); free(ref64); free(poisoned);
@@ -90,7 +90,7 @@ static void test_projections(void **st) {
     float kv_a[4 * 4] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1}; /* identity: latent = x */
     float norm[2] = {1, 1}, x[4] = {3, 4, 5, 6}, lat[4];
     MlaWeights w = {.kv_a = {.data = kv_a, .dtype = DT_F32, .rows = 4, .cols = 4}, .kv_a_norm = norm};
-    mla_latent(lat, x, 1, &w, &m);
+    mla_latent(lat, x, 1, &w, &m, NULL);
     assert_float_equal(lat[0], 3 / sqrtf(12.5f), 1e-6);
     assert_float_equal(lat[1], 4 / sqrtf(12.5f), 1e-6);
     assert_float_equal(lat[2], 5.0f, 0);
@@ -100,7 +100,7 @@ static void test_projections(void **st) {
     w.q_a = (Tensor){.data = q_a, .dtype = DT_F32, .rows = 2, .cols = 4};
     w.q_b = (Tensor){.data = q_b, .dtype = DT_F32, .rows = 3, .cols = 2};
     w.q_a_norm = qn;
-    mla_query(q, scratch, x, 1, &w, &m);
+    mla_query(q, scratch, x, 1, &w, &m, NULL);
     assert_float_equal(q[0], 2 * 3 / sqrtf(12.5f), 1e-6);
     assert_float_equal(q[2], 2 * 7 / sqrtf(12.5f), 1e-6);
     /* V3: 512 + 64 = 576 floats per token per layer */
@@ -137,8 +137,8 @@ static void test_absorbed_blas_bf16_fp8(void **st) {
         MlaWeights w = {.kv_b = stored[k]};
         tensor_rows_f32(wide, &stored[k], 0, rows);
         for (size_t i = 0; i < n; i++) absorbed[i] = naive[i] = NAN;
-        mla_attend_absorbed(absorbed, q, cache, T, pos0, &w, &m);
-        mla_attend_naive(naive, q, cache, T, pos0, &w, &m);
+        mla_attend_absorbed(absorbed, q, cache, T, pos0, &w, &m, NULL);
+        mla_attend_naive(naive, q, cache, T, pos0, &w, &m, NULL);
         attention_reference(ref64, q, cache, wide, T, pos0, &m);
         for (size_t i = 0; i < n; i++) ref[i] = (float)ref64[i];
         char what[96];

@@ -73,7 +73,7 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
     float *o_ref = (float *)malloc(sizeof(float) * no), *o = (float *)malloc(sizeof(float) * no);
     float *l_ref = (float *)malloc(sizeof(float) * nl), *l = (float *)malloc(sizeof(float) * nl);
     float scale = 0.0722f; /* 192^-0.5, V3's softmax scale before YaRN's mscale */
-    mla_paged_decode_latent(o_ref, l_ref, q, &c, tables, max_pages, lens, B, n_h, scale);
+    mla_paged_decode_latent(o_ref, l_ref, q, &c, tables, max_pages, lens, B, n_h, scale, NULL);
     mla_paged_decode_latent_cuda(o, want_lse ? l : NULL, q, &c, tables, max_pages, lens, B, n_h, scale);
     int max_len = 0;
     for (int b = 0; b < B; b++) max_len = lens[b] > max_len ? lens[b] : max_len;

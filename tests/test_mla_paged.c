@@ -153,9 +153,9 @@ static void test_decode_matches_absorbed(void **st) {
             for (int s = 0; s < LENS[b]; s++)
                 mla_kv_decode_row(rows + (size_t)s * WIDTH, c.format, mla_paged_row(&c, t.tables + b * MAX_PAGES, s),
                                   DC, DR);
-            mla_attend_absorbed(want + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, rows, 1, LENS[b] - 1, &t.w, &t.m);
+            mla_attend_absorbed(want + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, rows, 1, LENS[b] - 1, &t.w, &t.m, NULL);
             mla_attend_absorbed(exact + (size_t)b * N_H * V, t.q + (size_t)b * N_H * QK, t.latents[b], 1,
-                                LENS[b] - 1, &t.w, &t.m);
+                                LENS[b] - 1, &t.w, &t.m, NULL);
         }
         size_t differ = 0;
         for (size_t i = 0; i < n_out; i++) differ += memcmp(got + i, want + i, sizeof(float)) != 0;
@@ -192,7 +192,7 @@ static void test_latent_and_lse(void **st) {
     float *q_abs = randn((size_t)BATCH * N_H * WIDTH, 0.5f), scale = 0.1f;
     float *o = malloc(sizeof(float) * BATCH * N_H * DC), *lse = malloc(sizeof(float) * BATCH * N_H);
     float *o_ref = malloc(sizeof(float) * BATCH * N_H * DC), lse_ref[BATCH * N_H];
-    mla_paged_decode_latent(o, lse, q_abs, &c, t.tables, MAX_PAGES, LENS, BATCH, N_H, scale);
+    assert_int_equal(mla_paged_decode_latent(o, lse, q_abs, &c, t.tables, MAX_PAGES, LENS, BATCH, N_H, scale, NULL), 0);
     double sc[256];
     for (int b = 0; b < BATCH; b++)
         for (int h = 0; h < N_H; h++) {

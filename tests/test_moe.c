@@ -130,7 +130,7 @@ static void check_router(const char *name) {
         float *hf_w = st_to_f32(st_find(&f, key));
         snprintf(key, sizeof key, "gate.%d.gate.2", l);
         float *hf_idx = st_to_f32(st_find(&f, key));
-        matmul(logits, x, &moe->router, N);
+        matmul(logits, x, &moe->router, N, NULL);
         snprintf(key, sizeof key, "%s layer %d router logits", name, l);
         check_close(key, logits, hf_logits, (size_t)N * E, 1e-5);
         int same = 0;
@@ -172,7 +172,7 @@ static void test_swiglu_hand(void **st) {
     Ffn f = {.gate = {.data = gw, .dtype = DT_F32, .rows = 1, .cols = 2},
              .up = {.data = uw, .dtype = DT_F32, .rows = 1, .cols = 2},
              .down = {.data = dw, .dtype = DT_F32, .rows = 2, .cols = 1}};
-    ffn_swiglu(out, x, 1, &f);
+    ffn_swiglu(out, x, 1, &f, NULL);
     float silu1 = 1 / (1 + expf(-1));
     assert_float_equal(out[0], 2 * silu1 * 4, 1e-6);
     assert_float_equal(out[1], 3 * silu1 * 4, 1e-6);

@@ -42,7 +42,7 @@ static void test_matmul_hand(void **st) {
     /* W [2, 3], x [1, 3]: y = W x */
     float W[6] = {1, 2, 3, 4, 5, 6}, x[3] = {1, 0, -1}, y[2];
     Tensor t = {.data = W, .dtype = DT_F32, .rows = 2, .cols = 3};
-    matmul(y, x, &t, 1);
+    matmul(y, x, &t, 1, NULL);
     assert_float_equal(y[0], -2.0f, 0);
     assert_float_equal(y[1], -2.0f, 0);
 }
@@ -64,13 +64,13 @@ static void test_matmul_dtypes(void **st) {
 
     Tensor f32 = {.data = w, .dtype = DT_F32, .rows = R, .cols = C};
     matmul_naive(ref, x, w, N, R, C);
-    matmul(got, x, &f32, N);
+    matmul(got, x, &f32, N, NULL);
     check_close("matmul F32 vs naive", got, ref, N * R, 1e-6);
 
     for (int i = 0; i < R * C; i++) { bf[i] = f32_to_bf16(w[i]); wq[i] = bf16_to_f32(bf[i]); }
     Tensor b16 = {.data = bf, .dtype = DT_BF16, .rows = R, .cols = C};
     matmul_naive(ref, x, wq, N, R, C);
-    matmul(got, x, &b16, N);
+    matmul(got, x, &b16, N, NULL);
     check_close("matmul BF16 vs naive on the widened weights", got, ref, N * R, 1e-6);
 
     /* FP8 with 128x128 block scales; 300x200 leaves partial edge blocks in both directions */
@@ -84,7 +84,7 @@ static void test_matmul_dtypes(void **st) {
         }
     Tensor f8 = {.data = q8, .dtype = DT_F8_E4M3, .rows = R, .cols = C, .scale_inv = scale, .block_r = 128, .block_c = 128};
     matmul_naive(ref, x, wq, N, R, C);
-    matmul(got, x, &f8, N);
+    matmul(got, x, &f8, N, NULL);
     check_close("matmul FP8 (block scales) vs naive on the dequantized weights", got, ref, N * R, 1e-6);
 
     /* an unaligned F32 view (as a safetensors tensor may be) takes the widening path */
@@ -92,7 +92,7 @@ static void test_matmul_dtypes(void **st) {
     memcpy(raw + 1, w, 4 * R * C);
     Tensor un = {.data = raw + 1, .dtype = DT_F32, .rows = R, .cols = C};
     matmul_naive(ref, x, w, N, R, C);
-    matmul(got, x, &un, N);
+    matmul(got, x, &un, N, NULL);
     check_close("matmul unaligned F32 vs naive", got, ref, N * R, 1e-6);
     free(raw); free(w); free(x); free(ref); free(got); free(wq); free(bf); free(q8);
 }

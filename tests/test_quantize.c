@@ -418,7 +418,7 @@ static void test_fp8_matmul(void **state) {
     fp8_quant_block(qw, sw, w, N, K, 128, 128, FP8_SCALE_F32);
     Tensor W = {.data = qw, .dtype = DT_F8_E4M3, .rows = N, .cols = K, .scale_inv = sw, .block_r = 128, .block_c = 128, .fp8_gemm = 1};
     float *y = malloc(sizeof(float) * M * N), *y1 = malloc(sizeof(float) * N), *sx = malloc(sizeof(float) * M * 3);
-    matmul(y, x, &W, M);
+    matmul(y, x, &W, M, NULL);
     fp8_quant_act(qx, sx, x, M, K, 128, FP8_SCALE_F32);
     double gamma = 5 * 0x1p-24 / (1 - 5 * 0x1p-24), worst = 0;
     for (int m = 0; m < M; m++)
@@ -437,7 +437,7 @@ static void test_fp8_matmul(void **state) {
         }
     printf("OK     matmul FP8 path [%d, %d, %d]: worst |y - ref| = %.2f of the FP32 rounding bound\n", M, N, K, worst);
     for (int m = 0; m < M; m++) {
-        matmul(y1, x + (size_t)m * K, &W, 1);
+        matmul(y1, x + (size_t)m * K, &W, 1, NULL);
         assert_memory_equal(y1, y + (size_t)m * N, sizeof(float) * N);
     }
     printf("OK     each row alone equals its row of the batch of %d, bit for bit\n", M);
@@ -449,7 +449,7 @@ static void test_fp8_matmul(void **state) {
     int gm = (int)gx->shape[0], gn = (int)gq->shape[0], gk = (int)gq->shape[1];
     float *xs = st_to_f32(gx), *ss = st_to_f32(gs), *yy = malloc(sizeof(float) * gm * gn);
     Tensor G = {.data = gq->data, .dtype = DT_F8_E4M3, .rows = gn, .cols = gk, .scale_inv = ss, .block_r = 128, .block_c = 128, .fp8_gemm = 1};
-    matmul(yy, xs, &G, gm);
+    matmul(yy, xs, &G, gm, NULL);
     assert_memory_equal(yy, gy->data, sizeof(float) * gm * gn);
     printf("OK     matmul FP8 path = PyTorch's act_quant + fp8_gemm formula, [%d, %d, %d], bit for bit\n", gm, gn, gk);
     free(xs); free(ss); free(yy);
