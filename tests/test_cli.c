@@ -122,30 +122,22 @@ static void test_inspect(void **st) {
     free(out);
 }
 
-static void expect_fail(const char *cmd, int status, const char *needle) {
-    char *out;
-    int rc = sh(cmd, &out);
-    printf("$ %s\n%s", cmd, out);
-    assert_int_equal(rc, status);
-    assert_non_null(strstr(out, needle));
-    free(out);
-}
 
 static void test_errors(void **st) {
     (void)st;
-    expect_fail("./run", 2, "usage: run");
-    expect_fail("./run frobnicate", 2, "unknown command \"frobnicate\"");
-    expect_fail("./run logits /nonexistent --tokens 1 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
-    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,x --out /tmp/x", 2, "--tokens");
-    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,2", 2, "--out is required");
-    expect_fail("./run logits " FIXTURES "/v3_yarn --tokens 1,999 --out /tmp/x", 1, "token id 999 at index 1 is outside the vocabulary [0, 256)");
-    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 100 --ids", 1, "do not fit a 64-token context");
-    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
-    expect_fail("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
-    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --threads 0 --ids", 2, "--threads: expected a count");
+    expect_run("./run", 2, "usage: run");
+    expect_run("./run frobnicate", 2, "unknown command \"frobnicate\"");
+    expect_run("./run logits /nonexistent --tokens 1 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,x --out /tmp/x", 2, "--tokens");
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,2", 2, "--out is required");
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,999 --out /tmp/x", 1, "token id 999 at index 1 is outside the vocabulary [0, 256)");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 100 --ids", 1, "do not fit a 64-token context");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
+    expect_run("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --threads 0 --ids", 2, "--threads: expected a count");
     /* a plain build has no GPU forward (device_none.c): one line, exit 1; --device cpu is the default */
-    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device cuda", 1, "built without CUDA");
-    expect_fail("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device tpu", 2, "--device: expected cpu or cuda");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device cuda", 1, "built without CUDA");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --device tpu", 2, "--device: expected cpu or cuda");
     /* inspect: a config.json alone is a summary (exit 0); a broken safetensors is an error (exit 1) */
     char *dir = make_tmpdir(), cmd[1024], *out;
     snprintf(cmd, sizeof cmd, "cp " FIXTURES "/v3_yarn/config.json %s/ && ./run inspect %s", dir, dir);

@@ -81,12 +81,14 @@ static void test_transformers5_spelling(void **st) {
     assert_int_equal(c.n_group, 1); /* "n_group": null -> HF default */
 }
 
+/* The smallest config that parses: the required sizes, 2 layers of width 64. */
+#define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2"
+
 static void test_defaults(void **st) {
     (void)st;
     Config c;
     Error e;
-    const char *v3 = "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 100, \"hidden_size\": 64,"
-                     " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2}";
+    const char *v3 = "{\"model_type\": \"deepseek_v3\", " BASE "}";
     assert_int_equal(config_parse(&c, v3, "mem", &e), 0);
     assert_int_equal(c.q_lora_rank, 1536);        /* DeepseekV3Config defaults */
     assert_int_equal(c.n_routed_experts, 256);
@@ -96,8 +98,7 @@ static void test_defaults(void **st) {
     assert_float_equal(c.routed_scaling_factor, 2.5f, 0);
     assert_int_equal(c.rope.type, ROPE_DEFAULT);
     assert_int_equal(c.rope.interleaved, 1);
-    const char *v2 = "{\"model_type\": \"deepseek_v2\", \"vocab_size\": 100, \"hidden_size\": 64,"
-                     " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    const char *v2 = "{\"model_type\": \"deepseek_v2\", " BASE ","
                      " \"num_experts_per_tok\": 6}";
     assert_int_equal(config_parse(&c, v2, "mem", &e), 0);
     assert_int_equal(c.n_routed_experts, 64);     /* DeepseekV2Config defaults */
@@ -108,20 +109,17 @@ static void test_defaults(void **st) {
     assert_int_equal(c.scoring_func, SCORE_SOFTMAX);
     assert_int_equal(c.topk_method, TOPK_GREEDY);
     /* eos_token_id may be a list (generation configs); the first is taken */
-    const char *k2 = "{\"model_type\": \"kimi_k2\", \"vocab_size\": 100, \"hidden_size\": 64,"
-                     " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    const char *k2 = "{\"model_type\": \"kimi_k2\", " BASE ","
                      " \"eos_token_id\": [7, 8]}";
     assert_int_equal(config_parse(&c, k2, "mem", &e), 0);
     assert_int_equal(c.eos_token_id, 7);
     /* norm_topk_prob: V3 and Kimi K2 follow it; deepseek_v2 ignores it, as HF's V2 router does */
-    const char *v3_off = "{\"model_type\": \"deepseek_v3\", \"vocab_size\": 100, \"hidden_size\": 64,"
-                         " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    const char *v3_off = "{\"model_type\": \"deepseek_v3\", " BASE ","
                          " \"norm_topk_prob\": false}";
     assert_int_equal(config_parse(&c, v3_off, "mem", &e), 0);
     assert_int_equal(c.norm_topk_prob, 0);
     assert_int_equal(c.norm_topk_prob_ignored, 0);
-    const char *v2_on = "{\"model_type\": \"deepseek_v2\", \"vocab_size\": 100, \"hidden_size\": 64,"
-                        " \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2,"
+    const char *v2_on = "{\"model_type\": \"deepseek_v2\", " BASE ","
                         " \"num_experts_per_tok\": 6, \"norm_topk_prob\": true}";
     assert_int_equal(config_parse(&c, v2_on, "mem", &e), 0);
     assert_int_equal(c.norm_topk_prob, 0);
@@ -138,7 +136,6 @@ static void expect_error(const char *json, const char *needle) {
     assert_null(strchr(e.msg, '\n'));
 }
 
-#define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2, \"num_attention_heads\": 2"
 static void test_bad_input(void **st) {
     (void)st;
     expect_error("{\"model_type\": \"deepseek_v3\", ", "not valid JSON (line 1");

@@ -14,14 +14,6 @@
 
 #define KJV "models/kjv-v3"
 
-static void expect(const char *cmd, int status, const char *needle) {
-    char *out;
-    int rc = sh(cmd, &out);
-    printf("$ %.200s\n%s", cmd, out);
-    assert_int_equal(rc, status);
-    assert_non_null(strstr(out, needle));
-    free(out);
-}
 
 /* A safetensors file of one header and `data` bytes of zeros. */
 static void write_st(const char *path, const char *header, size_t data) {
@@ -101,16 +93,16 @@ static void test_tokenizer_limits(void **st) {
 static void test_cli_limits(void **st) {
     (void)st;
     char *dir = make_tmpdir(), cmd[1024];
-    expect("./run generate " KJV " -p 'And God said' -n 4 --ctx 1000000000", 1,
+    expect_run("./run generate " KJV " -p 'And God said' -n 4 --ctx 1000000000", 1,
            "--ctx 1000000000: the latent cache needs 2.62e+12 bytes, more than this machine's");
-    expect("./run generate " KJV " -p 'And God said' -n 1000000", 1, "1000004 tokens (prompt + new) do not fit a 2048-token context");
+    expect_run("./run generate " KJV " -p 'And God said' -n 1000000", 1, "1000004 tokens (prompt + new) do not fit a 2048-token context");
     snprintf(cmd, sizeof cmd, "head -c 10000000 /dev/zero | tr '\\000' a > %s/big && ./run generate " KJV " -f %s/big", dir, dir);
-    expect(cmd, 1, "the prompt is 10000000 bytes, over the limit of 1048576 bytes (1 MiB)");
+    expect_run(cmd, 1, "the prompt is 10000000 bytes, over the limit of 1048576 bytes (1 MiB)");
     snprintf(cmd, sizeof cmd, "./run chat " KJV " -n 4 < %s/big", dir);
-    expect(cmd, 1, "turn 1: over the limit of 1048576 bytes (1 MiB) for a prompt");
+    expect_run(cmd, 1, "turn 1: over the limit of 1048576 bytes (1 MiB) for a prompt");
     /* run init of DeepSeek-V3's 671B config: 2.7 TB of F32, refused before a byte is drawn */
     snprintf(cmd, sizeof cmd, "./run init --config " FIXTURES "/configs/deepseek_v3/config.json --out %s/v3", dir);
-    expect(cmd, 1, "checkpoint needs 2.68e+12 bytes (f32), more than the");
+    expect_run(cmd, 1, "checkpoint needs 2.68e+12 bytes (f32), more than the");
     snprintf(cmd, sizeof cmd, "test ! -e %s/v3", dir);
     assert_int_equal(system(cmd), 0);
     rm_rf(dir);
@@ -124,21 +116,21 @@ static void test_no_clobber(void **st) {
     snprintf(path, sizeof path, "%s/g.safetensors", dir);
     write_text(path, "old");
     snprintf(cmd, sizeof cmd, "./run golden --config " FIXTURES "/v2_lite/config.json --functions rmsnorm --out %s", path);
-    expect(cmd, 1, "g.safetensors exists; add --force to replace it");
+    expect_run(cmd, 1, "g.safetensors exists; add --force to replace it");
     char *text = slurp(path, NULL);
     assert_string_equal(text, "old");
     free(text);
     strcat(cmd, " --force");
-    expect(cmd, 0, "1 functions, 4 tensors");
+    expect_run(cmd, 0, "1 functions, 4 tensors");
     snprintf(cmd, sizeof cmd, "./run quantize " KJV " %s/q --to fp8 && ./run quantize " KJV " %s/q --to bf16", dir, dir);
-    expect(cmd, 1, "q/config.json exists; add --force to replace it");
+    expect_run(cmd, 1, "q/config.json exists; add --force to replace it");
     snprintf(cmd, sizeof cmd, "./run quantize " KJV " %s/q --to bf16 --force", dir);
-    expect(cmd, 0, "dequantized");
+    expect_run(cmd, 0, "dequantized");
     snprintf(cmd, sizeof cmd, "./run init --config " FIXTURES "/v3_yarn/config.json --out %s/i && "
              "./run init --config " FIXTURES "/v3_yarn/config.json --out %s/i", dir, dir);
-    expect(cmd, 1, "i/config.json exists; add --force to replace it");
+    expect_run(cmd, 1, "i/config.json exists; add --force to replace it");
     snprintf(cmd, sizeof cmd, "./run init --config " FIXTURES "/v3_yarn/config.json --out %s/i --force --seed 3", dir);
-    expect(cmd, 0, "wrote a random f32 model");
+    expect_run(cmd, 0, "wrote a random f32 model");
     rm_rf(dir);
     free(dir);
 }

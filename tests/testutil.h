@@ -137,6 +137,16 @@ static inline void assert_files_equal(const char *a, const char *b) {
     free(y);
 }
 
+/* Runs cmd; its exit status must be status and its output (stdout and stderr) contain needle. */
+static inline void expect_run(const char *cmd, int status, const char *needle) {
+    char *out;
+    int rc = sh(cmd, &out);
+    printf("$ %.200s\n%s", cmd, out);
+    assert_int_equal(rc, status);
+    assert_non_null(strstr(out, needle));
+    free(out);
+}
+
 /* The same into a fixed buffer (truncated to cap). */
 static inline int sh_buf(const char *cmd, char *buf, size_t cap) {
     char *out;
