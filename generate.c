@@ -348,15 +348,16 @@ static char *read_turn(FILE *in, int turn, Error *e) {
             break;
         }
         if (n + 2 > cap) {
-            char *bigger = cap * 2 <= PROMPT_MAX_BYTES + 2 ? realloc(buf, cap *= 2) : NULL;
+            char *bigger = cap * 2 <= PROMPT_MAX_BYTES + 2 ? realloc(buf, cap * 2) : NULL;
             if (!bigger) {
-                free(buf);
                 if (cap * 2 > PROMPT_MAX_BYTES + 2)
                     error_set(e, "turn %d: over the limit of %u bytes (1 MiB) for a prompt", turn, PROMPT_MAX_BYTES);
                 else error_set(e, "turn %d: out of memory after %zu bytes", turn, n);
+                free(buf);
                 return NULL;
             }
             buf = bigger;
+            cap *= 2;
         }
         buf[n++] = (char)c;
     }

@@ -380,10 +380,17 @@ static void die_on(int rc, const Error *e) {
     if (rc) die(e->msg);
 }
 
+/* A whole file, byte for byte (-f). */
+static char *read_or_die(const char *path, size_t *n) {
+    Error e;
+    char *text = read_file(path, n, &e);
+    if (!text) die(e.msg);
+    return text;
+}
+
 /* -f FILE as the prompt: its size is checked before it is read (a prompt is at most 1 MiB). */
 static const char *prompt_file_or_die(const char *path) {
     struct stat st;
-    Error e;
     char msg[4300];
     if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > PROMPT_MAX_BYTES) {
         snprintf(msg, sizeof msg, "-f %s: the prompt is %lld bytes, over the limit of %u bytes (1 MiB)", path,
@@ -391,8 +398,7 @@ static const char *prompt_file_or_die(const char *path) {
         die(msg);
     }
     size_t n;
-    char *text = read_file(path, &n, &e);
-    if (!text) die(e.msg);
+    char *text = read_or_die(path, &n);
     if (n > PROMPT_MAX_BYTES || strlen(text) != n) { /* a pipe, or a NUL inside */
         snprintf(msg, sizeof msg, "-f %s: %s", path, n > PROMPT_MAX_BYTES ? "the prompt is over the limit of 1 MiB" : "the prompt holds a NUL byte");
         die(msg);
@@ -559,14 +565,6 @@ static int cmd_init(int argc, char **argv) {
     if (model_init_random(a.config, a.out, a.has_seed ? a.seed : 0, a.mtp, to, &e)) die(e.msg);
     fprintf(stderr, "run: wrote a random %s model%s to %s\n", dt, a.mtp ? " with an MTP module" : "", a.out);
     return 0;
-}
-
-/* A whole file, byte for byte (-f). */
-static char *read_or_die(const char *path, size_t *n) {
-    Error e;
-    char *text = read_file(path, n, &e);
-    if (!text) die(e.msg);
-    return text;
 }
 
 static int cmd_tokenize(int argc, char **argv) {

@@ -476,66 +476,6 @@ static cJSON *write_header(const StWriteTensor *ts, int n, int *order, const cha
     return root;
 }
 
-int st_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
-             const char *const *meta_values, int n_meta, Error *e) {
-    for (int i = 0; i < n; i++) {
-        const StWriteTensor *t = &ts[i];
-        if (!t->name || strcmp(t->name, "__metadata__") == 0)
-            return error_set(e, "%s: tensor %d has no name or the reserved name __metadata__", path,
-                             i);
-        if ((unsigned)t->dtype >= DT_COUNT || t->ndim < 0 || t->ndim > ST_MAX_DIMS)
-            return error_set(e, "%s: tensor '%s': bad dtype %d or ndim %d (0..%d)", path, t->name,
-                             (int)t->dtype, t->ndim, ST_MAX_DIMS);
-        int64_t numel = shape_numel(t->ndim, t->shape);
-        if (numel < 0 || numel > INT64_MAX / 8)
-            return error_set(e, "%s: tensor '%s': shape has a negative or too large dimension",
-                             path, t->name);
-        if (numel > 0 && !t->data)
-            return error_set(e, "%s: tensor '%s': data is NULL", path, t->name);
-        for (int j = 0; j < i; j++)
-            if (strcmp(ts[j].name, t->name) == 0)
-                return error_set(e, "%s: tensor '%s' given twice", path, t->name);
-    }
-    for (int i = 0; i < n_meta; i++) {
-        if (!meta_keys[i] || !meta_values[i])
-            return error_set(e, "%s: metadata entry %d has a NULL key or value", path, i);
-        for (int j = 0; j < i; j++)
-            if (strcmp(meta_keys[j], meta_keys[i]) == 0)
-                return error_set(e, "%s: metadata key '%s' given twice", path, meta_keys[i]);
-    }
-
-    int *order = malloc(sizeof(int) * (size_t)(n + 1));
-    cJSON *root = order ? write_header(ts, n, order, meta_keys, meta_values, n_meta) : NULL;
-    char *json = root ? cJSON_PrintUnformatted(root) : NULL;
-    cJSON_Delete(root);
-    OutFile out; /* a temporary file, renamed to path once complete (outfile.h) */
-    if (!json || outfile_open(&out, path, e)) {
-        int rc = json ? -1 : error_set(e, "%s: out of memory building the header", path);
-        free(order);
-        cJSON_free(json);
-        return rc;
-    }
-    FILE *fp = out.f;
-    size_t len = strlen(json), pad = (8 - len % 8) % 8;
-    unsigned char n8[8];
-    for (int i = 0; i < 8; i++) n8[i] = (unsigned char)((uint64_t)(len + pad) >> (8 * i));
-    int ok = fwrite(n8, 1, 8, fp) == 8 && fwrite(json, 1, len, fp) == len;
-    for (size_t i = 0; i < pad && ok; i++) ok = fputc(' ', fp) != EOF;
-    for (int k = 0; k < n && ok; k++) {
-        const StWriteTensor *t = &ts[order[k]];
-        size_t nbytes = (size_t)shape_numel(t->ndim, t->shape) * dtype_size(t->dtype);
-        ok = nbytes == 0 || fwrite(t->data, 1, nbytes, fp) == nbytes;
-    }
-    free(order);
-    cJSON_free(json);
-    if (!ok) {
-        int err = errno;
-        outfile_discard(&out); /* no half-written file left behind; the old one stays */
-        return error_set(e, "%s: write failed: %s", path, strerror(err));
-    }
-    return outfile_commit(&out, e);
-}
-
 /* -------------------------------------------------------------------------------------------------
  * Streaming writer: the header first, then each tensor at its offset (fseeko), any order.
  */
@@ -551,7 +491,7 @@ struct StWriter {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
-/* st_write's checks of the arguments, without the data (written later). */
+/* The arguments' checks, without the data (written later). */
 static int check_stream_args(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
                              const char *const *meta_values, int n_meta, Error *e) {
     for (int i = 0; i < n; i++) {
@@ -658,4 +598,17 @@ int st_write_end(StWriter *w, Error *e) {
     }
     st_write_abort(w);
     return rc;
+}
+
+/* The streaming writer below with every tensor at hand: the same checks, header and bytes. */
+int st_write(const char *path, const StWriteTensor *ts, int n, const char *const *meta_keys,
+             const char *const *meta_values, int n_meta, Error *e) {
+    StWriter *w = st_write_begin(path, ts, n, meta_keys, meta_values, n_meta, e);
+    if (!w) return -1;
+    for (int i = 0; i < n; i++)
+        if (st_write_tensor(w, i, ts[i].data, e)) {
+            st_write_abort(w); /* no half-written file left behind; the old one stays */
+            return -1;
+        }
+    return st_write_end(w, e);
 }
