@@ -240,7 +240,9 @@ valgrind: run build/test/test_tokenizer
 # reference of test_kernels links the naive CBLAS of tests/cblas_shim/.
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-NVCC_ALL  := $(NVCCFLAGS) -rdc=true
+# --default-stream per-thread: the kernels' launches go to a stream that can be captured as a CUDA
+# graph (model.cu's decode step); the legacy default stream cannot be.
+NVCC_ALL  := $(NVCCFLAGS) -rdc=true --default-stream per-thread
 CUDA_REF  := ops matmul fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)

@@ -17,6 +17,12 @@ extern "C" {
 #include "device.h"
 }
 
+/* The absorbed decode's split-KV kernels (mla.cu) */
+#define MLA_SPLITS 64 /* at most this many chunks of one query's visible rows */
+#define MLA_TILE 16   /* cached rows staged in shared memory at a time */
+#define MLA_HEADS 16  /* heads per block of the chunk kernel */
+#define MLA_COLS 4    /* latent columns per thread in the chunk kernel: d_c <= 4 * THREADS */
+
 /* A weight as stored (ops.h's Tensor, device pointers); FP8 brings its block scales. */
 struct DevTensor {
     const void *data;
@@ -47,8 +53,14 @@ struct Dev {
     DevLayer *layers, mtp_layer;
     /* activations [max_T, ...] and caches, as State's */
     float *cache, *mtp_cache, *hidden, *x, *h, *q, *q_scratch, *attn, *out, *mtp_in;
+    float *q_lat, *o_lat, *part_o, *part_ml; /* the absorbed decode's [SMALL_BATCH, (MLA_SPLITS,) n_h, d_c (2)] */
     float *ffn_h, *ffn_u, *scores, *logits, *router_logits, *gate_w, *widen, *moe_h, *tw, *xb, *yb;
-    int *tokens, *idx, *tok, *next;
+    float *lat;      /* [max_T, d_c + d_R]: the new latent rows, stored into the cache once complete */
+    int *step_in;    /* [1 + max_T]: the position, then the tokens of the call (device copies) */
+    int *host_in;    /* the same on the host */
+    int *idx, *tok, *next;
+    cudaGraphExec_t step_graph; /* one decode step (T = 1 to the argmax), recorded once, replayed */
+    int graph_off;              /* DSV3_CUDA_GRAPH=0: launch the kernels one by one */
     size_t widen_n;
     int max_T, ctx, n_layers;
     /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
@@ -84,10 +96,21 @@ static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) {
     return v;
 }
 
-/* 8 consecutive weights of row r from column c (c % 8 == 0, cols % 8 == 0): one 16-byte load for
- * F32 halves, BF16 and F16, one 8-byte load for FP8; FP8 times its block's scale. */
+/* w_at with the dtype known at compile time (the decode kernels' inner loops). */
 template <int DT>
-static __device__ __forceinline__ void load8(float *w, const DevTensor &W, int r, int c) {
+static __device__ __forceinline__ float w_at_t(const DevTensor &W, int r, int c) {
+    float v = load_f32((DType)DT, W.data, (size_t)r * W.cols + c);
+    if (W.scale) v *= W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c];
+    return v;
+}
+
+/* CW consecutive weights of row r from column c (c % CW == 0, cols % CW == 0), one 16-byte load:
+ * 8 BF16 or F16 (CW 8), 16 FP8 codes (CW 16, times their block's scale: block_c % 16 == 0), or two
+ * 16-byte loads of F32 (CW 8). */
+template <int DT> struct Chunk { enum { CW = (DT == DT_F8_E4M3 || DT == DT_F8_E5M2) ? 16 : 8 }; };
+
+template <int DT>
+static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, int r, int c) {
     size_t i = (size_t)r * W.cols + c;
     if (DT == DT_F32) {
         float4 a = ((const float4 *)W.data)[i / 4], b = ((const float4 *)W.data)[i / 4 + 1];
@@ -108,11 +131,11 @@ static __device__ __forceinline__ void load8(float *w, const DevTensor &W, int r
             }
         }
     } else { /* FP8 */
-        uint2 u = ((const uint2 *)W.data)[i / 8];
-        uint32_t p[2] = {u.x, u.y};
+        uint4 u = ((const uint4 *)W.data)[i / 16];
+        uint32_t p[4] = {u.x, u.y, u.z, u.w};
         float s = W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
+        for (int k = 0; k < 16; k++) {
             __nv_fp8_storage_t b = (__nv_fp8_storage_t)((p[k / 4] >> (8 * (k % 4))) & 0xff);
             w[k] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3))) * s;
         }
@@ -120,25 +143,33 @@ static __device__ __forceinline__ void load8(float *w, const DevTensor &W, int r
 }
 
 /* The dot products of row r of W with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: lane l
- * takes the 8-column chunks l, l+32, ... (coalesced), then a butterfly adds the 32 partials. C's
- * order is dot_f32's (8 lanes, pairwise): the same products, summed in another order. */
+ * takes the CW-column chunks l, l+32, ... (coalesced; two chunks in flight), then a butterfly adds
+ * the 32 partials. C's order is dot_f32's (8 lanes, pairwise): the same products, summed in another
+ * order. */
 template <int DT>
 static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,
                                                  int x_stride) {
+    const int CW = Chunk<DT>::CW;
     int lane = threadIdx.x % 32, cols = W.cols;
 #pragma unroll
     for (int t = 0; t < SMALL_BATCH; t++) acc[t] = 0.0f;
-    int vec = cols % 8 == 0 && (DT == DT_F32 || DT == DT_BF16 || DT == DT_F16 || !W.scale || W.block_c % 8 == 0);
+    int vec = cols % CW == 0 && (CW == 8 || !W.scale || W.block_c % CW == 0);
     int c_vec = vec ? cols : 0;
-    for (int c = lane * 8; c < c_vec; c += 256) {
-        float w[8];
-        load8<DT>(w, W, r, c);
+#pragma unroll 2
+    for (int c = lane * CW; c < c_vec; c += 32 * CW) {
+        float w[CW];
+        load_chunk<DT>(w, W, r, c);
 #pragma unroll
         for (int t = 0; t < SMALL_BATCH; t++) {
             if (t >= n) break;
             const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
-            float4 a = xv[0], b = xv[1];
-            acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
+            float s = 0.0f;
+#pragma unroll
+            for (int q = 0; q < CW / 4; q++) {
+                float4 a = xv[q];
+                s += w[4 * q] * a.x + w[4 * q + 1] * a.y + w[4 * q + 2] * a.z + w[4 * q + 3] * a.w;
+            }
+            acc[t] += s;
         }
     }
     for (int c = c_vec + lane; c < cols; c += 32) { /* any shape: one element at a time */
@@ -167,7 +198,10 @@ void blas_check(Dev *d, cublasStatus_t st);
 void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate);
 /* mla.cu */
 void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T);
+__global__ void store_rows_kernel(float *dst, const float *src, int width, const int *pos_dev);
 void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, int T);
+void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T);
+int mla_decode_fits(const MlaDims *m);
 void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos);
 /* moe.cu */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate);

@@ -34,5 +34,9 @@ int model_forward_argmax_device(const Model *m, State *s, const int *tokens, int
  * device buffer starts as NaN. CUDA builds only (model.cu). */
 int matmul_cuda_host(float *out, const float *x, const Tensor *W, int n, Error *e);
 int moe_forward_cuda_host(float *out, const float *x, int T, const Moe *moe, Error *e);
+/* mla_attend_absorbed of T <= 8 queries at pos0 through the device's split-KV decode kernels (mla.cu):
+ * the same arguments, kv_b as stored (F32, BF16, FP8). */
+int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, const float *cache, int T, int pos0,
+                                         const MlaWeights *w, const MlaDims *m, Error *e);
 
 #endif

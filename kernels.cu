@@ -67,12 +67,12 @@ void rmsnorm_cuda(float *out, const float *x, const float *w, int n, int d, floa
  * at x + t * token_stride rotate at position pos + t (the twin: one token; the device forward: a
  * whole chunk in one launch, as model.c's loop over t). */
 __global__ void rope_rotate_kernel(float *x, int n, int stride, int token_stride, int d_R, int pos,
-                                   const float *inv_freq, float attn_factor, int interleaved) {
+                                   const int *pos_dev, const float *inv_freq, float attn_factor, int interleaved) {
     int half = d_R / 2, k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= n * half) return;
     int i = k / half, j = k % half;
     x += (size_t)blockIdx.y * token_stride;
-    pos += blockIdx.y;
+    pos += blockIdx.y + (pos_dev ? *pos_dev : 0); /* the device forward's position lives on the device */
     float angle = (float)pos * inv_freq[j];
     float c = cosf(angle) * attn_factor, s = sinf(angle) * attn_factor;
     int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
@@ -89,7 +89,7 @@ void rope_rotate_cuda(float *x, int n, int stride, int d_R, int pos, const float
     float *d_x = (float *)device_copy(x, span);
     float *d_f = (float *)device_copy(inv_freq, sizeof(float) * (d_R / 2));
     int work = n * (d_R / 2);
-    rope_rotate_kernel<<<(work + THREADS - 1) / THREADS, THREADS>>>(d_x, n, stride, 0, d_R, pos, d_f,
+    rope_rotate_kernel<<<(work + THREADS - 1) / THREADS, THREADS>>>(d_x, n, stride, 0, d_R, pos, NULL, d_f,
                                                                     attn_factor, interleaved);
     host_copy(x, d_x, span);
     cudaFree(d_x); cudaFree(d_f);

@@ -70,7 +70,7 @@ static __device__ __forceinline__ float block_max(float v, float *red) { return 
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, int out_stride,
                                int x_stride, float eps);
 __global__ void rope_rotate_kernel(float *x, int n, int stride, int token_stride, int d_R, int pos,
-                                   const float *inv_freq, float attn_factor, int interleaved);
+                                   const int *pos_dev, const float *inv_freq, float attn_factor, int interleaved);
 __global__ void mla_attend_absorbed_kernel(float *out, const float *q, const float *cache,
                                            const float *kv_b, float *scratch, int T, int pos0,
                                            int n_h, int d_c, int d_R, int nope, int v_dim,

@@ -136,7 +136,8 @@ __global__ void embed_rows_kernel(float *x, int out_stride, DevTensor W, const i
 
 /* ---- one decoder layer and the whole forward (model.c) -------------------------------------------- */
 
-/* layer_forward: d->x [T, d] in place, positions pos.., its latent cache given. */
+/* layer_forward: d->x [T, d] in place, positions pos.. (also in d->step_in[0], where the kernels of
+ * a decode step read it: a recorded step replays at any position), its latent cache given. */
 static int layer_forward_cuda(Dev *d, const Model *mm, const DevLayer &L, float *cache, int T, int pos, AttnForm form,
                               Error *e) {
     const Config *c = &mm->cfg;
@@ -144,13 +145,16 @@ static int layer_forward_cuda(Dev *d, const Model *mm, const DevLayer &L, float 
     int dim = c->hidden_size, width = mla_cache_width(m), qk = m->nope + m->rope, half = m->rope / 2;
     rmsnorm_cuda_dev(d->h, d->x, L.attn_norm, T, dim, dim, dim, c->rms_norm_eps);
     mla_query_cuda(d, L, m, T);
-    float *rows = cache + (size_t)pos * width;
-    mla_latent_cuda(d, rows, L, m, T);
+    mla_latent_cuda(d, d->lat, L, m, T);
     rope_rotate_kernel<<<dim3(blocks_for((size_t)m->n_heads * half), T), THREADS>>>(
-        d->q + m->nope, m->n_heads, qk, m->n_heads * qk, m->rope, pos, d->inv_freq, mm->rope_attn_factor, c->rope.interleaved);
-    rope_rotate_kernel<<<dim3(blocks_for(half), T), THREADS>>>(rows + m->kv_lora_rank, 1, width, width, m->rope, pos,
-                                                                 d->inv_freq, mm->rope_attn_factor, c->rope.interleaved);
+        d->q + m->nope, m->n_heads, qk, m->n_heads * qk, m->rope, 0, d->step_in, d->inv_freq, mm->rope_attn_factor,
+        c->rope.interleaved);
+    rope_rotate_kernel<<<dim3(blocks_for(half), T), THREADS>>>(d->lat + m->kv_lora_rank, 1, width, width, m->rope, 0,
+                                                                 d->step_in, d->inv_freq, mm->rope_attn_factor,
+                                                                 c->rope.interleaved);
+    store_rows_kernel<<<T, THREADS>>>(cache, d->lat, width, d->step_in); /* cache rows pos .. pos + T - 1 */
     if (form == ATTN_NAIVE) mla_attend_naive_cuda(d, cache, L, m, T, pos);
+    else if (T <= SMALL_BATCH && d->q_lat) mla_attend_absorbed_decode_cuda(d, cache, L, m, T);
     else
         mla_attend_absorbed_kernel<<<dim3(m->n_heads, T), THREADS, sizeof(float) * (2 * (size_t)m->kv_lora_rank + 32)>>>(
             d->attn, d->q, cache, L.kv_b_f32, d->scores, T, pos, m->n_heads, m->kv_lora_rank, m->rope, m->nope, m->v,
@@ -170,19 +174,25 @@ int dev_status(Dev *d, Error *e) {
     return 0;
 }
 
-/* forward_chunk: tokens [T] (host) at pos; the normed final hidden states are left in d->h. */
-static int forward_chunk_cuda(Dev *d, const Model *m, const int *tokens, int T, int pos, AttnForm form, Error *e) {
+/* d->step_in = [pos, tokens [T]] from the host (a pageable copy: it has left host_in on return). */
+static int step_in_cuda(Dev *d, const int *tokens, int T, int pos, Error *e) {
+    d->host_in[0] = pos;
+    memcpy(d->host_in + 1, tokens, sizeof(int) * T);
+    cudaError_t err = cudaMemcpy(d->step_in, d->host_in, sizeof(int) * (T + 1), cudaMemcpyHostToDevice);
+    return err == cudaSuccess ? 0 : cuda_err(e, err, "tokens");
+}
+
+/* forward_chunk: the T tokens of d->step_in at pos; the normed final hidden states are left in d->h.
+ * Launches only (no host copy, no synchronization) when T <= SMALL_BATCH: a decode step's. */
+static int forward_chunk_cuda(Dev *d, const Model *m, int T, int pos, AttnForm form, Error *e) {
     const Config *c = &m->cfg;
     int dim = c->hidden_size, width = mla_cache_width(&m->mla);
-    cudaError_t err = cudaMemcpy(d->tokens, tokens, sizeof(int) * T, cudaMemcpyHostToDevice);
-    if (err != cudaSuccess) return cuda_err(e, err, "tokens");
-    embed_rows_kernel<<<T, THREADS>>>(d->x, dim, d->embed, d->tokens);
+    embed_rows_kernel<<<T, THREADS>>>(d->x, dim, d->embed, d->step_in + 1);
     for (int l = 0; l < c->n_layers; l++)
         if (layer_forward_cuda(d, m, d->layers[l], d->cache + (size_t)l * d->ctx * width, T, pos, form, e)) return -1;
     rmsnorm_cuda_dev(d->h, d->x, d->final_norm, T, dim, dim, dim, c->rms_norm_eps);
-    if (d->hidden)
-        cudaMemcpyAsync(d->hidden + (size_t)pos * dim, d->h, sizeof(float) * (size_t)T * dim, cudaMemcpyDeviceToDevice);
-    return dev_status(d, e);
+    if (d->hidden) store_rows_kernel<<<T, THREADS>>>(d->hidden, d->h, dim, d->step_in);
+    return 0;
 }
 
 extern "C" int model_forward_device(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
@@ -191,7 +201,9 @@ extern "C" int model_forward_device(const Model *m, State *s, const int *tokens,
     int V = m->cfg.vocab_size, dim = m->cfg.hidden_size;
     for (int done = 0; done < T; done += d->max_T) {
         int n = T - done < d->max_T ? T - done : d->max_T, rows = last_only ? 1 : n;
-        if (forward_chunk_cuda(d, m, tokens + done, n, pos + done, form, e)) return -1;
+        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, form, e) ||
+            dev_status(d, e))
+            return -1;
         if (last_only && done + n < T) continue;
         matmul_cuda(d, d->logits, d->h + (size_t)(n - rows) * dim, d->lm_head, rows, 0);
         float *dst = logits + (last_only ? 0 : (size_t)done * V);
@@ -223,13 +235,43 @@ __global__ void argmax_kernel(int *out, const float *x, int n) {
     }
 }
 
+/* One decode step (T = 1) to the argmax, recorded once as a CUDA graph (stream capture of the very
+ * launches below) and replayed: the ~10 launches per layer then cost one launch, and the GPU runs
+ * them back to back. Valid at any position: the kernels read it from d->step_in (see
+ * layer_forward_cuda), every pointer and grid is fixed for the State's life. */
+static int record_step_graph(Dev *d, const Model *m, Error *e) {
+    cudaStream_t st = cudaStreamPerThread; /* the default stream of this build (nvcc --default-stream per-thread) */
+    cudaGraph_t g = NULL;
+    cudaError_t err = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
+    if (err != cudaSuccess) return cuda_err(e, err, "graph capture");
+    int rc = forward_chunk_cuda(d, m, 1, 0, ATTN_ABSORBED, e);
+    if (!rc) {
+        matmul_cuda(d, d->logits, d->h, d->lm_head, 1, 0);
+        argmax_kernel<<<1, 1024>>>(d->next, d->logits, m->cfg.vocab_size);
+    }
+    err = cudaStreamEndCapture(st, &g);
+    if (!rc && err == cudaSuccess) err = cudaGraphInstantiate(&d->step_graph, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (rc) return -1;
+    return err == cudaSuccess ? 0 : cuda_err(e, err, "graph capture");
+}
+
 extern "C" int model_forward_argmax_device(const Model *m, State *s, const int *tokens, int T, int pos, int *next,
                                            Error *e) {
     Dev *d = (Dev *)s->dev;
     int dim = m->cfg.hidden_size;
+    if (T == 1 && !d->graph_off && d->q_lat) { /* (without the split kernels, attention reads pos on the host) */
+        if (step_in_cuda(d, tokens, 1, pos, e) || (!d->step_graph && record_step_graph(d, m, e))) return -1;
+        cudaError_t err = cudaGraphLaunch(d->step_graph, cudaStreamPerThread);
+        if (err == cudaSuccess) err = cudaMemcpy(next, d->next, sizeof(int), cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess) return cuda_err(e, err, "decode step");
+        return dev_status(d, e);
+    }
     for (int done = 0; done < T; done += d->max_T) {
         int n = T - done < d->max_T ? T - done : d->max_T;
-        if (forward_chunk_cuda(d, m, tokens + done, n, pos + done, ATTN_ABSORBED, e)) return -1;
+        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, ATTN_ABSORBED, e) ||
+            dev_status(d, e))
+            return -1;
         if (done + n < T) continue;
         matmul_cuda(d, d->logits, d->h + (size_t)(n - 1) * dim, d->lm_head, 1, 0);
         argmax_kernel<<<1, 1024>>>(d->next, d->logits, m->cfg.vocab_size);
@@ -250,10 +292,9 @@ extern "C" int mtp_forward_device(const Model *m, State *s, const int *next_toke
     for (int t = 0; t < T; t++)
         if (next_tokens[t] < 0 || next_tokens[t] >= V)
             return error_set(e, "token id %d is outside the vocabulary [0, %d)", next_tokens[t], V);
-    cudaError_t err = cudaMemcpy(d->tokens, next_tokens, sizeof(int) * T, cudaMemcpyHostToDevice);
-    if (err != cudaSuccess) return cuda_err(e, err, "tokens");
+    if (step_in_cuda(d, next_tokens, T, pos, e)) return -1;
     /* [enorm(embed(t_{i+1})) ; hnorm(h_i)] */
-    embed_rows_kernel<<<T, THREADS>>>(d->mtp_in, 2 * dim, d->embed, d->tokens);
+    embed_rows_kernel<<<T, THREADS>>>(d->mtp_in, 2 * dim, d->embed, d->step_in + 1);
     rmsnorm_cuda_dev(d->mtp_in, d->mtp_in, d->enorm, T, dim, 2 * dim, 2 * dim, c->rms_norm_eps);
     rmsnorm_cuda_dev(d->mtp_in + dim, d->hidden + (size_t)pos * dim, d->hnorm, T, dim, 2 * dim, dim, c->rms_norm_eps);
     matmul_cuda(d, d->x, d->mtp_in, d->eh_proj, T, 0);
@@ -261,7 +302,7 @@ extern "C" int mtp_forward_device(const Model *m, State *s, const int *next_toke
     rmsnorm_cuda_dev(d->h, d->x, d->head_norm, T, dim, dim, dim, c->rms_norm_eps);
     int rows = last_only ? 1 : T;
     matmul_cuda(d, d->logits, d->h + (size_t)(T - rows) * dim, d->mtp_head, rows, 0);
-    err = cudaMemcpy(logits, d->logits, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost);
+    cudaError_t err = cudaMemcpy(logits, d->logits, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost);
     if (err != cudaSuccess) return cuda_err(e, err, "MTP logits");
     return dev_status(d, e);
 }
@@ -276,6 +317,8 @@ extern "C" void state_free_device(State *s) {
     if (!d) return;
     for (int i = 0; i < d->n_owned; i++) cudaFree(d->owned[i]);
     if (d->blas) cublasDestroy(d->blas);
+    if (d->step_graph) cudaGraphExecDestroy(d->step_graph);
+    free(d->host_in);
     for (int l = 0; d->layers && l < d->n_layers; l++) free(d->layers[l].experts);
     free(d->mtp_layer.experts);
     free(d->layers); free(d->owned); free(d->up_host); free(d->up_dev);
@@ -301,6 +344,9 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
     d->n_layers = c->n_layers;
     if (cublasCreate(&d->blas) != CUBLAS_STATUS_SUCCESS) { d->blas = NULL; state_free_device(s); return error_set(e, "cublas: cannot create a handle"); }
     cublasSetMathMode(d->blas, CUBLAS_DEFAULT_MATH); /* FP32 products, no TF32 */
+    cublasSetStream(d->blas, cudaStreamPerThread);  /* the kernels' default stream (per-thread in this build) */
+    const char *graph = getenv("DSV3_CUDA_GRAPH");
+    d->graph_off = graph && !strcmp(graph, "0");
     int rc = up_tensor(d, &d->embed, &m->embed, e) || up_tensor(d, &d->lm_head, &m->lm_head, e) ||
              !(d->final_norm = up_vec(d, m->final_norm, c->hidden_size, e)) ||
              !(d->inv_freq = up_vec(d, m->inv_freq, c->qk_rope_head_dim / 2, e));
@@ -328,12 +374,20 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
         {&d->xb, 2 * T * (K ? K : 1) * dim}, {&d->yb, T * dim},
     };
     for (size_t i = 0; !rc && i < sizeof bufs / sizeof bufs[0]; i++) rc = !(*bufs[i].p = (float *)dev_alloc(d, sizeof(float) * bufs[i].n, e));
+    if (!rc && mla_decode_fits(&m->mla)) { /* else decode takes kernels.cu's kernel too */
+        size_t lat = (size_t)SMALL_BATCH * nh * c->kv_lora_rank, split = (size_t)SMALL_BATCH * MLA_SPLITS * nh;
+        rc = !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
+             !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * c->kv_lora_rank, e)) ||
+             !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e));
+    }
     if (!rc && m->has_mtp)
         rc = !(d->hidden = (float *)dev_alloc(d, sizeof(float) * ctx * dim, e)) ||
              !(d->mtp_cache = (float *)dev_alloc(d, sizeof(float) * ctx * width, e)) ||
              !(d->mtp_in = (float *)dev_alloc(d, sizeof(float) * T * 2 * dim, e));
     if (!rc)
-        rc = !(d->tokens = (int *)dev_alloc(d, sizeof(int) * T, e)) || !(d->idx = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) ||
+        rc = !(d->step_in = (int *)dev_alloc(d, sizeof(int) * (T + 1), e)) ||
+             !(d->host_in = (int *)malloc(sizeof(int) * (T + 1))) && error_set(e, "out of memory") ||
+             !(d->lat = (float *)dev_alloc(d, sizeof(float) * T * width, e)) || !(d->idx = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) ||
              !(d->tok = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) || !(d->next = (int *)dev_alloc(d, sizeof(int), e));
     if (!rc) { /* a fresh cache reads as zeros, as calloc's; rows past pos are never read anyway */
         cudaMemset(d->cache, 0, sizeof(float) * (size_t)c->n_layers * ctx * width);
@@ -433,6 +487,41 @@ extern "C" int moe_forward_cuda_host(float *out, const float *x, int T, const Mo
         if (moe_forward_cuda(d, dres, dx, T, d->mtp_layer, dim, e)) rc = -1;
     }
     if (!rc) return twin_finish(d, out, dres, (size_t)T * dim, e);
+    State s = {};
+    s.dev = d;
+    state_free_device(&s);
+    return -1;
+}
+
+/* mla_attend_absorbed for T <= SMALL_BATCH queries at pos0 (the split-KV decode path of mla.cu):
+ * q [T, n_h (nope + d_R)], cache [pos0 + T, d_c + d_R], kv_b as stored; out [T, n_h v]. */
+extern "C" int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, const float *cache, int T, int pos0,
+                                                    const MlaWeights *w, const MlaDims *m, Error *e) {
+    e->msg[0] = 0;
+    if (T < 1 || T > SMALL_BATCH || !mla_decode_fits(m)) return error_set(e, "decode attention: T %d or the shapes do not fit", T);
+    Dev *d = twin_dev(T, 1, 1, 1, 1, 1, e);
+    if (!d) return -1;
+    int n_h = m->n_heads, d_c = m->kv_lora_rank, L = pos0 + T, qk = m->nope + m->rope;
+    size_t lat = (size_t)SMALL_BATCH * n_h * d_c, split = (size_t)SMALL_BATCH * MLA_SPLITS * n_h;
+    size_t n_q = (size_t)T * n_h * qk, n_c = (size_t)L * mla_cache_width(m), n_out = (size_t)T * n_h * m->v;
+    DevLayer layer = {};
+    float *dc = NULL;
+    int rc = up_tensor(d, &layer.kv_b, &w->kv_b, e) || !(d->q = (float *)dev_alloc(d, sizeof(float) * n_q, e)) ||
+             !(dc = (float *)dev_alloc(d, sizeof(float) * n_c, e)) || !(d->attn = (float *)dev_alloc(d, sizeof(float) * n_out, e)) ||
+             !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
+             !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * d_c, e)) ||
+             !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e)) ||
+             !(d->step_in = (int *)dev_alloc(d, sizeof(int), e));
+    if (!rc) {
+        cudaMemcpy(d->q, q, sizeof(float) * n_q, cudaMemcpyHostToDevice);
+        cudaMemcpy(dc, cache, sizeof(float) * n_c, cudaMemcpyHostToDevice);
+        cudaMemcpy(d->step_in, &pos0, sizeof(int), cudaMemcpyHostToDevice);
+        float *bufs[] = {d->attn, d->q_lat, d->o_lat, d->part_o, d->part_ml};
+        size_t ns[] = {n_out, lat, lat, split * d_c, split * 2};
+        for (int i = 0; i < 5; i++) cudaMemset(bufs[i], 0xFF, sizeof(float) * ns[i]); /* NaN */
+        mla_attend_absorbed_decode_cuda(d, dc, layer, m, T);
+        return twin_finish(d, out, d->attn, n_out, e);
+    }
     State s = {};
     s.dev = d;
     state_free_device(&s);

@@ -3,6 +3,7 @@
  *   matmul       F32, BF16 and FP8 E4M3 (128 x 128 block scales) weights; columns a multiple of 8
  *                (the GEMV's vector loads) and not (its scalar loop); n = 1, 3, 8 (GEMV) and 9, 40
  *                (widen + cuBLAS in tiles of a third of the rows)
+ *   mla_attend_absorbed  the split-KV decode kernels (mla.cu), tol 1e-4 (test_attn_decode)
  *   moe_forward  a V3-like gate (sigmoid, bias, groups) and a V2-Lite-like one (softmax, greedy),
  *                BF16 and FP8 experts, shared experts; T = 1, 2, 8 (the decode kernels) and 9, 33
  *                (grouped by expert)
@@ -151,6 +152,52 @@ static void test_moe(void) {
         }
 }
 
+/* mla_attend_absorbed against the device's split-KV decode (mla.cu): V2-Lite's and V3's head counts
+ * and odd sizes (a latent not a multiple of 8: the scalar loops; heads not a multiple of 16: a
+ * partial head group), cache lengths inside one tile, on tile and chunk boundaries and over 64
+ * chunks, T = 1, 2 and 8 (causal within the call), kv_b in F32, BF16 and FP8. Tol 1e-4, the absorbed
+ * twin's (notes/golden.md): online softmax and chunk merging reorder its sums. */
+static void test_attn_decode(void) {
+    struct { const char *name; int n_h, d_c, d_R, nope, v; } shapes[] = {
+        {"V2-Lite heads", 16, 512, 64, 128, 128}, {"V3 heads", 128, 512, 64, 128, 128}, {"odd sizes", 19, 70, 6, 20, 36},
+    };
+    const int pos0s[] = {0, 15, 16, 300, 1039, 4095}, Ts[] = {1, 2, 8};
+    const DType dts[] = {DT_F32, DT_BF16, DT_F8_E4M3};
+    for (int si = 0; si < 3; si++)
+        for (int di = 0; di < 3; di++)
+            for (int pi = 0; pi < 6; pi++)
+                for (int ti = 0; ti < 3; ti++) {
+                    int pos0 = pos0s[pi], T = Ts[ti];
+                    if (si == 1 && (pi % 2 || ti == 1)) continue; /* V3's 128 heads: a few lengths are enough */
+                    if (di != 2 && pos0 > 300 && T > 1) continue;
+                    MlaDims m = {shapes[si].n_h, 0, shapes[si].d_c, shapes[si].nope, shapes[si].d_R, shapes[si].v, 1e-6f, 0.0f};
+                    m.softmax_scale = 1.0f / sqrtf((float)(m.nope + m.rope));
+                    int L = pos0 + T, width = m.kv_lora_rank + m.rope, qk = m.nope + m.rope;
+                    void *keep[4];
+                    int n_keep = 0;
+                    MlaWeights w;
+                    memset(&w, 0, sizeof w);
+                    w.kv_b = weight(dts[di], m.n_heads * (m.nope + m.v), m.kv_lora_rank, keep, &n_keep);
+                    size_t n_q = (size_t)T * m.n_heads * qk, n_out = (size_t)T * m.n_heads * m.v;
+                    float *q = randn(n_q, 1.0f), *cache = randn((size_t)L * width, 1.0f);
+                    float *ref = nans(n_out), *got = nans(n_out);
+                    Error e;
+                    char name[160];
+                    snprintf(name, sizeof name, "mla_attend_absorbed decode, %s, kv_b %s, pos0 %d, T %d", shapes[si].name,
+                             dtype_name(dts[di]), pos0, T);
+                    if (mla_attend_absorbed(ref, q, cache, T, pos0, &w, &m, &e)) { printf("NOT OK %s: C: %s\n", name, e.msg); failures++; }
+                    else if (mla_attend_absorbed_decode_cuda_host(got, q, cache, T, pos0, &w, &m, &e)) { printf("NOT OK %s: %s\n", name, e.msg); failures++; }
+                    else {
+                        double err = rel_err(got, ref, n_out);
+                        int ok = err <= 1e-4;
+                        printf("%s %s: max rel err %.3g (tol 1e-4)\n", ok ? "OK    " : "NOT OK", name, err);
+                        failures += !ok;
+                    }
+                    free(q); free(cache); free(ref); free(got);
+                    for (int k = 0; k < n_keep; k++) free(keep[k]);
+                }
+}
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -160,6 +207,7 @@ int main(void) {
     rng_seed(&rng, 4321);
     test_matmul();
     test_moe();
+    test_attn_decode();
     printf(failures ? "%d NOT OK\n" : "all OK\n", failures);
     return failures ? 1 : 0;
 }
