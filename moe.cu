@@ -14,8 +14,34 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
     if (i < n) y[i] += x[i];
 }
 
+/* ffn_swiglu's first half for T <= SMALL_BATCH: h [T, inter] = silu(gate x) * up x, a warp per row
+ * taking both of its dot products for every token in one launch (what moe_up_kernel does for each
+ * selected expert): the same products and silu as the three launches of the general path. */
+template <int DT>
+__global__ void ffn_up_kernel(float *h, const float *x, DevFfn f, int T, int d) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (r >= f.gate.rows) return;
+    float g[SMALL_BATCH], u[SMALL_BATCH];
+    warp_dots<DT>(g, f.gate, r, x, T, d);
+    warp_dots<DT>(u, f.up, r, x, T, d);
+    if (threadIdx.x % 32 == 0)
+        for (int t = 0; t < T; t++) h[(size_t)t * f.gate.rows + r] = g[t] / (1.0f + expf(-g[t])) * u[t];
+}
+
 /* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
+    if (T <= SMALL_BATCH && f.gate.dtype == f.up.dtype) { /* decode: one launch for gate, up and silu */
+        unsigned blocks = (unsigned)((f.gate.rows + THREADS / 32 - 1) / (THREADS / 32));
+        switch (f.gate.dtype) {
+        case DT_F32: ffn_up_kernel<DT_F32><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        case DT_BF16: ffn_up_kernel<DT_BF16><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        case DT_F16: ffn_up_kernel<DT_F16><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        case DT_F8_E4M3: ffn_up_kernel<DT_F8_E4M3><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        default: ffn_up_kernel<DT_F8_E5M2><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        }
+        matmul_cuda(d, out, d->ffn_h, f.down, T, accumulate);
+        return;
+    }
     size_t n = (size_t)T * f.gate.rows;
     matmul_cuda(d, d->ffn_h, x, f.gate, T, 0);
     matmul_cuda(d, d->ffn_u, x, f.up, T, 0);
