@@ -232,7 +232,9 @@ valgrind: run build/test/test_tokenizer
 #   build/cuda/run            run with --device cuda (model.cu: the forward pass on the GPU)
 #   build/cuda/test_kernels   every twin of kernels.cu against its C function
 #   build/cuda/test_device    the device forward against the C forward (logits, greedy, MTP)
-#   build/cuda/test_forward_twins  model.cu's matmul and moe_forward against C, one by one
+#   build/cuda/test_forward_twins  model.cu's own twins against C, one by one (matmul, moe_forward,
+#                             the embedding gather, naive attention, argmax)
+#   build/cuda/test_golden_cuda    a `run golden` file's functions through their CUDA twins
 #   build/cuda/bench_device   prefill and decode tok/s, the copy bandwidth and the decode's floor
 # `make cuda-test` runs the checks on a GPU (sm_90: H100/H200), `make cuda-bench` prints the speed
 # figures. The C files are compiled with cc (nvcc would compile .c files as C++), the .cu files
@@ -281,22 +283,26 @@ build/cuda/test_device: tests/device_forward.c tests/rel_err.h $(filter-out buil
 	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
 	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $< %.h,$^) -lcublas $(PKG_LIBS) -lgomp
 
-build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
-	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/test_golden_cuda: tests/test_golden_cuda.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
 build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 
 cuda:
 	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
 	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
-	  build/cuda/bench_device
+	  build/cuda/test_golden_cuda build/cuda/bench_device
 	@$(MAKE) --no-print-directory mla-decode
 
-# The checks: the twins, the device forward against C (tests/device_forward.c), perplexity and the
-# CLI's --device cuda against the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
+# The checks: the twins, golden files of `run golden` read by the twins (tests/cuda_golden.sh), the
+# device forward against C (tests/device_forward.c), perplexity and the CLI's --device cuda against
+# the CPU (tests/cuda_checks.sh), memcheck on the quick runs.
 cuda-test: cuda
 	./build/cuda/test_kernels
 	./build/cuda/test_forward_twins
+	tests/cuda_golden.sh
 	./build/cuda/test_device
 	tests/cuda_checks.sh
 	./$(MLA_DEC_DIR)/test_mla_decode

@@ -189,9 +189,12 @@ static inline void rmsnorm_cuda_dev(float *out, const float *x, const float *w, 
 }
 /* ---- the steps, by the file that defines them ----------------------------------------------------- */
 
-/* model.cu */
+/* model.cu (the two kernels launched as model.cu does: embed_rows_kernel<<<T, THREADS>>>,
+ * argmax_kernel<<<1, 1024>>>; declared here for tests/test_forward_twins.cu) */
 int cuda_err(Error *e, cudaError_t err, const char *what);
 int dev_status(Dev *d, Error *e);
+__global__ void embed_rows_kernel(float *x, int out_stride, DevTensor W, const int *tokens);
+__global__ void argmax_kernel(int *out, const float *x, int n);
 /* ops.cu */
 __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n);
 void blas_check(Dev *d, cublasStatus_t st);

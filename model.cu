@@ -213,14 +213,15 @@ extern "C" int model_forward_device(const Model *m, State *s, const int *tokens,
     return dev_status(d, e);
 }
 
-/* argmax (ops.c) of logits [n] by one block: the largest value, the first index on ties. */
+/* argmax (ops.c) of logits [n] by one block: the largest value, the first index on ties; NaN as
+ * argmax compares (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). */
 __global__ void argmax_kernel(int *out, const float *x, int n) {
     __shared__ float bv[32];
     __shared__ int bi[32];
     float v = -INFINITY;
     int best = -1;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        if (best < 0 || x[i] > v) { v = x[i]; best = i; }
+        if (!isnan(x[i]) && (best < 0 || x[i] > v)) { v = x[i]; best = i; } /* argmax passes over NaN */
     for (int off = 16; off > 0; off /= 2) {
         float ov = __shfl_xor_sync(FULL_MASK, v, off);
         int oi = __shfl_xor_sync(FULL_MASK, best, off);
@@ -231,7 +232,7 @@ __global__ void argmax_kernel(int *out, const float *x, int n) {
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)blockDim.x / 32; w++)
             if (bi[w] >= 0 && (best < 0 || bv[w] > v || (bv[w] == v && bi[w] < best))) { v = bv[w]; best = bi[w]; }
-        *out = best;
+        *out = best < 0 || isnan(x[0]) ? 0 : best; /* as argmax: a NaN at index 0 is never beaten; all NaN: 0 */
     }
 }
 

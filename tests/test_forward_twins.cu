@@ -7,9 +7,21 @@
  *   moe_forward  a V3-like gate (sigmoid, bias, groups) and a V2-Lite-like one (softmax, greedy),
  *                BF16 and FP8 experts, shared experts; T = 1, 2, 8 (the decode kernels) and 9, 33
  *                (grouped by expert)
+ *   embed_rows_kernel  the embedding gather against tensor_rows_f32: F32, BF16, F16 and FP8 E4M3
+ *                (128 x 128 scales) tables, ids 0 and V - 1 and repeats, rows of stride d and 2d (the
+ *                MTP's [e ; h] input: the other half must stay untouched). Exact: the widening is
+ *                exact and FP8's scale is one multiplication on both sides
+ *   mla_attend_naive_cuda  against mla_attend_naive: V3 / V2-Lite head dims (d_c 512, nope 128,
+ *                rope 64, v 128) and odd ones; decode (T = 1) and prefill chunks from position 0
+ *                and past it
+ *   argmax_kernel  against argmax, exact: random logits of V3's and V2-Lite's vocabulary sizes, ties
+ *                (the lower index wins, also across threads and warps), infinities, and NaN as C
+ *                defines it (argmax's `x[i] > x[best]`: a NaN at index 0 is the answer, any other
+ *                NaN is passed over)
  * Random inputs (ops.c's rng_normal, fixed seed), every device buffer and the host output poisoned
  * with NaN first; max|gpu - cpu| / max|cpu| <= 1e-5 (FP32 sums in another order; moe_forward's
- * expert choice must agree, else the error is of order 1). Exit status 1 when any line is NOT OK.
+ * expert choice must agree, else the error is of order 1), or exact where said. Exit status 1 when
+ * any line is NOT OK.
  *
  *   build/cuda/test_forward_twins     (make cuda builds it, make cuda-test runs it)
  */
@@ -23,6 +35,7 @@ extern "C" {
 #include "fp8.h"
 }
 #include "tests/rel_err.h"
+#include "tests/twin_dev.cuh"
 
 #define TOL 1e-5
 
@@ -198,6 +211,183 @@ static void test_attn_decode(void) {
                 }
 }
 
+/* Exact checks: how many of n elements differ in their bits. */
+static void check_exact(const char *name, size_t differ, size_t n) {
+    printf("%s %s: %zu of %zu differ (tol exact)\n", differ == 0 ? "OK    " : "NOT OK", name, differ, n);
+    failures += differ != 0;
+}
+
+/* A table [rows, cols] of random finite F16 codes (every exponent but the all-ones one: subnormals
+ * included), for the gather's F16 path; ops.h has no FP32 -> F16 rounding to draw it through. */
+static Tensor f16_table(int rows, int cols, void **keep, int *n_keep) {
+    size_t n = (size_t)rows * cols;
+    uint16_t *h = (uint16_t *)malloc(2 * n);
+    for (size_t i = 0; i < n; i++) {
+        uint16_t b = (uint16_t)rng_next(&rng);
+        h[i] = (b & 0x7c00) == 0x7c00 ? (uint16_t)(b ^ 0x4000) : b;
+    }
+    keep[(*n_keep)++] = h;
+    Tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = h;
+    t.dtype = DT_F16;
+    t.rows = rows;
+    t.cols = cols;
+    return t;
+}
+
+/* embed_rows_kernel (model.cu): x [T, stride] rows t = W[tokens[t]] widened; tensor_rows_f32 is C's. */
+static void test_embed(void) {
+    const DType dts[] = {DT_F32, DT_BF16, DT_F16, DT_F8_E4M3};
+    const int shapes[][2] = {{300, 200}, {1000, 2048}}; /* FP8: partial 128-blocks in both dims, and whole */
+    for (int di = 0; di < 4; di++)
+        for (int si = 0; si < 2; si++)
+            for (int wide = 1; wide <= 2; wide++) {
+                void *keep[4];
+                int n_keep = 0, V = shapes[si][0], d = shapes[si][1], stride = wide * d;
+                Tensor W = dts[di] == DT_F16 ? f16_table(V, d, keep, &n_keep) : weight(dts[di], V, d, keep, &n_keep);
+                enum { T = 9 };
+                int tok[T] = {0, V - 1, 17, 17, 0, V / 2, 0, 0, 0};
+                for (int t = 6; t < T; t++) tok[t] = (int)(rng_next(&rng) % (uint64_t)V);
+                float *ref = nans((size_t)T * stride), *got = nans((size_t)T * stride);
+                for (int t = 0; t < T; t++) tensor_rows_f32(ref + (size_t)t * stride, &W, tok[t], 1);
+                Dev *dv = twin_new();
+                DevTensor dw = twin_tensor(dv, &W);
+                int *dtok = (int *)twin_alloc(dv, tok, sizeof tok);
+                float *dx = twin_nan(dv, (size_t)T * stride);
+                embed_rows_kernel<<<T, THREADS>>>(dx, stride, dw, dtok);
+                Error e;
+                char name[160];
+                snprintf(name, sizeof name, "embed_rows_kernel %s [%d, %d], %d ids, row stride %s", dtype_name(W.dtype), V, d,
+                         (int)T, wide == 1 ? "d" : "2d (the MTP's input)");
+                if (twin_get(dv, got, dx, sizeof(float) * (size_t)T * stride, &e)) {
+                    printf("NOT OK %s: %s\n", name, e.msg);
+                    failures++;
+                } else {
+                    size_t differ = 0; /* the gathered halves bit for bit; the rest must still be the poison */
+                    for (size_t i = 0; i < (size_t)T * stride; i++)
+                        differ += (int)(i % stride) < d ? memcmp(&got[i], &ref[i], 4) != 0 : !isnan(got[i]);
+                    check_exact(name, differ, (size_t)T * stride);
+                }
+                twin_free(dv);
+                free(ref); free(got);
+                for (int k = 0; k < n_keep; k++) free(keep[k]);
+            }
+}
+
+/* mla_attend_naive_cuda (mla.cu) on a Dev holding q [T, n_h (nope + rope)] in d->q: out in d->attn
+ * [T, n_h v], scratch d->widen [pos0 + T, nope + v] and d->scores [T, pos0 + T]. */
+static void test_mla_naive(void) {
+    struct { const char *name; int n_h, d_c, nope, rope, v, T, pos0; } cases[] = {
+        {"V3 / V2-Lite head dims, 16 heads, decode", 16, 512, 128, 64, 128, 1, 63},
+        {"V3 / V2-Lite head dims, 16 heads, prefill from 0", 16, 512, 128, 64, 128, 6, 0},
+        {"V3 / V2-Lite head dims, 16 heads, prefill past 40", 16, 512, 128, 64, 128, 9, 40},
+        {"odd dims (3 heads, d_c 96, nope 24, rope 16, v 40)", 3, 96, 24, 16, 40, 5, 11},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int nh = cases[ci].n_h, dc = cases[ci].d_c, nope = cases[ci].nope, dR = cases[ci].rope, v = cases[ci].v;
+        int T = cases[ci].T, pos0 = cases[ci].pos0, Lk = pos0 + T, W = dc + dR, qk = nope + dR, nv = nope + v;
+        MlaDims md;
+        memset(&md, 0, sizeof md);
+        md.n_heads = nh;
+        md.kv_lora_rank = dc;
+        md.nope = nope;
+        md.rope = dR;
+        md.v = v;
+        md.eps = 1e-6f;
+        md.softmax_scale = 1.0f / sqrtf((float)qk);
+        void *keep[2];
+        int n_keep = 0;
+        MlaWeights w;
+        memset(&w, 0, sizeof w);
+        w.kv_b = weight(DT_F32, nh * nv, dc, keep, &n_keep);
+        float *q = randn((size_t)T * nh * qk, 1.0f), *cache = randn((size_t)Lk * W, 1.0f);
+        float *ref = nans((size_t)T * nh * v), *got = nans((size_t)T * nh * v);
+        Error e;
+        char name[200];
+        snprintf(name, sizeof name, "mla_attend_naive_cuda %s: T=%d at pos %d", cases[ci].name, T, pos0);
+        if (mla_attend_naive(ref, q, cache, T, pos0, &w, &md, &e)) {
+            printf("NOT OK %s: the C function failed: %s\n", name, e.msg);
+            failures++;
+        } else {
+            Dev *dv = twin_new();
+            DevLayer L;
+            memset(&L, 0, sizeof L);
+            L.kv_b_f32 = twin_up(dv, (const float *)w.kv_b.data, (size_t)nh * nv * dc);
+            dv->q = twin_up(dv, q, (size_t)T * nh * qk);
+            dv->widen_n = (size_t)Lk * nv;
+            dv->widen = twin_nan(dv, dv->widen_n);
+            dv->scores = twin_nan(dv, (size_t)T * Lk);
+            dv->attn = twin_nan(dv, (size_t)T * nh * v);
+            const float *dcache = twin_up(dv, cache, (size_t)Lk * W);
+            mla_attend_naive_cuda(dv, dcache, L, &md, T, pos0);
+            if (twin_get(dv, got, dv->attn, sizeof(float) * (size_t)T * nh * v, &e)) {
+                printf("NOT OK %s: %s\n", name, e.msg);
+                failures++;
+            } else check(name, rel_err(got, ref, (size_t)T * nh * v));
+            twin_free(dv);
+        }
+        free(q); free(cache); free(ref); free(got);
+        for (int k = 0; k < n_keep; k++) free(keep[k]);
+    }
+}
+
+/* argmax_kernel (model.cu) on x [n], launched as model_forward_argmax_device does. */
+static void argmax_case(Dev *dv, const char *what, const float *x, int n) {
+    const float *dx = twin_up(dv, x, (size_t)n);
+    int *dout = (int *)twin_alloc(dv, NULL, sizeof(int)); /* -1 until written */
+    argmax_kernel<<<1, 1024>>>(dout, dx, n);
+    int want = argmax(x, n), got = -1;
+    Error e;
+    if (twin_get(dv, &got, dout, sizeof(int), &e)) {
+        printf("NOT OK argmax_kernel n=%d, %s: %s\n", n, what, e.msg);
+        failures++;
+        return;
+    }
+    printf("%s argmax_kernel n=%d, %s: C %d, cuda %d (tol exact)\n", got == want ? "OK    " : "NOT OK", n, what, want, got);
+    failures += got != want;
+}
+
+static void test_argmax(void) {
+    Dev *dv = twin_new();
+    const int ns[] = {1, 5, 33, 1000, 1025, 4097, 102400, 129280}; /* 102400: V2-Lite's vocabulary, 129280: V3's */
+    for (int i = 0; i < 8; i++) {
+        int n = ns[i];
+        float *x = randn((size_t)n, 3.0f);
+        argmax_case(dv, "random normal", x, n);
+        for (int k = 0; k < n; k++) x[k] = (float)(rng_next(&rng) % 3); /* 0, 1, 2: ties everywhere */
+        argmax_case(dv, "values 0, 1, 2 (many ties)", x, n);
+        free(x);
+    }
+    /* n = 5000 (about five elements per thread of the 1024), zeros but for up to four entries */
+    enum { N = 5000 };
+    struct { const char *what; int n_set, at[4]; float val[4]; } cases[] = {
+        {"all zero", 0, {0}, {0}},
+        {"a tie within one thread (5 and 1029)", 2, {1029, 5}, {3, 3}},
+        {"a tie within one warp (33 and 40)", 2, {40, 33}, {3, 3}},
+        {"a tie across warps (4999 and 700)", 2, {4999, 700}, {3, 3}},
+        {"a tie with the last index (1 and 4999)", 2, {4999, 1}, {7, 7}},
+        {"+inf at 3001, -inf at 0", 2, {3001, 0}, {INFINITY, -INFINITY}},
+        {"NaN at 0 (C: index 0)", 2, {0, 9}, {NAN, 5}},
+        {"NaN at 2000, max at 7", 2, {2000, 7}, {NAN, 5}},
+        {"NaN at 5 (a thread's first element), max at 1029 (the same thread's second)", 2, {5, 1029}, {NAN, 5}},
+        {"NaN at 32 (lane 0 of warp 1), max at 33", 2, {32, 33}, {NAN, 5}},
+        {"NaN at 1 and 4000, a tie at 3000 and 2", 4, {1, 4000, 3000, 2}, {NAN, NAN, 4, 4}},
+    };
+    float *x = (float *)malloc(sizeof(float) * N);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int k = 0; k < N; k++) x[k] = 0.0f;
+        for (int j = 0; j < cases[c].n_set; j++) x[cases[c].at[j]] = cases[c].val[j];
+        argmax_case(dv, cases[c].what, x, N);
+    }
+    for (int k = 0; k < N; k++) x[k] = -INFINITY;
+    argmax_case(dv, "all -inf", x, N);
+    for (int k = 0; k < N; k++) x[k] = NAN;
+    argmax_case(dv, "all NaN", x, N);
+    free(x);
+    twin_free(dv);
+}
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -208,6 +398,9 @@ int main(void) {
     test_matmul();
     test_moe();
     test_attn_decode();
+    test_embed();
+    test_mla_naive();
+    test_argmax();
     printf(failures ? "%d NOT OK\n" : "all OK\n", failures);
     return failures ? 1 : 0;
 }
