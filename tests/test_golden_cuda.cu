@@ -10,7 +10,8 @@
  *   rope                    rope_rotate_cuda, token by token at the file's positions
  *   mla_query, mla_latent   mla_query_cuda, mla_latent_cuda (mla.cu), on a bare Dev (twin_dev.cuh)
  *   mla_naive               mla_attend_naive_cuda (mla.cu), sequence by sequence
- *   mla_absorbed, mla_decode  mla_attend_absorbed_cuda, sequence by sequence
+ *   mla_absorbed, mla_decode  mla_attend_absorbed_cuda, sequence by sequence; for T <= 8 also the
+ *                             forward's split-KV decode kernels (mla_attend_absorbed_decode_cuda_host)
  *   moe_gate                moe_gate_cuda: topk_idx exactly, topk_weight; scores: no twin (the
  *                           kernel keeps them inside, as moe_gate does)
  *   ffn_swiglu              ffn_swiglu_cuda (moe.cu)
@@ -302,7 +303,8 @@ static void t_attend(Golden *g, int naive) {
     int B = (int)tn->shape[0], T = (int)tn->shape[1], nh = md.n_heads, nope = md.nope, dR = md.rope, v = md.v;
     int dc = md.kv_lora_rank, W = dc + dR, qk = nope + dR, nv = nope + v, L = (int)tc->shape[1], pos0 = pos0p[0];
     size_t n_out = (size_t)B * T * nh * v;
-    float *out = nan_host(g, n_out), *q = (float *)g_alloc(g, sizeof(float) * (size_t)T * nh * qk);
+    int split = !naive && T <= SMALL_BATCH; /* the device forward's decode path too (mla.cu's split-KV kernels) */
+    float *out = nan_host(g, n_out), *out_split = split ? nan_host(g, n_out) : NULL, *q = (float *)g_alloc(g, sizeof(float) * (size_t)T * nh * qk);
     Dev *dv = naive ? twin_new() : NULL;
     DevLayer DL;
     memset(&DL, 0, sizeof DL);
@@ -329,6 +331,10 @@ static void t_attend(Golden *g, int naive) {
         const float *cb = cache + (size_t)b * L * W;
         if (!naive) {
             mla_attend_absorbed_cuda(ob, q, cb, T, pos0, &w, &md);
+            if (split && mla_attend_absorbed_decode_cuda_host(out_split + (size_t)b * T * nh * v, q, cb, T, pos0, &w, &md, &e)) {
+                step_failed(g, "out", &e);
+                return;
+            }
             continue;
         }
         cudaCheck(cudaMemcpy(dv->q, q, sizeof(float) * (size_t)T * nh * qk, cudaMemcpyHostToDevice));
@@ -341,6 +347,15 @@ static void t_attend(Golden *g, int naive) {
         }
     }
     compare_f32(g, "out", out, n_out, g->tol);
+    if (split) { /* the same output through the forward's decode kernels, held to the same tolerance */
+        const float *want = getf(g, "out", NULL);
+        if (want) {
+            char detail[160];
+            double err = rel_err(out_split, want, n_out);
+            snprintf(detail, sizeof detail, "rel err %.3g (tol %g), mla_attend_absorbed_decode_cuda_host", err, g->tol);
+            line_ok(g, "out", err <= g->tol, detail);
+        }
+    }
     if (dv) twin_free(dv);
 }
 static void t_mla_naive(Golden *g) { t_attend(g, 1); }
