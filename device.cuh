@@ -53,6 +53,7 @@ struct Dev {
     DevLayer *layers, mtp_layer;
     /* activations [max_T, ...] and caches, as State's */
     float *cache, *mtp_cache, *hidden, *x, *h, *q, *q_scratch, *attn, *out, *mtp_in;
+    float *moe_y;    /* the decode MoE's expert outputs [SMALL_BATCH * top_k, d] */
     float *q_lat, *o_lat, *part_o, *part_ml; /* the absorbed decode's [SMALL_BATCH, (MLA_SPLITS,) n_h, d_c (2)] */
     float *ffn_h, *ffn_u, *scores, *logits, *router_logits, *gate_w, *widen, *moe_h, *tw, *xb, *yb;
     float *lat;      /* [max_T, d_c + d_R]: the new latent rows, stored into the cache once complete */

@@ -372,6 +372,7 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
         {&d->ffn_h, T * ffn}, {&d->ffn_u, T * ffn}, {&d->scores, T * nh * ctx}, {&d->logits, T * V},
         {&d->router_logits, T * (E ? E : 1)}, {&d->gate_w, T * (K ? K : 1)}, {&d->widen, d->widen_n},
         {&d->moe_h, (size_t)SMALL_BATCH * (K ? K : 1) * c->moe_intermediate_size + 1}, {&d->tw, T * (K ? K : 1)},
+        {&d->moe_y, (size_t)SMALL_BATCH * (K ? K : 1) * dim},
         {&d->xb, 2 * T * (K ? K : 1) * dim}, {&d->yb, T * dim},
     };
     for (size_t i = 0; !rc && i < sizeof bufs / sizeof bufs[0]; i++) rc = !(*bufs[i].p = (float *)dev_alloc(d, sizeof(float) * bufs[i].n, e));
@@ -420,7 +421,8 @@ static Dev *twin_dev(int T, int dim, int ffn, int E, int K, size_t widen, Error 
     size_t t = (size_t)T;
     struct { float **p; size_t n; } bufs[] = {
         {&d->widen, widen}, {&d->ffn_h, t * ffn}, {&d->ffn_u, t * ffn}, {&d->router_logits, t * E},
-        {&d->gate_w, t * K}, {&d->moe_h, (size_t)SMALL_BATCH * K * ffn}, {&d->tw, t * K}, {&d->xb, 2 * t * dim},
+        {&d->gate_w, t * K}, {&d->moe_h, (size_t)SMALL_BATCH * K * ffn}, {&d->moe_y, (size_t)SMALL_BATCH * K * dim},
+        {&d->tw, t * K}, {&d->xb, 2 * t * dim},
         {&d->yb, t * dim}, {&d->out, t * dim},
     };
     int rc = 0;

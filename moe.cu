@@ -63,21 +63,24 @@ __global__ void moe_up_kernel(float *moe_h, const float *x, const DevFfn *expert
     if (threadIdx.x % 32 == 0) moe_h[(size_t)tk * f.gate.rows + r] = g[0] / (1.0f + expf(-g[0])) * u[0];
 }
 
-/* Decode MoE, step 2: x[t][i] += sum_k w_k (down_e moe_h[t][k])[i] + shared[t][i], the experts added
- * in ascending expert index as moe.c does (its loop over e), then the shared experts' output. */
+/* Decode MoE, step 2: y [T * top_k, d], the rows of down_e moe_h[t][k], a warp per (row, token and
+ * pick): all top_k experts' rows are read at once (one warp per row would walk them one by one). */
 template <int DT>
-__global__ void moe_down_kernel(float *x, const float *moe_h, const float *shared, const DevFfn *experts,
-                                const int *idx, const float *wts, int top_k, int d) {
-    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, t = blockIdx.y;
+__global__ void moe_down_kernel(float *y, const float *moe_h, const DevFfn *experts, const int *idx, int d) {
+    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, tk = blockIdx.y;
     if (i >= d) return;
-    float y[MOE_MAX_TOPK];
-    for (int k = 0; k < top_k; k++) {
-        const DevFfn &f = experts[idx[t * top_k + k]];
-        float acc[SMALL_BATCH];
-        warp_dots<DT>(acc, f.down, i, moe_h + (size_t)(t * top_k + k) * f.down.cols, 1, f.down.cols);
-        y[k] = acc[0];
-    }
-    if (threadIdx.x % 32) return;
+    const DevFfn &f = experts[idx[tk]];
+    float acc[SMALL_BATCH];
+    warp_dots<DT>(acc, f.down, i, moe_h + (size_t)tk * f.down.cols, 1, f.down.cols);
+    if (threadIdx.x % 32 == 0) y[(size_t)tk * d + i] = acc[0];
+}
+
+/* Decode MoE, step 3: x[t][i] += sum_k w_k y[t][k][i] + shared[t][i], the experts added in ascending
+ * expert index as moe.c does (its loop over e), then the shared experts' output. A thread per (t, i). */
+__global__ void moe_combine_kernel(float *x, const float *y, const float *shared, const int *idx, const float *wts,
+                                   int top_k, int d) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (i >= d) return;
     float out = 0.0f;
     for (int done = 0, last = -1; done < top_k; done++) { /* next larger expert index */
         int best = -1;
@@ -86,7 +89,7 @@ __global__ void moe_down_kernel(float *x, const float *moe_h, const float *share
             if (e > last && (best < 0 || e < idx[t * top_k + best])) best = k;
         }
         last = idx[t * top_k + best];
-        out += wts[t * top_k + best] * y[best];
+        out += wts[t * top_k + best] * y[(size_t)(t * top_k + best) * d + i];
     }
     if (shared) out += shared[(size_t)t * d + i];
     x[(size_t)t * d + i] += out;
@@ -109,18 +112,19 @@ int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L,
     moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
     if (L.shared.gate.data) ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
     if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
-        dim3 up_grid((inter + THREADS / 32 - 1) / (THREADS / 32), T * K), down_grid((dim + THREADS / 32 - 1) / (THREADS / 32), T);
+        dim3 up_grid((inter + THREADS / 32 - 1) / (THREADS / 32), T * K), down_grid((dim + THREADS / 32 - 1) / (THREADS / 32), T * K);
         const float *sh = L.shared.gate.data ? d->yb : NULL;
         switch (L.experts[0].gate.dtype) {
-#define MOE_CASE(DT)                                                                                         \
-    case DT:                                                                                                 \
-        moe_up_kernel<DT><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);                   \
-        moe_down_kernel<DT><<<down_grid, THREADS>>>(x, d->moe_h, sh, L.experts_dev, d->idx, d->gate_w, K, dim); \
+#define MOE_CASE(DT)                                                                         \
+    case DT:                                                                                 \
+        moe_up_kernel<DT><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim); \
+        moe_down_kernel<DT><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim); \
         break;
         MOE_CASE(DT_F32) MOE_CASE(DT_BF16) MOE_CASE(DT_F16) MOE_CASE(DT_F8_E4M3)
         default: MOE_CASE(DT_F8_E5M2)
 #undef MOE_CASE
         }
+        moe_combine_kernel<<<dim3(blocks_for(dim), T), THREADS>>>(x, d->moe_y, sh, d->idx, d->gate_w, K, dim);
         return 0;
     }
     /* prefill: the routing comes back to size each expert's batch (moe.c's grouping) */
