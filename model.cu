@@ -195,24 +195,6 @@ static int forward_chunk_cuda(Dev *d, const Model *m, int T, int pos, AttnForm f
     return 0;
 }
 
-extern "C" int model_forward_device(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
-                                    int last_only, AttnForm form, Error *e) {
-    Dev *d = (Dev *)s->dev;
-    int V = m->cfg.vocab_size, dim = m->cfg.hidden_size;
-    for (int done = 0; done < T; done += d->max_T) {
-        int n = T - done < d->max_T ? T - done : d->max_T, rows = last_only ? 1 : n;
-        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, form, e) ||
-            dev_status(d, e))
-            return -1;
-        if (last_only && done + n < T) continue;
-        matmul_cuda(d, d->logits, d->h + (size_t)(n - rows) * dim, d->lm_head, rows, 0);
-        float *dst = logits + (last_only ? 0 : (size_t)done * V);
-        cudaError_t err = cudaMemcpy(dst, d->logits, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost);
-        if (err != cudaSuccess) return cuda_err(e, err, "logits");
-    }
-    return dev_status(d, e);
-}
-
 /* argmax (ops.c) of logits [n] by one block: the largest value, the first index on ties; NaN as
  * argmax compares (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). */
 __global__ void argmax_kernel(int *out, const float *x, int n) {
@@ -236,7 +218,7 @@ __global__ void argmax_kernel(int *out, const float *x, int n) {
     }
 }
 
-/* One decode step (T = 1) to the argmax, recorded once as a CUDA graph (stream capture of the very
+/* One decode step (T = 1) to its logits and argmax, recorded once as a CUDA graph (stream capture of the very
  * launches below) and replayed: the ~10 launches per layer then cost one launch, and the GPU runs
  * them back to back. Valid at any position: the kernels read it from d->step_in (see
  * layer_forward_cuda), every pointer and grid is fixed for the State's life. */
@@ -257,16 +239,51 @@ static int record_step_graph(Dev *d, const Model *m, Error *e) {
     return err == cudaSuccess ? 0 : cuda_err(e, err, "graph capture");
 }
 
+/* The recorded step at pos for one token: its logits are in d->logits, its argmax in d->next. */
+static int run_step_graph(Dev *d, const Model *m, int token, int pos, Error *e) {
+    if (step_in_cuda(d, &token, 1, pos, e) || (!d->step_graph && record_step_graph(d, m, e))) return -1;
+    cudaError_t err = cudaGraphLaunch(d->step_graph, cudaStreamPerThread);
+    return err == cudaSuccess ? 0 : cuda_err(e, err, "decode step");
+}
+/* (without the split kernels, for a latent too wide for them, attention reads pos on the host: no graph) */
+static int use_step_graph(const Dev *d, int T) { return T == 1 && !d->graph_off && d->q_lat; }
+
+extern "C" int model_forward_device(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
+                                    int last_only, AttnForm form, Error *e) {
+    Dev *d = (Dev *)s->dev;
+    int V = m->cfg.vocab_size, dim = m->cfg.hidden_size;
+    if (last_only && form == ATTN_ABSORBED && use_step_graph(d, T)) { /* a sampled decode step */
+        if (run_step_graph(d, m, tokens[0], pos, e)) return -1;
+        cudaError_t err = cudaMemcpy(logits, d->logits, sizeof(float) * V, cudaMemcpyDeviceToHost);
+        return err == cudaSuccess ? dev_status(d, e) : cuda_err(e, err, "logits");
+    }
+    for (int done = 0; done < T; done += d->max_T) {
+        int n = T - done < d->max_T ? T - done : d->max_T, rows = last_only ? 1 : n;
+        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, form, e) ||
+            dev_status(d, e))
+            return -1;
+        if (last_only && done + n < T) continue;
+        matmul_cuda(d, d->logits, d->h + (size_t)(n - rows) * dim, d->lm_head, rows, 0);
+        float *dst = logits + (last_only ? 0 : (size_t)done * V);
+        cudaError_t err = cudaMemcpy(dst, d->logits, sizeof(float) * (size_t)rows * V, cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess) return cuda_err(e, err, "logits");
+    }
+    return dev_status(d, e);
+}
+
 extern "C" int model_forward_argmax_device(const Model *m, State *s, const int *tokens, int T, int pos, int *next,
                                            Error *e) {
     Dev *d = (Dev *)s->dev;
     int dim = m->cfg.hidden_size;
-    if (T == 1 && !d->graph_off && d->q_lat) { /* (without the split kernels, attention reads pos on the host) */
-        if (step_in_cuda(d, tokens, 1, pos, e) || (!d->step_graph && record_step_graph(d, m, e))) return -1;
-        cudaError_t err = cudaGraphLaunch(d->step_graph, cudaStreamPerThread);
-        if (err == cudaSuccess) err = cudaMemcpy(next, d->next, sizeof(int), cudaMemcpyDeviceToHost);
-        if (err != cudaSuccess) return cuda_err(e, err, "decode step");
-        return dev_status(d, e);
+    if (T <= 0 || pos < 0 || pos + T > d->ctx) /* model_forward's check, for this entry of generate.c's */
+        return error_set(e, "positions %d..%d do not fit the cache of %d", pos, pos + T - 1, d->ctx);
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= m->cfg.vocab_size)
+            return error_set(e, "token id %d is outside the vocabulary [0, %d)", tokens[t], m->cfg.vocab_size);
+    if (use_step_graph(d, T)) {
+        if (run_step_graph(d, m, tokens[0], pos, e)) return -1;
+        cudaError_t err = cudaMemcpy(next, d->next, sizeof(int), cudaMemcpyDeviceToHost);
+        return err == cudaSuccess ? dev_status(d, e) : cuda_err(e, err, "decode step");
     }
     for (int done = 0; done < T; done += d->max_T) {
         int n = T - done < d->max_T ? T - done : d->max_T;
