@@ -144,7 +144,7 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
 }
 
 /* The dot products of row r of W with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: lane l
- * takes the CW-column chunks l, l+32, ... (coalesced; two chunks in flight), then a butterfly adds
+ * takes the CW-column chunks l, l+32, ... (coalesced; up to four chunks in flight), then a butterfly adds
  * the 32 partials. C's order is dot_f32's (8 lanes, pairwise): the same products, summed in another
  * order. */
 template <int DT>
@@ -156,7 +156,7 @@ static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W,
     for (int t = 0; t < SMALL_BATCH; t++) acc[t] = 0.0f;
     int vec = cols % CW == 0 && (CW == 8 || !W.scale || W.block_c % CW == 0);
     int c_vec = vec ? cols : 0;
-#pragma unroll 2
+#pragma unroll 4
     for (int c = lane * CW; c < c_vec; c += 32 * CW) {
         float w[CW];
         load_chunk<DT>(w, W, r, c);

@@ -43,9 +43,11 @@ __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d
     const float *xt = x + (size_t)blockIdx.x * x_stride;
     float *ot = out + (size_t)blockIdx.x * out_stride;
     float ss = 0.0f;
+#pragma unroll 8 /* the loads of 8 iterations in flight at once; the sum keeps its order */
     for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xt[i] * xt[i];
     ss = block_sum(ss, red); /* C: one loop, i = 0 .. d-1. Here: 256 strided partials, then a tree */
     float r = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll 8
     for (int i = threadIdx.x; i < d; i += blockDim.x) ot[i] = w[i] * (xt[i] * r);
 }
 

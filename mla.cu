@@ -106,6 +106,7 @@ __global__ void mla_absorb_q_kernel(float *q_lat, const float *q, DevTensor kv_b
     float acc[SMALL_BATCH][2];
 #pragma unroll
     for (int t = 0; t < SMALL_BATCH; t++) acc[t][0] = acc[t][1] = 0.0f;
+#pragma unroll 4
     for (int j = warp; j < nope; j += THREADS / 32) {
         int row = h * (nope + v_dim) + j; /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
         float wa = ca < d_c ? w_at_t<DT>(kv_b, row, ca) : 0.0f, wb = cb < d_c ? w_at_t<DT>(kv_b, row, cb) : 0.0f;
@@ -139,12 +140,27 @@ __global__ void mla_absorb_q_kernel(float *q_lat, const float *q, DevTensor kv_b
  * then thread i owns latent columns i, i + 256, ... for all 16 heads: o = alpha o + sum_r p_r c_r. */
 __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_lat, const float *q, const float *cache,
                                  const int *pos_dev, int n_h, int d_c, int d_R, int nope, float scale) {
-    extern __shared__ float rows[]; /* [MLA_TILE][width] */
+    extern __shared__ float smem[]; /* rows [MLA_TILE][width], then qs [MLA_HEADS][width] */
     __shared__ float sc[MLA_HEADS][MLA_TILE], alpha[MLA_HEADS], run_m[MLA_HEADS], run_l[MLA_HEADS];
     int k = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * MLA_HEADS, width = d_c + d_R, qk = nope + d_R;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), s0 = k * R, s1 = min(s0 + R, vis);
     int nh = min(MLA_HEADS, n_h - h0);
+    if (s0 >= s1) { /* past the query's rows: an empty chunk */
+        if (threadIdx.x < nh) {
+            size_t i = ((size_t)t * MLA_SPLITS + k) * n_h + h0 + threadIdx.x;
+            part_ml[2 * i] = -INFINITY;
+            part_ml[2 * i + 1] = 0.0f;
+        }
+        return;
+    }
+    float *rows = smem, *qs = smem + MLA_TILE * width;
+    /* [q_lat ; q_pe] of the block's heads, once: every tile's scores read them */
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nh * width; i += blockDim.x) {
+        int hh = i / width, c = i % width;
+        qs[i] = c < d_c ? q_lat[((size_t)t * n_h + h0 + hh) * d_c + c] : q[((size_t)t * n_h + h0 + hh) * qk + nope + c - d_c];
+    }
     if (threadIdx.x < MLA_HEADS) { run_m[threadIdx.x] = -INFINITY; run_l[threadIdx.x] = 0.0f; }
     float o[MLA_HEADS][MLA_COLS];
 #pragma unroll
@@ -154,15 +170,17 @@ __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_l
     for (int r0 = s0; r0 < s1; r0 += MLA_TILE) {
         int nr = min(MLA_TILE, s1 - r0);
         __syncthreads(); /* the previous tile's rows and p are used up */
-        for (int i = threadIdx.x; i < nr * width; i += blockDim.x) rows[i] = cache[(size_t)r0 * width + i];
+        const float *src = cache + (size_t)r0 * width; /* the tile's rows are contiguous */
+#pragma unroll 8
+        for (int i = threadIdx.x; i < nr * width; i += blockDim.x) rows[i] = src[i];
         __syncthreads();
         for (int hh = warp; hh < nh; hh += THREADS / 32) {
-            const float *ql = q_lat + ((size_t)t * n_h + h0 + hh) * d_c, *qp = q + ((size_t)t * n_h + h0 + hh) * qk + nope;
+            const float *qh = qs + hh * width;
             float acc[MLA_TILE];
 #pragma unroll
             for (int r = 0; r < MLA_TILE; r++) acc[r] = 0.0f;
             for (int c = lane; c < width; c += 32) {
-                float qv = c < d_c ? ql[c] : qp[c - d_c];
+                float qv = qh[c];
 #pragma unroll
                 for (int r = 0; r < MLA_TILE; r++)
                     if (r < nr) acc[r] += qv * rows[r * width + c];
@@ -209,10 +227,9 @@ __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_l
     __syncthreads();
     size_t base = ((size_t)t * MLA_SPLITS + k) * n_h + h0;
     if (threadIdx.x < nh) {
-        part_ml[2 * (base + threadIdx.x)] = run_m[threadIdx.x]; /* an empty chunk: -inf and 0 */
+        part_ml[2 * (base + threadIdx.x)] = run_m[threadIdx.x];
         part_ml[2 * (base + threadIdx.x) + 1] = run_l[threadIdx.x];
     }
-    if (s0 >= s1) return;
 #pragma unroll
     for (int j = 0; j < MLA_COLS; j++) {
         int c = threadIdx.x + j * THREADS;
@@ -229,11 +246,14 @@ __global__ void mla_merge_kernel(float *o_lat, const float *part_o, const float 
     __shared__ float wk[MLA_SPLITS], inv_l;
     int h = blockIdx.x, t = blockIdx.y, vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), n_k = (vis + R - 1) / R;
     const float *ml = part_ml + 2 * ((size_t)t * MLA_SPLITS * n_h + h);
+    __shared__ float mk[MLA_SPLITS];
+    if (threadIdx.x < n_k) mk[threadIdx.x] = ml[2 * (size_t)threadIdx.x * n_h]; /* the chunks' maxima, loaded at once */
+    __syncthreads();
     if (threadIdx.x == 0) {
         float m = -INFINITY, l = 0.0f;
-        for (int k = 0; k < n_k; k++) m = fmaxf(m, ml[2 * (size_t)k * n_h]);
+        for (int k = 0; k < n_k; k++) m = fmaxf(m, mk[k]);
         for (int k = 0; k < n_k; k++) {
-            wk[k] = expf(ml[2 * (size_t)k * n_h] - m);
+            wk[k] = expf(mk[k] - m);
             l += wk[k] * ml[2 * (size_t)k * n_h + 1];
         }
         inv_l = 1.0f / l;
@@ -241,6 +261,7 @@ __global__ void mla_merge_kernel(float *o_lat, const float *part_o, const float 
     __syncthreads();
     for (int c = threadIdx.x; c < d_c; c += blockDim.x) {
         float acc = 0.0f;
+#pragma unroll 8
         for (int k = 0; k < n_k; k++) acc += wk[k] * part_o[(((size_t)t * MLA_SPLITS + k) * n_h + h) * d_c + c];
         o_lat[((size_t)t * n_h + h) * d_c + c] = acc * inv_l;
     }
@@ -259,6 +280,8 @@ __global__ void mla_uv_kernel(float *attn, const float *o_lat, DevTensor kv_b, i
         for (int t = 0; t < T; t++) attn[(size_t)t * n_h * v_dim + r] = acc[t];
 }
 
+static size_t mla_split_smem(const MlaDims *m) { return sizeof(float) * (MLA_TILE + MLA_HEADS) * mla_cache_width(m); }
+
 /* The position pos0 is read on the device (d->step_in[0]), and every grid is fixed by T and the
  * shapes alone, so one decode step can be recorded as a CUDA graph and replayed at any position:
  * step 2's grid has MLA_SPLITS chunks, of which those past the query's rows return at once. */
@@ -268,7 +291,7 @@ static void mla_decode_launch(Dev *d, const float *cache, const DevLayer &L, con
     mla_absorb_q_kernel<DT><<<dim3((d_c + 63) / 64, n_h), THREADS>>>(d->q_lat, d->q, L.kv_b, T, n_h, d_c, m->nope, m->rope,
                                                                    m->v);
     dim3 grid(MLA_SPLITS, T, (n_h + MLA_HEADS - 1) / MLA_HEADS);
-    mla_split_kernel<<<grid, THREADS, sizeof(float) * MLA_TILE * width>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache,
+    mla_split_kernel<<<grid, THREADS, mla_split_smem(m)>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache,
                                                                           d->step_in, n_h, d_c, m->rope, m->nope,
                                                                           m->softmax_scale);
     mla_merge_kernel<<<dim3(n_h, T), THREADS>>>(d->o_lat, d->part_o, d->part_ml, d->step_in, n_h, d_c);
@@ -289,5 +312,8 @@ void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer 
 /* Can the split kernel take these shapes? (step 2 keeps d_c / THREADS columns per thread in registers,
  * and stages MLA_TILE cache rows in shared memory) */
 int mla_decode_fits(const MlaDims *m) {
-    return m->kv_lora_rank <= MLA_COLS * THREADS && sizeof(float) * MLA_TILE * mla_cache_width(m) <= 48 * 1024;
+    if (m->kv_lora_rank > MLA_COLS * THREADS || mla_split_smem(m) > 200 * 1024) return 0;
+    /* above 48 KB of dynamic shared memory a kernel must ask for it (V3's 576-float rows: 73.7 KB) */
+    return cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mla_split_smem(m)) ==
+           cudaSuccess;
 }

@@ -202,6 +202,7 @@ __global__ void argmax_kernel(int *out, const float *x, int n) {
     __shared__ int bi[32];
     float v = -INFINITY;
     int best = -1;
+#pragma unroll 8 /* loads in flight; each thread still compares its elements in index order */
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (!isnan(x[i]) && (best < 0 || x[i] > v)) { v = x[i]; best = i; } /* argmax passes over NaN */
     for (int off = 16; off > 0; off /= 2) {
