@@ -414,7 +414,6 @@ static int e_model(Golden *g) {
     if (!m) m = &rnd;
     const Config *c = &m->cfg;
     int B = g->ckpt ? 1 : g->sh.batch, T = g->sh.tokens, d = c->hidden_size, V = c->vocab_size, nl = c->n_layers;
-    int W = mla_cache_width(&m->mla);
     int *tok = g->ckpt ? g_given(g, "tokens", DT_I32, g->ids, 2, 1, T) : g_ids(g, "tokens", V, 2, B, T);
     float *emb = g_out(g, "hidden.embed", DT_F32, 3, B, T, d), **ha = g_tmp(g, sizeof(float *) * 2 * nl), **hf = ha + nl;
     for (int l = 0; ha && l < nl; l++) {
@@ -438,7 +437,7 @@ static int e_model(Golden *g) {
         for (int t = 0; t < T; t++) tensor_rows_f32(s.x + (size_t)t * d, &m->embed, tok[b * T + t], 1);
         memcpy(emb + o, s.x, sizeof(float) * (size_t)T * d);
         for (int l = 0; l < nl && !rc; l++) {
-            rc = model_layer_forward(m, &s, &m->layers[l], s.cache + (size_t)l * T * W, T, 0, ATTN_ABSORBED, ha[l] + o, g->e);
+            rc = model_layer_forward(m, &s, &m->layers[l], state_layer_cache(&s, l), T, 0, ATTN_ABSORBED, ha[l] + o, g->e);
             memcpy(hf[l] + o, s.x, sizeof(float) * (size_t)T * d);
         }
         if (rc) break;

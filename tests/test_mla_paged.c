@@ -20,15 +20,19 @@ static void test_row_bytes(void **st) {
     assert_int_equal(mla_kv_row_bytes(MLA_KV_F32, 512, 64), 2304);
     assert_int_equal(mla_kv_row_bytes(MLA_KV_BF16, 512, 64), 1152);
     assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 512, 64), 656); /* FlashMLA's 512 + 16 + 128 */
-    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 100, 64), 0);
+    /* a c_kv not a multiple of 128 long: its last group shorter (one group of 100: one scale) */
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 100, 64), 100 + 4 + 128);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 200, 8), 200 + 8 + 16);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 2048, 64), 2048 + 64 + 128);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 2049, 64), 0);  /* 17 groups: more than 16 */
     assert_int_equal(mla_kv_format_from_name("BF16"), MLA_KV_BF16);
     assert_int_equal(mla_kv_format_from_name("fp8"), MLA_KV_FP8);
     assert_int_equal(mla_kv_format_from_name("int4"), -1);
     MlaPagedCache c;
     Error e = {{0}};
-    assert_int_equal(mla_paged_init(&c, MLA_KV_FP8, 100, 64, 4, &e), -1);
+    assert_int_equal(mla_paged_init(&c, MLA_KV_FP8, 4096, 64, 4, &e), -1);
     printf("error as expected: %s\n", e.msg);
-    assert_non_null(strstr(e.msg, "multiple of 128"));
+    assert_non_null(strstr(e.msg, "up to 2048"));
     assert_int_equal(mla_paged_init(&c, MLA_KV_BF16, 512, 64, 0, &e), -1);
 }
 
