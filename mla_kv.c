@@ -2,7 +2,7 @@
  *
  *   F32    2304 bytes   exact: what the model computed (agreement with HF).
  *   BF16   1152 bytes   each value rounded to nearest even BF16 (8 significant bits): a relative
- *                       error of at most 2^-9 per value.
+ *                       error of at most 2^-8 per value (half a step of 7 mantissa bits).
  *   FP8     656 bytes   FlashMLA's layout: [512 E4M3 codes | 4 FP32 scales | 64 BF16 of k_pe].
  *          c_kv is cut into groups of 128 (4 in V3; a c_kv not a multiple of 128 long ends in a
  *          shorter group, as fp8.c's edge tiles: the test models' d_c 32 or 64 is one group);

@@ -28,7 +28,7 @@ int state_init_kv(State *s, const Model *m, int ctx, int max_T, MlaKvFormat kv, 
     size_t nh = (size_t)c->n_heads, qk = (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim);
     size_t row = mla_kv_row_bytes(kv, m->mla.kv_lora_rank, m->mla.rope);
     if (row == 0)
-        return error_set(e, "a %s latent cache cannot store kv_lora_rank %d, qk_rope_head_dim %d", mla_kv_format_name(kv),
+        return error_set(e, "latent cache format %s cannot store kv_lora_rank %d, qk_rope_head_dim %d", mla_kv_format_name(kv),
                          m->mla.kv_lora_rank, m->mla.rope);
     s->ctx = ctx;
     s->max_T = max_T;
