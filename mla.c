@@ -43,19 +43,19 @@
  * folded into the query once per query. So q_nope and c_kv carry no position, and the small q_pe /
  * k_pe part carries all of it (rope.c).
  *
- * The cache's format (run --kv f32|bf16|fp8: 2304, 1152 or 656 bytes per token and layer in V3)
- * changes only what the attention reads. Every number is computed in FP32; a new row is stored in
- * the format, and then the attention reads all L rows back from the cache, widened to FP32, this
- * call's own rows included. That is how a serving engine decodes (the new token's row is written
- * to the paged cache, then FlashMLA's kernel reads the whole cache, mla_paged.c); an engine's
- * prefill may instead attend over the prompt's fresh, unrounded rows. Here a prefill reads the
- * cache too, so the numbers do not depend on how a prompt is cut into chunks or whether it is
- * prefilled or decoded. F32 reads the rows in place (an F32 cache is a malloc'd array of
- * 4 (d_c + d_R)-byte rows: aligned floats): the same bits as before the formats existed. Both attention forms read the same
- * widened rows (the naive form expands K and V from them), so --naive takes any format and still
- * checks the absorbed form. A serving kernel widens a tile at a time in its loader
- * (mla_decode.cu); here the whole prefix is widened once per call, L * (d_c + d_R) floats, small
- * beside the n_h * L * (2 d_c + d_R) multiply-adds of the attention.
+ * The cache's format (run --kv f32|bf16|fp8: 2304, 1152 or 656 bytes per token and layer in V3,
+ * mla_kv.c) changes only what the attention reads. Every number is computed in FP32; a new row is
+ * stored in the format, and then the attention reads all L rows back from the cache, widened to
+ * FP32, this call's own rows included. That is how a serving engine decodes (the new token's row
+ * is written to the paged cache, then FlashMLA's kernel reads the whole cache: mla_paged.c); an
+ * engine's prefill may instead attend over the prompt's fresh, unrounded rows. Here a prefill
+ * reads the cache too, so the values the attention sees do not depend on how a prompt is cut into
+ * chunks, or on prefill versus decode. F32 reads the rows in place (an F32 cache is a malloc'd
+ * array of 4 (d_c + d_R)-byte rows: aligned floats), the same bits as before formats existed.
+ * Both attention forms read the same widened rows (the naive form expands K and V from them), so
+ * --naive takes any format and still checks the absorbed form. A serving kernel widens a tile at
+ * a time in its loader (mla_decode.cu); here the whole prefix is widened once per call,
+ * L * (d_c + d_R) floats, small beside the n_h * L * (2 d_c + d_R) multiply-adds of the attention.
  *
  * Shapes in comments use T = tokens in this call, L = cached length (pos0 + T).
  */
