@@ -1,6 +1,6 @@
 /* mla_paged.h - a paged latent cache in three storage formats (mla_kv.h), and batched absorbed
- * decode over it.
- * The C twin of mla_decode.cu; mla_paged.c has the math, notes/mla_decode.md the numbers. */
+ * decode over it. The C twin of mla_decode.cu; mla_paged.c has the math, notes/mla_decode.md the
+ * numbers. */
 #ifndef MLA_PAGED_H
 #define MLA_PAGED_H
 
@@ -13,6 +13,7 @@
 /* Tokens per page: FlashMLA's block size. A sequence's token s lives in page
  * block_table[s / MLA_PAGE], row s % MLA_PAGE. */
 #define MLA_PAGE 64
+
 /* A pool of n_pages pages of MLA_PAGE tokens each, one row_bytes row per token: [n_pages, 64, row].
  * One allocation per layer; sequences own pages through their block tables. */
 typedef struct {
