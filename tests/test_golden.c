@@ -571,6 +571,14 @@ static void test_kv_formats(void **st) {
         free(rows); free(pool); free(o); free(lse);
     }
     free(q); free(pl); free(lens); free(tab); free(scale);
+    char *help; /* --help names every recorded function */
+    assert_int_equal(sh("./run golden --help", &help), 0);
+    for (int i = 0; i < GOLDEN_N_FNS; i++) {
+        char word[64];
+        snprintf(word, sizeof word, " %s", GOLDEN_FNS[i].name);
+        if (!strstr(help, word)) fail_msg("run golden --help does not name %s", GOLDEN_FNS[i].name);
+    }
+    free(help);
     st_close(&f);
     rm_rf(dir);
     free(dir);
