@@ -45,7 +45,7 @@ static const char *USAGE =
     "  --functions LIST  comma-separated, default all (with --model: model, the only one that uses the\n"
     "                    checkpoint's weights; the others draw random weights of its shapes). Known:\n"
     "                    rmsnorm rope_table rope mla_query mla_latent mla_naive mla_absorbed mla_decode\n"
-    "                    moe_gate ffn_swiglu\n"
+    "                    mla_kv_rows mla_paged_decode moe_gate ffn_swiglu\n"
     "                    moe fp8_quant_block fp8_dequant_block fp8_quant_act fp8_dequant_act fp8_gemm\n"
     "                    decoder_layer model\n"
     "  --shape k=v       override a shape: batch tokens cache (L, default 2T) gemm_m gemm_n gemm_k hidden\n"

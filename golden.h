@@ -82,7 +82,7 @@ typedef struct {
     const char *calls; /* the C function(s) recorded */
 } GoldenFn;
 
-#define GOLDEN_N_FNS 18
+#define GOLDEN_N_FNS 20
 extern const GoldenFn GOLDEN_FNS[GOLDEN_N_FNS];
 
 /* golden_file.c. */

@@ -7,6 +7,7 @@
 #include "golden.h"
 #include "fp8.h"
 #include "manifest.h"
+#include "mla_paged.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -225,6 +226,75 @@ static int e_mla_naive(Golden *g) { return attend(g, g->sh.tokens, 1); }
 static int e_mla_absorbed(Golden *g) { return attend(g, g->sh.tokens, 0); }
 static int e_mla_decode(Golden *g) { return attend(g, 1, 0); }
 
+/* Each cache format's bytes (mla_kv.h) for B sequences' L latent rows [c_kv | k_pe], and the rows
+ * widened back to FP32, as the attention reads them (run --kv). */
+static int e_mla_kv_rows(Golden *g) {
+    MlaDims md = model_mla_dims(&g->cfg);
+    int B = g->sh.batch, L = g->sh.cache, dc = md.kv_lora_rank, dR = md.rope, W = dc + dR;
+    float *lat = g_rand(g, "latent", 0, 1, 3, B, L, W), *wide[3];
+    uint8_t *bytes[3];
+    size_t rb[3];
+    for (int f = MLA_KV_F32; f <= MLA_KV_FP8; f++) {
+        char n[32];
+        if (!(rb[f] = mla_kv_row_bytes((MlaKvFormat)f, dc, dR)))
+            return error_set(g->e, "mla_kv_rows: %s rows cannot hold d_c %d", mla_kv_format_name((MlaKvFormat)f), dc);
+        snprintf(n, sizeof n, "%s", mla_kv_format_name((MlaKvFormat)f));
+        bytes[f] = g_out(g, n, DT_U8, 3, B, L, (int)rb[f]);
+        snprintf(n, sizeof n, "%s_widened", mla_kv_format_name((MlaKvFormat)f));
+        wide[f] = g_out(g, n, DT_F32, 3, B, L, W);
+    }
+    if (g->failed) return -1;
+    for (size_t r = 0; r < (size_t)B * L; r++)
+        for (int f = MLA_KV_F32; f <= MLA_KV_FP8; f++) {
+            mla_kv_encode_row(bytes[f] + r * rb[f], (MlaKvFormat)f, lat + r * W, dc, dR);
+            mla_kv_decode_row(wide[f] + r * W, (MlaKvFormat)f, bytes[f] + r * rb[f], dc, dR);
+        }
+    return 0;
+}
+
+/* What mla_decode.cu computes (mla_paged_decode_latent), in each format: B sequences of ragged
+ * lengths lens[b] = L - (61 b mod L) in pages of 64 tokens, the pages of the pool handed out in
+ * reverse, interleaved between sequences (block_tables [B, ceil(L/64)]); q_abs [B, n_h, W] =
+ * [q_lat | q_pe] per head. Outputs per format: the pool's bytes, o_lat [B, n_h, d_c], lse [B, n_h]. */
+static int e_mla_paged_decode(Golden *g) {
+    MlaDims md = model_mla_dims(&g->cfg);
+    int B = g->sh.batch, L = g->sh.cache, nh = md.n_heads, dc = md.kv_lora_rank, dR = md.rope, W = dc + dR;
+    int per = cdiv(L, MLA_PAGE), n_pages = B * per;
+    int *lens_v = g_tmp(g, sizeof(int) * (size_t)B), *tab_v = g_tmp(g, sizeof(int) * (size_t)n_pages);
+    for (int b = 0; lens_v && tab_v && b < B; b++) {
+        lens_v[b] = L - (int)((61LL * b) % L);
+        for (int p = 0; p < per; p++) tab_v[b * per + p] = n_pages - 1 - (p * B + b);
+    }
+    float *q_abs = g_rand(g, "q_abs", 0, 1, 3, B, nh, W), *lat = g_rand(g, "latent", 0, 1, 3, B, L, W);
+    int *lens = lens_v ? g_given(g, "lens", DT_I32, lens_v, 1, B) : NULL;
+    int *tables = tab_v ? g_given(g, "block_tables", DT_I32, tab_v, 2, B, per) : NULL;
+    g_given(g, "softmax_scale", DT_F32, &md.softmax_scale, 1, 1);
+    uint8_t *pool[3];
+    float *o[3], *lse[3];
+    for (int f = MLA_KV_F32; f <= MLA_KV_FP8; f++) {
+        char n[32];
+        const char *fn = mla_kv_format_name((MlaKvFormat)f);
+        snprintf(n, sizeof n, "pool_%s", fn);
+        pool[f] = g_out(g, n, DT_U8, 3, n_pages, MLA_PAGE, (int)mla_kv_row_bytes((MlaKvFormat)f, dc, dR));
+        snprintf(n, sizeof n, "o_lat_%s", fn);
+        o[f] = g_out(g, n, DT_F32, 3, B, nh, dc);
+        snprintf(n, sizeof n, "lse_%s", fn);
+        lse[f] = g_out(g, n, DT_F32, 2, B, nh);
+    }
+    if (g->failed || !lens || !tables) return -1;
+    for (int f = MLA_KV_F32; f <= MLA_KV_FP8; f++) {
+        MlaPagedCache c;
+        if (mla_paged_init(&c, (MlaKvFormat)f, dc, dR, n_pages, g->e)) return -1;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < lens[b]; t++) mla_paged_write(&c, tables + b * per, t, lat + ((size_t)b * L + t) * W);
+        memcpy(pool[f], c.data, (size_t)n_pages * MLA_PAGE * c.row_bytes);
+        int rc = mla_paged_decode_latent(o[f], lse[f], q_abs, &c, tables, per, lens, B, nh, md.softmax_scale, g->e);
+        mla_paged_free(&c);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 /* The gate of B*T tokens from their router logits. scores = sigmoid/softmax(logits) as moe.c forms
  * them (moe_gate keeps them internal); bias is e_score_correction_bias (noaux_tc only uses it). */
 static int e_moe_gate(Golden *g) {
@@ -414,7 +484,6 @@ static int e_model(Golden *g) {
     if (!m) m = &rnd;
     const Config *c = &m->cfg;
     int B = g->ckpt ? 1 : g->sh.batch, T = g->sh.tokens, d = c->hidden_size, V = c->vocab_size, nl = c->n_layers;
-    int W = mla_cache_width(&m->mla);
     int *tok = g->ckpt ? g_given(g, "tokens", DT_I32, g->ids, 2, 1, T) : g_ids(g, "tokens", V, 2, B, T);
     float *emb = g_out(g, "hidden.embed", DT_F32, 3, B, T, d), **ha = g_tmp(g, sizeof(float *) * 2 * nl), **hf = ha + nl;
     for (int l = 0; ha && l < nl; l++) {
@@ -438,7 +507,7 @@ static int e_model(Golden *g) {
         for (int t = 0; t < T; t++) tensor_rows_f32(s.x + (size_t)t * d, &m->embed, tok[b * T + t], 1);
         memcpy(emb + o, s.x, sizeof(float) * (size_t)T * d);
         for (int l = 0; l < nl && !rc; l++) {
-            rc = model_layer_forward(m, &s, &m->layers[l], s.cache + (size_t)l * T * W, T, 0, ATTN_ABSORBED, ha[l] + o, g->e);
+            rc = model_layer_forward(m, &s, &m->layers[l], state_layer_cache(&s, l), T, 0, ATTN_ABSORBED, ha[l] + o, g->e);
             memcpy(hf[l] + o, s.x, sizeof(float) * (size_t)T * d);
         }
         if (rc) break;
@@ -474,6 +543,8 @@ const GoldenFn GOLDEN_FNS[] = {
     {"mla_naive", e_mla_naive, 1e-4, 0, "mla_attend_naive"},
     {"mla_absorbed", e_mla_absorbed, 1e-4, 0, "mla_attend_absorbed"},
     {"mla_decode", e_mla_decode, 1e-4, 0, "mla_attend_absorbed (T = 1)"},
+    {"mla_kv_rows", e_mla_kv_rows, 0, 0, "mla_kv_encode_row, mla_kv_decode_row (f32, bf16, fp8)"},
+    {"mla_paged_decode", e_mla_paged_decode, 1e-4, 0, "mla_paged_write, mla_paged_decode_latent (f32, bf16, fp8)"},
     {"moe_gate", e_moe_gate, 1e-5, 1, "moe_gate"},
     {"ffn_swiglu", e_ffn_swiglu, 1e-4, 0, "ffn_swiglu"},
     {"moe", e_moe, 1e-4, 1, "moe_forward, matmul + moe_gate (routing)"},

@@ -82,6 +82,16 @@ double kv_bytes_per_sequence(const KvModel *m, double bits, long ctx) {
     return kv_bytes_per_token(m, bits) * (double)ctx;
 }
 
+double kv_format_bytes_per_token(const KvModel *m, MlaKvFormat f) {
+    if (m->kind != KV_MLA) return 0;
+    return (double)m->n_layers * (double)mla_kv_row_bytes(f, m->d_c, m->d_R);
+}
+
+double kv_format_bits(const KvModel *m, MlaKvFormat f) {
+    long long el = kv_elements_per_token(m);
+    return el > 0 ? 8.0 * kv_format_bytes_per_token(m, f) / (double)el : 0;
+}
+
 void kv_formula(char *buf, size_t n, const KvModel *m) {
     if (m->kind == KV_MHA)
         snprintf(buf, n, "2*n_h*d_h*L = 2*%d*%d*%d", m->n_heads, m->d_h, m->n_layers);

@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 
+#include "mla_kv.h"
 #include "model.h"
 #include "ops.h"
 
@@ -66,6 +67,12 @@ long long kv_elements_per_token(const KvModel *m);
 double kv_bytes_per_token(const KvModel *m, double bits);
 /* Bytes for one sequence of ctx tokens. */
 double kv_bytes_per_sequence(const KvModel *m, double bits, long ctx);
+/* An MLA model's latent cache as run --kv stores it (mla_kv.h): bytes per token, all layers, L *
+ * mla_kv_row_bytes(f, d_c, d_R) (V3: 61 * 2304 / 1152 / 656), and the bits per cached element
+ * that makes (32 / 16 / 656 * 8 / 576 = 9.11 for FP8: 8-bit codes plus the scales and the BF16
+ * rope part). 0 for a model without a latent (or a format that cannot hold it). */
+double kv_format_bytes_per_token(const KvModel *m, MlaKvFormat f);
+double kv_format_bits(const KvModel *m, MlaKvFormat f);
 /* The formula with this model's numbers, e.g. "(d_c+d_R)*L = (512+64)*60". */
 void kv_formula(char *buf, size_t n, const KvModel *m);
 const char *kv_kind_name(KvKind k);

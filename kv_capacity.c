@@ -64,7 +64,7 @@ static void print_capacity_rows(FILE *f, const KvModel *const *ms, const double 
         s.weight_bits = wbits[i];
         s.kv_bits = kbits[i];
         KvCapacity r = kv_capacity(ms[i], &s);
-        fprintf(f, "%-30s %6g %6g %10s", ms[i]->name, s.weight_bits, s.kv_bits,
+        fprintf(f, "%-30s %6g %6.4g %10s", ms[i]->name, s.weight_bits, s.kv_bits,
                 kv_commas(kv_bytes_per_token(ms[i], s.kv_bits), b1, sizeof b1));
         kv_put_gb(f, 7, r.seq_bytes);
         fputc(' ', f);
@@ -112,6 +112,27 @@ void kv_print_capacity(FILE *f, const KvModel *models, int n, const KvServe *s) 
         double kb[3] = {s->kv_bits, s->kv_bits, s->kv_bits};
         fprintf(f, "\n%d. %s with each attention, same weights (%.4g billion parameters, %.4g billion active):\n",
                 i + 2, m->name, m->params_total / 1e9, m->params_active / 1e9);
+        print_capacity_rows(f, vp, wb, kb, nv, s);
+    }
+    /* each MLA model's latent cache in the formats run --kv stores: the bytes of mla_kv.h as bits */
+    for (int i = 0, sec = n + 2; i < n; i++) {
+        const KvModel *m = &models[i];
+        if (m->kind != KV_MLA) continue;
+        KvModel v[3];
+        const KvModel *vp[3];
+        double wb[3], kb[3];
+        int nv = 0;
+        for (int k = MLA_KV_F32; k <= MLA_KV_FP8; k++) {
+            if (kv_format_bits(m, (MlaKvFormat)k) == 0) continue;
+            v[nv] = *m;
+            snprintf(v[nv].name, sizeof v[nv].name, "MLA, --kv %s cache", mla_kv_format_name((MlaKvFormat)k));
+            vp[nv] = &v[nv];
+            wb[nv] = s->weight_bits;
+            kb[nv] = kv_format_bits(m, (MlaKvFormat)k);
+            nv++;
+        }
+        fprintf(f, "\n%d. %s's latent cache as run --kv stores it (fp8: FlashMLA's 656-byte layout in V3):\n",
+                sec++, m->name);
         print_capacity_rows(f, vp, wb, kb, nv, s);
     }
     /* H800 SXM: 989 dense BF16 TFLOPS, 3.35 TB/s (NVIDIA's H100 SXM figures; the H800 cuts NVLink). */

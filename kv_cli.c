@@ -75,6 +75,32 @@ static void print_paper_check(FILE *f) {
             form, kv_commas((double)kv_elements_per_token(&mha), b1, sizeof b1), cmp);
 }
 
+/* Each MLA row's latent cache in the formats run --kv stores (mla_kv.h): bytes per token per layer
+ * and for all layers, bits per element, GB per sequence of ctx tokens. */
+static void print_formats(FILE *f, const KvModel *rows, int n, long ctx) {
+    char b1[32], b2[32];
+    int any = 0;
+    for (int i = 0; i < n; i++) any |= rows[i].kind == KV_MLA;
+    if (!any) return;
+    fprintf(f, "\nThe latent cache as run --kv stores it (mla_kv.h), GB per sequence of %s tokens:\n",
+            kv_commas((double)ctx, b1, sizeof b1));
+    fprintf(f, "%-24s %-5s %13s %12s %9s %8s\n", "model", "--kv", "bytes/tok/lyr", "bytes/token", "bits/elem", "GB/seq");
+    for (int i = 0; i < n; i++) {
+        if (rows[i].kind != KV_MLA) continue;
+        for (int k = MLA_KV_F32; k <= MLA_KV_FP8; k++) {
+            MlaKvFormat fmt = (MlaKvFormat)k;
+            double bpt = kv_format_bytes_per_token(&rows[i], fmt);
+            if (bpt == 0) continue;
+            fprintf(f, "%-24s %-5s %13s %12s %9.2f", k == MLA_KV_F32 ? rows[i].name : "", mla_kv_format_name(fmt),
+                    kv_commas(bpt / rows[i].n_layers, b1, sizeof b1), kv_commas(bpt, b2, sizeof b2),
+                    kv_format_bits(&rows[i], fmt));
+            kv_put_gb(f, 8, bpt * ctx);
+            fputc('\n', f);
+        }
+    }
+    fprintf(f, "fp8: FlashMLA's layout, d_c E4M3 codes + an FP32 scale per 128 of them + d_R BF16 (rope).\n");
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The options
  */
@@ -261,6 +287,7 @@ int kv_run(int argc, char **argv, FILE *out, FILE *err) {
     }
     print_table(out, first, n, base, a.serve.kv_bits, a.serve.ctx, a.batch);
     print_paper_check(out);
+    print_formats(out, first, n, a.serve.ctx);
     if (a.svg) {
         if (kv_write_svg(a.svg, first, n, a.serve.kv_bits, &e)) {
             fprintf(err, "run kv: %s\n", e.msg);

@@ -14,8 +14,9 @@
  *
  * mla_forward, T tokens at positions pos0 .. pos0+T-1 (the right column: V3's sizes):
  *   q      = mla_query(x)                   [T, n_h * (nope + d_R)]   [T, 128 * 192]
- *   latent = mla_latent(x) -> cache rows    [T, d_c + d_R]            [T, 576]
+ *   latent = mla_latent(x)                  [T, d_c + d_R]            [T, 576]
  *   rotate each head's q_pe and each token's k_pe by the token's position (rope.c)
+ *   store the latent rows as cache rows pos0 .. pos0+T-1, in the cache's format (mla_kv.c)
  *   attn   = mla_attend_absorbed(q, cache rows 0 .. pos0+T-1), or mla_attend_naive
  *                                           [T, n_h * v]              [T, 128 * 128]
  *   out    = o_proj(attn)                   [T, d]                    [T, 7168]
@@ -41,6 +42,20 @@
  * a rotation that depends on both positions sitting between q and W_UK: W_UK could no longer be
  * folded into the query once per query. So q_nope and c_kv carry no position, and the small q_pe /
  * k_pe part carries all of it (rope.c).
+ *
+ * The cache's format (run --kv f32|bf16|fp8: 2304, 1152 or 656 bytes per token and layer in V3,
+ * mla_kv.c) changes only what the attention reads. Every number is computed in FP32; a new row is
+ * stored in the format, and then the attention reads all L rows back from the cache, widened to
+ * FP32, this call's own rows included. That is how a serving engine decodes (the new token's row
+ * is written to the paged cache, then FlashMLA's kernel reads the whole cache: mla_paged.c); an
+ * engine's prefill may instead attend over the prompt's fresh, unrounded rows. Here a prefill
+ * reads the cache too, so the values the attention sees do not depend on how a prompt is cut into
+ * chunks, or on prefill versus decode. F32 reads the rows in place (an F32 cache is a malloc'd
+ * array of 4 (d_c + d_R)-byte rows: aligned floats), the same bits as before formats existed.
+ * Both attention forms read the same widened rows (the naive form expands K and V from them), so
+ * --naive takes any format and still checks the absorbed form. A serving kernel widens a tile at
+ * a time in its loader (mla_decode.cu); here the whole prefix is widened once per call,
+ * L * (d_c + d_R) floats, small beside the n_h * L * (2 d_c + d_R) multiply-adds of the attention.
  *
  * Shapes in comments use T = tokens in this call, L = cached length (pos0 + T).
  */
@@ -198,18 +213,29 @@ int mla_attend_naive(float *out, const float *q, const float *cache, int T, int 
     return 0;
 }
 
-int mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+int mla_forward(float *out, const MlaCache *cache, const MlaScratch *s, const float *x, int T, int pos0,
                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form, Error *e) {
-    int width = mla_cache_width(m), qk = m->nope + m->rope, q_stride = m->n_heads * qk;
-    float *latent = cache + (size_t)pos0 * width;                 /* this call's rows [T, d_c + d_R] */
+    int width = mla_cache_width(m), qk = m->nope + m->rope, q_stride = m->n_heads * qk, L = pos0 + T;
+    int d_c = m->kv_lora_rank;
+    size_t row = mla_kv_row_bytes(cache->format, d_c, m->rope);
+    float *latent = s->latent;                                    /* this call's rows [T, d_c + d_R] */
     if (mla_query(s->q, s->q_lora, x, T, w, m, e) || mla_latent(latent, x, T, w, m, e)) return -1;
     for (int t = 0; t < T; t++) {                                 /* q_pe of every head, then k_pe */
         rope_rotate(s->q + (size_t)t * q_stride + m->nope, m->n_heads, qk, m->rope, pos0 + t, r->inv_freq,
                     r->attn_factor, r->interleaved);
-        rope_rotate(latent + (size_t)t * width + m->kv_lora_rank, 1, width, m->rope, pos0 + t, r->inv_freq,
+        rope_rotate(latent + (size_t)t * width + d_c, 1, width, m->rope, pos0 + t, r->inv_freq,
                     r->attn_factor, r->interleaved);
+        mla_kv_encode_row(cache->rows + (size_t)(pos0 + t) * row, cache->format, latent + (size_t)t * width, d_c,
+                          m->rope);
     }
-    int rc = form == ATTN_NAIVE ? mla_attend_naive(s->attn, s->q, cache, T, pos0, w, m, e)
-                                : mla_attend_absorbed(s->attn, s->q, cache, T, pos0, w, m, e);
+    /* what the attention reads: the stored rows 0 .. L-1 [L, d_c + d_R] in FP32 */
+    const float *rows = (const float *)cache->rows;
+    if (cache->format != MLA_KV_F32) {
+        for (int t = 0; t < L; t++)
+            mla_kv_decode_row(s->rows + (size_t)t * width, cache->format, cache->rows + (size_t)t * row, d_c, m->rope);
+        rows = s->rows;
+    }
+    int rc = form == ATTN_NAIVE ? mla_attend_naive(s->attn, s->q, rows, T, pos0, w, m, e)
+                                : mla_attend_absorbed(s->attn, s->q, rows, T, pos0, w, m, e);
     return rc ? -1 : matmul(out, s->attn, &w->o, T, e);          /* [T, d] */
 }

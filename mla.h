@@ -4,6 +4,7 @@
 #ifndef MLA_H
 #define MLA_H
 
+#include "mla_kv.h"
 #include "ops.h"
 
 typedef struct {
@@ -36,21 +37,25 @@ typedef struct {
     int interleaved;
 } MlaRope;
 
-/* mla_forward's scratch for T tokens. */
+/* mla_forward's scratch for T tokens at positions pos0 .. pos0+T-1. */
 typedef struct {
     float *q;      /* [T, n_h * (nope + rope)] */
     float *q_lora; /* [T, q_lora_rank]; unused (may be NULL) without query compression */
     float *attn;   /* [T, n_h * v]: the heads' outputs before o_proj */
+    float *latent; /* [T, d_c + d_R]: this call's new rows in FP32, before they are stored */
+    float *rows;   /* [pos0 + T, d_c + d_R]: the cache widened to FP32; unused (may be NULL) for an
+                    * F32 cache, whose rows the attention reads where they are */
 } MlaScratch;
 
 /* Floats per cached token: d_c + d_R (576 in V3), laid out [c_kv | k_pe]. */
 static inline int mla_cache_width(const MlaDims *m) { return m->kv_lora_rank + m->rope; }
 
 /* The attention block: out [T, d] = o_proj(attention(x)) for x [T, d] (already normed by the
- * layer's input_layernorm), tokens at positions pos0 .. pos0+T-1. Writes cache rows pos0 .. pos0+T-1
- * ([c_kv | k_pe] of each token, k_pe rotated) and attends over rows 0 .. pos0+T-1 of cache
- * [>= pos0+T, d_c + d_R]; the rows below pos0 must hold the earlier positions. */
-int mla_forward(float *out, float *cache, const MlaScratch *s, const float *x, int T, int pos0,
+ * layer's input_layernorm), tokens at positions pos0 .. pos0+T-1. Stores cache rows pos0 .. pos0+T-1
+ * ([c_kv | k_pe] of each token, k_pe rotated, encoded in cache->format) and attends over rows
+ * 0 .. pos0+T-1 of the cache as stored (widened to FP32: with BF16 or FP8 the attention sees the
+ * rounded values, this call's own rows too); the rows below pos0 must hold the earlier positions. */
+int mla_forward(float *out, const MlaCache *cache, const MlaScratch *s, const float *x, int T, int pos0,
                 const MlaWeights *w, const MlaDims *m, const MlaRope *r, AttnForm form, Error *e);
 
 /* q [T, n_h * (nope + rope)] = q_b(rmsnorm(q_a(x))) or q_proj(x), from x [T, d].

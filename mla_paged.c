@@ -6,20 +6,9 @@
  * block table: token s of sequence b is row s % 64 of page block_table[b][s / 64]. Pages can sit
  * anywhere in the pool, in any order; a sequence's last page is partly filled.
  *
- * Storage formats of one token [c_kv (d_c = 512) | k_pe (d_R = 64)]:
- *   F32    2304 bytes   today's cache: exact agreement with HF.
- *   BF16   1152 bytes   each value rounded to nearest even BF16 (8 significant bits).
- *   FP8     656 bytes   FlashMLA's layout: [512 E4M3 codes | 4 FP32 scales | 64 BF16 of k_pe].
- *          c_kv is cut into 4 groups of 128; group g stores scale_g = amax_g / 448 (fp8.c's
- *          fp8_scale, F32 format: 1 for an all-zero group) and codes e4m3(c / scale_g), so
- *          c ~= code * scale_g, the group's largest value at 448 * scale_g: a relative error of at
- *          most 2^-4 (half a step of 3 mantissa bits) down to 2^-6 * 448 * scale_g, and below that
- *          (E4M3's subnormals) an absolute one of at most 2^-10 * scale_g. k_pe stays BF16: it is 64 values of 576,
- *          and the rope dot product carries position, which a coarse code would blur.
- * Reading widens a row to FP32: exact for F32 and BF16; for FP8 the value of a code is defined as
- * the FP32 product code * scale_g, rounded once (4 and 24 significant bits need not fit in 24), as
- * fp8.c's fp8_dequant_act does. After the widening every format's numbers are plain floats, and the
- * attention below is the same code for all three.
+ * Each token's row is stored in one of mla_kv.c's formats (F32 2304 bytes, BF16 1152, FlashMLA's
+ * FP8 656 in V3) and widened to FP32 when read; after the widening the attention below is the same
+ * code for all three.
  *
  * Decode of one token per sequence, the absorbed form of mla.c (q_lat = W_UK^T q_nope per head):
  *   score_s = (q_lat . c_s + q_pe . k_pe_s) * scale,  p = softmax(score),  o_lat = sum_s p_s c_s
@@ -33,80 +22,15 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include "fp8.h"
-
-const char *mla_kv_format_name(MlaKvFormat f) {
-    return f == MLA_KV_F32 ? "f32" : f == MLA_KV_BF16 ? "bf16" : f == MLA_KV_FP8 ? "fp8" : "?";
-}
-
-int mla_kv_format_from_name(const char *s) {
-    for (int f = MLA_KV_F32; f <= MLA_KV_FP8; f++)
-        if (strcasecmp(s, mla_kv_format_name((MlaKvFormat)f)) == 0) return f;
-    return -1;
-}
-
-size_t mla_kv_row_bytes(MlaKvFormat f, int d_c, int d_R) {
-    if (d_c <= 0 || d_R < 0) return 0;
-    switch (f) {
-    case MLA_KV_F32: return sizeof(float) * (size_t)(d_c + d_R);
-    case MLA_KV_BF16: return sizeof(uint16_t) * (size_t)(d_c + d_R);
-    case MLA_KV_FP8:
-        if (d_c % MLA_FP8_GROUP) return 0;
-        return (size_t)d_c + sizeof(float) * (size_t)(d_c / MLA_FP8_GROUP) + sizeof(uint16_t) * (size_t)d_R;
-    }
-    return 0;
-}
-
-/* ---- one row: encode and widen ------------------------------------------------------------------ */
-
-/* Rows are byte arrays (656 is not a multiple of 8, so an FP8 row's scales sit at any 4-byte
- * offset): values go in and out with memcpy, never through a cast pointer. */
-static void put_f32(uint8_t *p, float v) { memcpy(p, &v, sizeof v); }
-static float get_f32(const uint8_t *p) { float v; memcpy(&v, p, sizeof v); return v; }
-static void put_bf16(uint8_t *p, float v) { uint16_t h = f32_to_bf16(v); memcpy(p, &h, sizeof h); }
-static float get_bf16(const uint8_t *p) { uint16_t h; memcpy(&h, p, sizeof h); return bf16_to_f32(h); }
-
-void mla_kv_encode_row(uint8_t *dst, MlaKvFormat f, const float *latent, int d_c, int d_R) {
-    int width = d_c + d_R;
-    if (f == MLA_KV_F32) {
-        for (int i = 0; i < width; i++) put_f32(dst + 4 * (size_t)i, latent[i]);
-    } else if (f == MLA_KV_BF16) {
-        for (int i = 0; i < width; i++) put_bf16(dst + 2 * (size_t)i, latent[i]);
-    } else { /* FP8: codes [d_c], scales [d_c / 128], k_pe BF16 [d_R] */
-        int groups = d_c / MLA_FP8_GROUP;
-        float scale[16];                     /* d_c <= 2048; V3: 4 groups */
-        uint8_t *scales = dst + d_c, *rope = scales + 4 * (size_t)groups;
-        fp8_quant_act(dst, scale, latent, 1, d_c, MLA_FP8_GROUP, FP8_SCALE_F32);
-        for (int g = 0; g < groups; g++) put_f32(scales + 4 * (size_t)g, scale[g]);
-        for (int i = 0; i < d_R; i++) put_bf16(rope + 2 * (size_t)i, latent[d_c + i]);
-    }
-}
-
-void mla_kv_decode_row(float *out, MlaKvFormat f, const uint8_t *src, int d_c, int d_R) {
-    int width = d_c + d_R;
-    if (f == MLA_KV_F32) {
-        for (int i = 0; i < width; i++) out[i] = get_f32(src + 4 * (size_t)i);
-    } else if (f == MLA_KV_BF16) {
-        for (int i = 0; i < width; i++) out[i] = get_bf16(src + 2 * (size_t)i);
-    } else {
-        const uint8_t *scales = src + d_c, *rope = scales + 4 * (size_t)(d_c / MLA_FP8_GROUP);
-        for (int i = 0; i < d_c; i++)
-            out[i] = fp8_e4m3_decode(src[i]) * get_f32(scales + 4 * (size_t)(i / MLA_FP8_GROUP));
-        for (int i = 0; i < d_R; i++) out[d_c + i] = get_bf16(rope + 2 * (size_t)i);
-    }
-}
 
 /* ---- the pool ------------------------------------------------------------------------------------ */
 
 int mla_paged_init(MlaPagedCache *c, MlaKvFormat f, int d_c, int d_R, int n_pages, Error *e) {
     memset(c, 0, sizeof *c);
     size_t row = mla_kv_row_bytes(f, d_c, d_R);
-    if (row == 0 || d_c > 16 * MLA_FP8_GROUP)
-        return error_set(e, "mla_paged_init: format %s cannot store d_c %d, d_R %d (FP8 needs d_c a "
-                         "multiple of %d, at most %d)", mla_kv_format_name(f), d_c, d_R, MLA_FP8_GROUP,
-                         16 * MLA_FP8_GROUP);
+    if (row == 0)
+        return error_set(e, "mla_paged_init: format %s cannot store d_c %d, d_R %d (FP8 takes d_c up to %d)",
+                         mla_kv_format_name(f), d_c, d_R, MLA_FP8_MAX_GROUPS * MLA_FP8_GROUP);
     if (n_pages <= 0) return error_set(e, "mla_paged_init: %d pages", n_pages);
     c->data = calloc((size_t)n_pages * MLA_PAGE, row);
     if (!c->data)

@@ -1,39 +1,18 @@
-/* mla_paged.h - a paged latent cache in three storage formats, and batched absorbed decode over it.
- * The C twin of mla_decode.cu; mla_paged.c has the math, notes/mla_decode.md the numbers. */
+/* mla_paged.h - a paged latent cache in three storage formats (mla_kv.h), and batched absorbed
+ * decode over it. The C twin of mla_decode.cu; mla_paged.c has the math, notes/mla_decode.md the
+ * numbers. */
 #ifndef MLA_PAGED_H
 #define MLA_PAGED_H
 
 #include <stdint.h>
 
 #include "mla.h"
+#include "mla_kv.h"
 #include "ops.h"
 
 /* Tokens per page: FlashMLA's block size. A sequence's token s lives in page
  * block_table[s / MLA_PAGE], row s % MLA_PAGE. */
 #define MLA_PAGE 64
-/* FP8 scale groups: one FP32 scale per 128 values of c_kv (FlashMLA's tile_size). */
-#define MLA_FP8_GROUP 128
-
-/* How one cached token [c_kv (d_c) | k_pe (d_R)] is stored:
- *   MLA_KV_F32   (d_c + d_R) FP32                                         2304 bytes in V3
- *   MLA_KV_BF16  (d_c + d_R) BF16, round to nearest even                  1152
- *   MLA_KV_FP8   FlashMLA's layout: d_c E4M3 codes of c_kv, then d_c / 128 FP32 scales (one per
- *                group of 128 codes: c = code * scale, scale = amax / 448), then d_R BF16 of k_pe
- *                (not quantized: the rope part is small and sensitive)          656 */
-typedef enum { MLA_KV_F32, MLA_KV_BF16, MLA_KV_FP8 } MlaKvFormat;
-
-/* "f32", "bf16", "fp8"; and back (-1 when unknown). */
-const char *mla_kv_format_name(MlaKvFormat f);
-int mla_kv_format_from_name(const char *s);
-
-/* Bytes of one stored token; 0 when the format cannot hold these sizes (FP8 needs d_c % 128 == 0). */
-size_t mla_kv_row_bytes(MlaKvFormat f, int d_c, int d_R);
-
-/* dst [row_bytes] from latent [d_c + d_R] (FP32). FP8: d_c <= 2048 (16 scales); codes saturate
- * (fp8.h FP8_SATURATE). */
-void mla_kv_encode_row(uint8_t *dst, MlaKvFormat f, const float *latent, int d_c, int d_R);
-/* out [d_c + d_R] FP32 from src [row_bytes]; FP8 values are the FP32 products code * scale. */
-void mla_kv_decode_row(float *out, MlaKvFormat f, const uint8_t *src, int d_c, int d_R);
 
 /* A pool of n_pages pages of MLA_PAGE tokens each, one row_bytes row per token: [n_pages, 64, row].
  * One allocation per layer; sequences own pages through their block tables. */

@@ -17,30 +17,42 @@
 #include <string.h>
 
 int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
+    return state_init_kv(s, m, ctx, max_T, MLA_KV_F32, e);
+}
+
+int state_init_kv(State *s, const Model *m, int ctx, int max_T, MlaKvFormat kv, Error *e) {
     const Config *c = &m->cfg;
     memset(s, 0, sizeof *s);
     if (ctx <= 0 || max_T <= 0) return error_set(e, "context length %d and chunk %d must be positive", ctx, max_T);
     size_t width = (size_t)mla_cache_width(&m->mla), d = (size_t)c->hidden_size, T = (size_t)max_T;
     size_t nh = (size_t)c->n_heads, qk = (size_t)(c->qk_nope_head_dim + c->qk_rope_head_dim);
+    size_t row = mla_kv_row_bytes(kv, m->mla.kv_lora_rank, m->mla.rope);
+    if (row == 0)
+        return error_set(e, "latent cache format %s cannot store kv_lora_rank %d, qk_rope_head_dim %d", mla_kv_format_name(kv),
+                         m->mla.kv_lora_rank, m->mla.rope);
     s->ctx = ctx;
     s->max_T = max_T;
-    s->cache = calloc((size_t)c->n_layers * ctx * width, sizeof(float));
+    s->kv = kv;
+    s->kv_row = row;
+    s->cache = calloc((size_t)c->n_layers * ctx, row);
     s->x = malloc(sizeof(float) * T * d);
     s->h = malloc(sizeof(float) * T * d);
     s->out = malloc(sizeof(float) * T * d);
     s->q = malloc(sizeof(float) * T * nh * qk);
     s->q_scratch = malloc(sizeof(float) * T * (size_t)(c->q_lora_rank ? c->q_lora_rank : 1));
     s->attn = malloc(sizeof(float) * T * nh * (size_t)c->v_head_dim);
+    s->latent = malloc(sizeof(float) * T * width);
+    if (kv != MLA_KV_F32) s->rows = malloc(sizeof(float) * (size_t)ctx * width);
     if (m->has_mtp) {
         s->hidden = malloc(sizeof(float) * (size_t)ctx * d);
-        s->mtp_cache = calloc((size_t)ctx * width, sizeof(float));
+        s->mtp_cache = calloc((size_t)ctx, row);
         s->mtp_in = malloc(sizeof(float) * T * 2 * d);
     }
-    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->attn ||
-        (m->has_mtp && (!s->hidden || !s->mtp_cache || !s->mtp_in))) {
+    if (!s->cache || !s->x || !s->h || !s->out || !s->q || !s->q_scratch || !s->attn || !s->latent ||
+        (kv != MLA_KV_F32 && !s->rows) || (m->has_mtp && (!s->hidden || !s->mtp_cache || !s->mtp_in))) {
         state_free(s);
         return error_set(e, "out of memory for a %d-token latent cache (%.1f MB)", ctx,
-                         (double)c->n_layers * ctx * width * 4 / 1e6);
+                         (double)c->n_layers * ctx * row / 1e6);
     }
     return 0;
 }
@@ -48,19 +60,20 @@ int state_init(State *s, const Model *m, int ctx, int max_T, Error *e) {
 void state_free(State *s) {
     if (s->dev) state_free_device(s);
     free(s->cache); free(s->x); free(s->h); free(s->out); free(s->q); free(s->q_scratch);
-    free(s->attn); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
+    free(s->attn); free(s->latent); free(s->rows); free(s->hidden); free(s->mtp_cache); free(s->mtp_in);
     memset(s, 0, sizeof *s);
 }
 
-int model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+int model_layer_forward(const Model *m, State *s, const Layer *L, uint8_t *cache, int T, int pos, AttnForm form,
                         float *after_attn, Error *e) {
     const Config *c = &m->cfg;
     int d = c->hidden_size;
-    MlaScratch scratch = {.q = s->q, .q_lora = s->q_scratch, .attn = s->attn};
+    MlaScratch scratch = {.q = s->q, .q_lora = s->q_scratch, .attn = s->attn, .latent = s->latent, .rows = s->rows};
+    MlaCache kv = {.format = s->kv, .rows = cache};
     MlaRope rope = {.inv_freq = m->inv_freq, .attn_factor = m->rope_attn_factor, .interleaved = c->rope.interleaved};
     /* attention */
     rmsnorm(s->h, s->x, L->attn_norm, T, d, c->rms_norm_eps);
-    if (mla_forward(s->out, cache, &scratch, s->h, T, pos, &L->attn, &m->mla, &rope, form, e)) return -1;
+    if (mla_forward(s->out, &kv, &scratch, s->h, T, pos, &L->attn, &m->mla, &rope, form, e)) return -1;
     for (size_t i = 0; i < (size_t)T * d; i++) s->x[i] += s->out[i];
     if (after_attn) memcpy(after_attn, s->x, sizeof(float) * (size_t)T * d);
     /* feed-forward */
@@ -74,10 +87,10 @@ int model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, 
  * s->hidden when there is an MTP module to feed. */
 static int forward_chunk(const Model *m, State *s, const int *tokens, int T, int pos, AttnForm form, Error *e) {
     const Config *c = &m->cfg;
-    int d = c->hidden_size, width = mla_cache_width(&m->mla);
+    int d = c->hidden_size;
     for (int t = 0; t < T; t++) tensor_rows_f32(s->x + (size_t)t * d, &m->embed, tokens[t], 1);
     for (int l = 0; l < c->n_layers; l++)
-        if (model_layer_forward(m, s, &m->layers[l], s->cache + (size_t)l * s->ctx * width, T, pos, form, NULL, e))
+        if (model_layer_forward(m, s, &m->layers[l], state_layer_cache(s, l), T, pos, form, NULL, e))
             return -1;
     rmsnorm(s->h, s->x, m->final_norm, T, d, c->rms_norm_eps);
     if (s->hidden) memcpy(s->hidden + (size_t)pos * d, s->h, sizeof(float) * (size_t)T * d);

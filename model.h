@@ -60,20 +60,33 @@ void model_free(Model *m);
 MlaDims model_mla_dims(const Config *c);
 MoeGate model_moe_gate(const Config *c);
 
-/* Activations for up to max_T tokens per forward call, and the latent cache
- * [n_layers][ctx][d_c + d_R] (576 floats per token per layer in V3). */
+/* Activations for up to max_T tokens per forward call, and the latent caches: [n_layers][ctx] rows
+ * of kv_row bytes, each token [c_kv | k_pe] stored in format kv (mla_kv.h; 576 values per token per
+ * layer in V3: 2304 bytes in F32, 1152 in BF16, 656 in FP8). */
 typedef struct {
     int ctx, max_T;
-    float *cache;
+    MlaKvFormat kv;
+    size_t kv_row;  /* mla_kv_row_bytes(kv, d_c, d_R) */
+    uint8_t *cache;
     float *x, *h, *q, *q_scratch, *attn, *out; /* [max_T, ...]: x the residual stream; h, out, and mla_forward's scratch */
+    float *latent;  /* [max_T, d_c + d_R]: mla_forward's new rows before they are stored */
+    float *rows;    /* [ctx, d_c + d_R]: a cache widened for the attention; NULL with an F32 cache */
     /* with an MTP module: the main model's normed final hidden state of every position [ctx, d],
-     * the MTP layer's own latent cache [ctx, d_c + d_R], and its input [max_T, 2d] */
-    float *hidden, *mtp_cache, *mtp_in;
+     * the MTP layer's own latent cache [ctx, kv_row] (the same format), and its input [max_T, 2d] */
+    float *hidden, *mtp_in;
+    uint8_t *mtp_cache;
     void *dev; /* on a GPU (device.h, model.cu): everything lives there and the arrays above are NULL */
 } State;
 
+/* state_init: an F32 cache (every result as without formats; exact agreement with HF).
+ * state_init_kv: the cache in format kv. 0, or -1 with e set: sizes not positive, a format that
+ * cannot hold the model's latent (mla_kv_row_bytes 0), no memory. */
 int state_init(State *s, const Model *m, int ctx, int max_T, Error *e);
+int state_init_kv(State *s, const Model *m, int ctx, int max_T, MlaKvFormat kv, Error *e);
 void state_free(State *s);
+
+/* Layer l's latent cache [ctx, kv_row]. */
+static inline uint8_t *state_layer_cache(const State *s, int l) { return s->cache + (size_t)l * s->ctx * s->kv_row; }
 
 /* Run tokens [T] at positions pos .. pos+T-1 (the cache must hold positions < pos already).
  * logits: [T, vocab] for every position, or [1, vocab] for the last one if last_only. T may exceed
@@ -82,10 +95,10 @@ int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, f
                   int last_only, AttnForm form, Error *e);
 
 /* One decoder layer on s->x [T, d] in place at positions pos .. pos+T-1, with its own latent cache
- * [ctx, d_c + d_R]: x += mla_forward(rmsnorm(x)), then x += FFN(rmsnorm(x)). after_attn [T, d] (or
+ * [ctx, kv_row] in format s->kv: x += mla_forward(rmsnorm(x)), then x += FFN(rmsnorm(x)). after_attn [T, d] (or
  * NULL) gets x after the attention residual (the golden files record it). 0, or -1 with e set when
  * a scratch buffer of the attention, the FFN or a matmul cannot be allocated. */
-int model_layer_forward(const Model *m, State *s, const Layer *L, float *cache, int T, int pos, AttnForm form,
+int model_layer_forward(const Model *m, State *s, const Layer *L, uint8_t *cache, int T, int pos, AttnForm form,
                         float *after_attn, Error *e);
 
 /* MTP drafts for positions pos .. pos+T-1: next_tokens [T] are t_{i+1}; reads s->hidden (filled by

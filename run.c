@@ -111,6 +111,12 @@ static const char *USAGE =
     "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
     "  --device cpu|cuda    where the forward runs (default cpu); cuda needs a run built with make cuda\n"
     "                       (build/cuda/run): weights and latent cache on the GPU, notes/cuda.md\n"
+    "  --kv f32|bf16|fp8    generate, logits, ppl, chat (and --mtp's own cache): how the latent cache\n"
+    "                       stores a token: f32 (default; the exact numbers), bf16, or FlashMLA's FP8\n"
+    "                       layout (c_kv in E4M3 with an FP32 scale per 128 values, k_pe in BF16):\n"
+    "                       2304 / 1152 / 656 bytes per token per layer in V3. Attention reads the\n"
+    "                       stored, rounded rows. CPU only: --device cuda keeps an F32 cache.\n"
+    "                       The cost in perplexity and logits: notes/kvcache.md\n"
     "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
     "                       load average leaves free). Results are bit-identical at any count\n"
     "  -h, --help           this text\n";
@@ -152,6 +158,7 @@ static int *parse_ids(const char *s, int *n) {
 typedef struct {
     const char *dir, *tokens, *out, *prompt, *file, *system;
     int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows, force;
+    int kv_set; /* --kv given (parse_args sets kv_format) */
     const char *config, *ids_file, *compare, *dtype;
     float temp, top_p;
     unsigned long long seed;
@@ -167,6 +174,8 @@ static int parse_int(const char *flag, const char *v) {
     }
     return (int)x;
 }
+
+static MlaKvFormat kv_format; /* --kv: how state_or_die's caches store a token; F32 unless given */
 
 static Args parse_args(int argc, char **argv) {
     Args a = {.n_new = 16, .ctx = 0, .temp = 0.8f, .top_p = 0.9f};
@@ -207,6 +216,17 @@ static Args parse_args(int argc, char **argv) {
         else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
         else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
         else if (!strcmp(s, "--dtype")) { if (!v) die_usage("--dtype needs f32, bf16 or fp8"); a.dtype = v; i++; }
+        else if (!strcmp(s, "--kv")) {
+            int f = v ? mla_kv_format_from_name(v) : -1;
+            if (f < 0) {
+                char msg[128];
+                snprintf(msg, sizeof msg, "--kv: expected f32, bf16 or fp8, found \"%.40s\"", v ? v : "(nothing)");
+                die_usage(msg);
+            }
+            kv_format = (MlaKvFormat)f;
+            a.kv_set = 1;
+            i++;
+        }
         else if (!strcmp(s, "--decode")) a.decode = 1;
         else if (!strcmp(s, "--naive")) a.naive = 1;
         else if (!strcmp(s, "--ids")) a.ids = 1;
@@ -257,9 +277,17 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
         snprintf(msg, sizeof msg, "%d tokens (prompt + new) do not fit a %d-token context; raise --ctx", need, ctx);
         die(msg);
     }
-    /* the latent cache (and the MTP's hidden states and cache) before anything is allocated */
+    if (kv_format != MLA_KV_F32 && device && strcmp(device, "cpu")) {
+        snprintf(msg, sizeof msg, "--kv %s: the CUDA forward keeps an F32 latent cache; use --kv f32 or --device cpu",
+                 mla_kv_format_name(kv_format));
+        die_usage(msg);
+    }
+    /* the latent caches (and the MTP's hidden states, and the widened rows of a BF16 / FP8 cache)
+     * before anything is allocated */
     double width = mla_cache_width(&m->mla), layers = m->cfg.n_layers + (m->has_mtp ? 1 : 0);
-    double bytes = 4.0 * ctx * (layers * width + (m->has_mtp ? m->cfg.hidden_size : 0)), have = memory_bytes();
+    double row = (double)mla_kv_row_bytes(kv_format, m->mla.kv_lora_rank, m->mla.rope);
+    double bytes = ctx * (layers * row + 4.0 * (kv_format != MLA_KV_F32 ? width : 0) +
+                          4.0 * (m->has_mtp ? m->cfg.hidden_size : 0)), have = memory_bytes();
     if (bytes > have) {
         snprintf(msg, sizeof msg, "--ctx %d: the latent cache needs %.3g bytes, more than this machine's %.3g bytes of "
                  "memory (the limit); lower --ctx or -n", ctx, bytes, have);
@@ -267,7 +295,8 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
     }
     if (ctx > max_pos)
         fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
-    if (state_init_device(s, m, ctx, 64, device, &e)) die(e.msg);
+    if (kv_format == MLA_KV_F32 ? state_init_device(s, m, ctx, 64, device, &e) : state_init_kv(s, m, ctx, 64, kv_format, &e))
+        die(e.msg);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -275,6 +304,7 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
  */
 static int cmd_inspect(int argc, char **argv) {
     Args a = parse_args(argc, argv);
+    if (a.kv_set) die_usage("inspect: --kv goes with generate, logits, ppl and chat");
     if (!a.dir) die_usage("inspect: missing the checkpoint directory");
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", a.dir);
@@ -337,8 +367,9 @@ static int cmd_logits(int argc, char **argv) {
     } else if (model_forward(&m, &s, ids, T, 0, logits, 0, form, &e)) die(e.msg);
     double dt = now_s() - t0;
     StWriteTensor out = {.name = "logits", .dtype = DT_F32, .ndim = 2, .shape = {T, V}, .data = logits};
-    const char *keys[] = {"mode", "attention"}, *vals[] = {a.decode ? "decode" : "prefill", a.naive ? "naive" : "absorbed"};
-    if (st_write(a.out, &out, 1, keys, vals, 2, &e)) die(e.msg);
+    const char *keys[] = {"mode", "attention", "kv"};
+    const char *vals[] = {a.decode ? "decode" : "prefill", a.naive ? "naive" : "absorbed", mla_kv_format_name(kv_format)};
+    if (st_write(a.out, &out, 1, keys, vals, kv_format == MLA_KV_F32 ? 2 : 3, &e)) die(e.msg); /* "kv" only when not f32 */
     fprintf(stderr, "run: %d tokens (%s, %s attention) in %.3f s, logits [%d, %d] -> %s\n", T,
             vals[0], vals[1], dt, T, V, a.out);
     free(logits);
@@ -526,6 +557,7 @@ static int cmd_chat(int argc, char **argv) {
 
 static int cmd_init(int argc, char **argv) {
     Args a = parse_args(argc, argv);
+    if (a.kv_set) die_usage("init: --kv goes with generate, logits, ppl and chat");
     if (!a.config || !a.out) die_usage("init: --config CONFIG.json and --out DIR are required");
     if (a.dir) die_usage("init: unexpected argument (use --config and --out)");
     const char *dt = a.dtype ? a.dtype : "f32";
@@ -569,6 +601,7 @@ static int cmd_init(int argc, char **argv) {
 
 static int cmd_tokenize(int argc, char **argv) {
     Args a = parse_args(argc, argv);
+    if (a.kv_set) die_usage("tokenize: --kv goes with generate, logits, ppl and chat");
     if (!a.dir) die_usage("tokenize: missing the directory that holds tokenizer.json");
     if (!a.prompt == !a.file) die_usage("tokenize: give the text with -p TEXT or -f FILE, one of them");
     Tokenizer *tok = tokenizer_or_die(a.dir);

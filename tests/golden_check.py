@@ -4,12 +4,14 @@
     python3 tests/golden_check.py G.safetensors                  # float64 on the CPU
     python3 tests/golden_check.py G.safetensors --device cuda    # float32 on a GPU (TF32 off)
 
-Loads the file with safetensors, recomputes three functions from their stored inputs in PyTorch,
+Loads the file with safetensors, recomputes these functions from their stored inputs in PyTorch,
 written from the math and not from the C code -- absorbed MLA attention (mla_absorbed, and
 mla_decode / mla_naive when present, which compute the same thing), the MoE gate, FP8 dequantization
-(weight blocks and activation tiles) -- and compares with the stored outputs within the tolerance
-the file states for each function: max|got - want| / max|want| <= tolerance.<function>. Selected
-expert indices and FP8 dequantization must match exactly. Prints one line per output; exits 1 if
+(weight blocks and activation tiles), the latent cache's storage formats (mla_kv_rows) and batched
+decode over a paged cache in each format (mla_paged_decode) -- and compares with the stored outputs
+within the tolerance the file states for each function: max|got - want| / max|want| <=
+tolerance.<function>. Selected expert indices, FP8 dequantization and every stored byte of the
+cache formats must match exactly. Prints one line per output; exits 1 if
 any is outside its tolerance, 2 if the file has none of these functions. Needs torch, safetensors.
 """
 import argparse
@@ -108,6 +110,77 @@ def fp8_dequant(t, fn, scale_name, block_r, block_c, dev):
     return (q.float().double() * s_full).float()
 
 
+def kv_row_bytes(x, fmt, dc):
+    """rows x [N, d_c + d_R] FP32 as run --kv stores them (mla_kv.h): f32 the floats; bf16 rounded to
+    nearest even; fp8 FlashMLA's layout [E4M3 codes of c_kv / scale_g | FP32 scale_g per 128 values
+    of c_kv (amax / 448, 1 when that is 0), the last group shorter | BF16 k_pe]. Returns [N, bytes] U8."""
+    x = x.float().cpu().contiguous()
+    if fmt == "f32":
+        return x.view(torch.uint8)
+    if fmt == "bf16":
+        return x.to(torch.bfloat16).view(torch.uint8)
+    c, rope = x[:, :dc], x[:, dc:].contiguous()
+    groups = -(-dc // 128)
+    amax = torch.stack([c[:, g * 128:(g + 1) * 128].abs().amax(1) for g in range(groups)], 1)
+    scale = amax / 448.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    per_value = scale.repeat_interleave(128, 1)[:, :dc]
+    codes = (c / per_value).to(torch.float8_e4m3fn).view(torch.uint8)
+    return torch.cat([codes, scale.contiguous().view(torch.uint8), rope.to(torch.bfloat16).view(torch.uint8)], 1)
+
+
+def kv_widen(b, fmt, dc, W):
+    """bytes [N, row] U8 back to FP32 [N, W]; an FP8 value is the FP32 product code * scale."""
+    b = b.cpu().contiguous()
+    if fmt == "f32":
+        return b.view(torch.float32)
+    if fmt == "bf16":
+        return b.view(torch.bfloat16).float()
+    groups = -(-dc // 128)
+    codes, scale = b[:, :dc], b[:, dc:dc + 4 * groups].contiguous().view(torch.float32)
+    rope = b[:, dc + 4 * groups:].contiguous().view(torch.bfloat16).float()
+    c = codes.contiguous().view(torch.float8_e4m3fn).float() * scale.repeat_interleave(128, 1)[:, :dc]
+    return torch.cat([c, rope], 1)
+
+
+def kv_formats(t, cfg, r):
+    """mla_kv_rows: each format's bytes and the widened rows, exactly."""
+    lat = t["mla_kv_rows.latent"]
+    B, L, W = lat.shape
+    dc = cfg["kv_lora_rank"]
+    for fmt in ("f32", "bf16", "fp8"):
+        want = t[f"mla_kv_rows.{fmt}"]
+        got = kv_row_bytes(lat.reshape(-1, W), fmt, dc)
+        r.exact("mla_kv_rows", fmt, got.reshape(want.shape), want)
+        r.exact("mla_kv_rows", f"{fmt}_widened", kv_widen(got, fmt, dc, W).reshape(B, L, W),
+                t[f"mla_kv_rows.{fmt}_widened"])
+
+
+def paged_decode(t, cfg, r, dt, dev):
+    """mla_paged_decode: token s of sequence b is row s % 64 of page block_tables[b][s // 64]; per head
+    score_s = scale * (q_lat . c_s + q_pe . k_pe_s) over the widened rows, o_lat = softmax . c, lse."""
+    get = lambda a: t[f"mla_paged_decode.{a}"]
+    q, lat, lens, tables = get("q_abs"), get("latent"), get("lens"), get("block_tables")
+    scale = get("softmax_scale").item()
+    B, H, W = q.shape
+    dc = cfg["kv_lora_rank"]
+    for fmt in ("f32", "bf16", "fp8"):
+        pool, o_lat, lse = get(f"pool_{fmt}"), [], []
+        rows_ok = True
+        for b in range(B):
+            n = int(lens[b])
+            s = torch.arange(n)
+            stored = pool[tables[b][s // 64].long(), s % 64]                 # [n, row bytes]
+            rows_ok &= torch.equal(stored, kv_row_bytes(lat[b, :n], fmt, dc))
+            c = kv_widen(stored, fmt, dc, W).to(dev, dt)                    # [n, W]
+            scores = scale * (q[b].to(dev, dt) @ c.T)                        # [H, n]
+            o_lat.append(torch.softmax(scores, -1) @ c[:, :dc])
+            lse.append(torch.logsumexp(scores, -1))
+        r.line(rows_ok, f"mla_paged_decode.pool_{fmt}", "rows where the block tables put them" if rows_ok else "rows differ")
+        r.close("mla_paged_decode", f"o_lat_{fmt}", torch.stack(o_lat), get(f"o_lat_{fmt}"))
+        r.close("mla_paged_decode", f"lse_{fmt}", torch.stack(lse), get(f"lse_{fmt}"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("file")
@@ -143,8 +216,13 @@ def main():
     if "fp8_dequant_act.q" in t:
         r.exact("fp8_dequant_act", "x", fp8_dequant(t, "fp8_dequant_act", "scale", 1, block, dev),
                 t["fp8_dequant_act.x"])
+    if "mla_kv_rows.latent" in t:
+        kv_formats(t, cfg, r)
+    if "mla_paged_decode.q_abs" in t:
+        paged_decode(t, cfg, r, dt, dev)
     if r.lines == 0:
-        print("none of mla_absorbed, mla_decode, mla_naive, moe_gate, fp8_dequant_block, fp8_dequant_act is in the file")
+        print("none of mla_absorbed, mla_decode, mla_naive, moe_gate, fp8_dequant_block, fp8_dequant_act, mla_kv_rows, "
+              "mla_paged_decode is in the file")
         return 2
     print(f"{r.lines - r.failed} of {r.lines} outputs within tolerance")
     return 1 if r.failed else 0

@@ -156,6 +156,72 @@ static void test_errors(void **st) {
     free(out);
 }
 
+/* --kv: the cache format for logits, generate (and --mtp), ppl, chat; its errors. */
+static void test_kv_option(void **st) {
+    (void)st;
+    char prompt[4096], greedy[1024], cmd[8192], *out;
+    float *want;
+    int T, V;
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,2 --out /tmp/x --kv int4", 2,
+               "--kv: expected f32, bf16 or fp8, found \"int4\"");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --kv", 2, "--kv: expected f32, bf16 or fp8, found \"(nothing)\"");
+    expect_run("./run inspect " FIXTURES "/v3_yarn --kv bf16", 2, "inspect: --kv goes with generate, logits, ppl and chat");
+    expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --kv fp8 --device cuda", 2,
+               "--kv fp8: the CUDA forward keeps an F32 latent cache; use --kv f32 or --device cpu");
+    assert_int_equal(sh("./run --help", &out), 0);
+    assert_non_null(strstr(out, "--kv f32|bf16|fp8"));
+    free(out);
+
+    /* logits: --kv f32 is the default, byte for byte; bf16 (any case) is one file, recorded in the
+     * metadata, and differs from F32 by the rounding (test_kv_cache.c bounds it) */
+    fixture_ids("v3_fp8", prompt, greedy, &want, &T, &V);
+    char *dir = make_tmpdir();
+    const char *opts[] = {"", "--kv f32", "--kv bf16", "--kv BF16", "--kv fp8"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(cmd, sizeof cmd, "./run logits " FIXTURES "/v3_fp8 --tokens %s --out %s/l%d.safetensors %s 2>&1", prompt,
+                 dir, i, opts[i]);
+        assert_int_equal(sh(cmd, &out), 0);
+        free(out);
+    }
+    char a[512], b[512];
+    snprintf(a, sizeof a, "%s/l0.safetensors", dir);
+    snprintf(b, sizeof b, "%s/l1.safetensors", dir);
+    assert_files_equal(a, b);
+    snprintf(a, sizeof a, "%s/l2.safetensors", dir);
+    snprintf(b, sizeof b, "%s/l3.safetensors", dir);
+    assert_files_equal(a, b);
+    for (int i = 0; i < 5; i += 2) {
+        StFile f;
+        Error e;
+        snprintf(a, sizeof a, "%s/l%d.safetensors", dir, i);
+        assert_int_equal(st_open(&f, a, &e), 0);
+        const char *kv = i == 0 ? NULL : i == 2 ? "\"kv\":\"bf16\"" : "\"kv\":\"fp8\"";
+        if (kv) assert_non_null(strstr(f.metadata_json, kv));
+        else assert_null(strstr(f.metadata_json, "\"kv\""));
+        float *got = st_to_f32(st_find(&f, "logits"));
+        double err = rel_err(got, want, (size_t)T * V);
+        printf("run logits %s: rel err vs HF %.3g\n", opts[i], err);
+        assert_true(i == 0 ? err <= 1e-4 : err > 1e-4);
+        free(got);
+        st_close(&f);
+    }
+    rm_rf(dir);
+    free(dir);
+    free(want);
+
+    /* --mtp with a rounded cache (the MTP layer's in the same format): greedy is still plain
+     * greedy's tokens, since the draft only proposes and the main model, reading the same rows,
+     * decides */
+    for (int i = 2; i < 5; i += 2) {
+        snprintf(cmd, sizeof cmd, "./run generate models/kjv-v3 -p \"And God said\" -n 40 --temp 0 --mtp %s 2>&1 >/dev/null",
+                 opts[i]);
+        assert_int_equal(sh(cmd, &out), 0);
+        printf("%s", out);
+        assert_non_null(strstr(out, "tokens identical to plain greedy"));
+        free(out);
+    }
+}
+
 /* run tokenize -f FILE --ids equals HF's ids (tests/fixtures/tokenizer/cases.json), for every case. */
 static void test_tokenize_cli(void **st) {
     (void)st;
@@ -231,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_logits_modes), cmocka_unit_test(test_generate_ids),
         cmocka_unit_test(test_threads_bit_identical),
         cmocka_unit_test(test_inspect),      cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_kv_option),
         cmocka_unit_test(test_tokenize_cli), cmocka_unit_test(test_generate_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,6 +5,7 @@
  * a FlashMLA-sized decode shape; and the errors a user meets (exit status, one line on stderr). */
 #include "golden.h"
 #include "fp8.h"
+#include "mla_kv.h"
 #include "testutil.h"
 
 #include <cJSON.h>
@@ -370,7 +371,7 @@ static void test_verify(void **st) {
         free(copy);
         snprintf(cmd, sizeof cmd, "--verify %s", bad);
         assert_int_equal(golden(cmd, err), k == 0 ? 0 : 1);
-        if (k == 1) assert_non_null(strstr(err, "1 of 18 functions outside their tolerance"));
+        if (k == 1) assert_non_null(strstr(err, "1 of 20 functions outside their tolerance"));
         if (k == 2) assert_non_null(strstr(err, "rmsnorm.eps: the file's value differs"));
         snprintf(cmd, sizeof cmd, "--verify %s --exact", bad);
         assert_int_equal(golden(cmd, NULL), 1);
@@ -480,6 +481,107 @@ static void test_checkpoint(void **st) {
     check_checkpoint("v3_yarn");
     check_checkpoint("v3_fp8");  /* FP8 weights with block scales */
     check_checkpoint("v2_lite"); /* no query compression, softmax gate */
+}
+
+/* mla_kv_rows and mla_paged_decode (V3's latent, ragged lengths over pages): each format's bytes
+ * as the definition spells them (BF16: f32_to_bf16; FP8: e4m3(x / (amax / 448)) per 128, the
+ * scales, BF16 rope), the pool's rows where the block tables put them, and o_lat / lse recomputed
+ * here in double from the widened rows. */
+static void test_kv_formats(void **st) {
+    (void)st;
+    enum { B = 3, L = 130, H = 4, DC = 512, DR = 64, W = DC + DR, PER = 3, NP = B * PER };
+    char path[512], *dir = golden_file(path, sizeof path, "--config " V3 " --functions mla_kv_rows,mla_paged_decode "
+                                        "--shape batch=3 --shape cache=130 --shape heads=4");
+    StFile f;
+    Error e;
+    assert_int_equal(st_open(&f, path, &e), 0);
+    float *lat = GET(&f, "mla_kv_rows.latent", DT_F32, B, L, W), *wide = GET(&f, "mla_kv_rows.fp8_widened", DT_F32, B, L, W);
+    uint8_t *bf = GET(&f, "mla_kv_rows.bf16", DT_U8, B, L, 2 * W), *f8 = GET(&f, "mla_kv_rows.fp8", DT_U8, B, L, 656);
+    for (int r = 0; r < B * L; r++) {
+        const float *x = lat + (size_t)r * W;
+        for (int i = 0; i < W; i++) {
+            uint16_t h;
+            memcpy(&h, bf + (size_t)r * 2 * W + 2 * i, 2);
+            assert_int_equal(h, f32_to_bf16(x[i]));
+        }
+        const uint8_t *row = f8 + (size_t)r * 656;
+        for (int g = 0; g < 4; g++) {
+            float amax = 0, scale;
+            for (int i = 0; i < 128; i++) amax = fmaxf(amax, fabsf(x[g * 128 + i]));
+            memcpy(&scale, row + DC + 4 * g, 4);
+            assert_true(scale == amax / 448.0f);
+            for (int i = g * 128; i < g * 128 + 128; i++) {
+                assert_int_equal(row[i], fp8_e4m3_encode(x[i] / scale, FP8_SATURATE));
+                assert_true(wide[(size_t)r * W + i] == fp8_e4m3_decode(row[i]) * scale);
+            }
+        }
+        for (int i = 0; i < DR; i++) {
+            uint16_t h;
+            memcpy(&h, row + DC + 16 + 2 * i, 2);
+            assert_int_equal(h, f32_to_bf16(x[DC + i]));
+        }
+    }
+    printf("OK     mla_kv_rows: bf16 and fp8 bytes as the formats define them\n");
+    free(lat); free(wide); free(bf); free(f8);
+
+    float *q = GET(&f, "mla_paged_decode.q_abs", DT_F32, B, H, W), *pl = GET(&f, "mla_paged_decode.latent", DT_F32, B, L, W);
+    int *lens = GET(&f, "mla_paged_decode.lens", DT_I32, B), *tab = GET(&f, "mla_paged_decode.block_tables", DT_I32, B, PER);
+    float *scale = GET(&f, "mla_paged_decode.softmax_scale", DT_F32, 1);
+    assert_int_equal(lens[0], 130); assert_int_equal(lens[1], 69); assert_int_equal(lens[2], 8);
+    const char *fmt[] = {"f32", "bf16", "fp8"};
+    const int rb[] = {4 * W, 2 * W, 656};
+    for (int k = 0; k < 3; k++) {
+        char n[64];
+        snprintf(n, sizeof n, "mla_paged_decode.pool_%s", fmt[k]);
+        uint8_t *pool = GET(&f, n, DT_U8, NP, 64, rb[k]);
+        snprintf(n, sizeof n, "mla_paged_decode.o_lat_%s", fmt[k]);
+        float *o = GET(&f, n, DT_F32, B, H, DC);
+        snprintf(n, sizeof n, "mla_paged_decode.lse_%s", fmt[k]);
+        float *lse = GET(&f, n, DT_F32, B, H);
+        double worst = 0, worst_lse = 0;
+        float *rows = malloc(sizeof(float) * L * W);
+        for (int b = 0; b < B; b++) {
+            for (int t = 0; t < lens[b]; t++) { /* token t of b: row t % 64 of page tab[b][t / 64] */
+                uint8_t want[2304];
+                const uint8_t *got = pool + ((size_t)tab[b * PER + t / 64] * 64 + t % 64) * rb[k];
+                mla_kv_encode_row(want, (MlaKvFormat)k, pl + ((size_t)b * L + t) * W, DC, DR);
+                assert_memory_equal(got, want, rb[k]);
+                mla_kv_decode_row(rows + (size_t)t * W, (MlaKvFormat)k, got, DC, DR);
+            }
+            for (int h = 0; h < H; h++) {
+                const float *qa = q + ((size_t)b * H + h) * W;
+                double sc[L], mx = -INFINITY, z = 0;
+                for (int t = 0; t < lens[b]; t++) {
+                    sc[t] = 0;
+                    for (int i = 0; i < W; i++) sc[t] += (double)qa[i] * rows[(size_t)t * W + i];
+                    sc[t] *= scale[0];
+                    mx = fmax(mx, sc[t]);
+                }
+                for (int t = 0; t < lens[b]; t++) z += exp(sc[t] - mx);
+                for (int i = 0; i < DC; i++) {
+                    double acc = 0;
+                    for (int t = 0; t < lens[b]; t++) acc += exp(sc[t] - mx) / z * rows[(size_t)t * W + i];
+                    worst = fmax(worst, fabs(acc - o[((size_t)b * H + h) * DC + i])); /* o_lat in [-1, 1] */
+                }
+                worst_lse = fmax(worst_lse, fabs(mx + log(z) - lse[b * H + h]) / fabs(mx + log(z)));
+            }
+        }
+        printf("OK     mla_paged_decode %s: o_lat max abs err %.3g, lse rel err %.3g vs double (tol 1e-5)\n", fmt[k], worst, worst_lse);
+        assert_true(worst <= 1e-5 && worst_lse <= 1e-5);
+        free(rows); free(pool); free(o); free(lse);
+    }
+    free(q); free(pl); free(lens); free(tab); free(scale);
+    char *help; /* --help names every recorded function */
+    assert_int_equal(sh("./run golden --help", &help), 0);
+    for (int i = 0; i < GOLDEN_N_FNS; i++) {
+        char word[64];
+        snprintf(word, sizeof word, " %s", GOLDEN_FNS[i].name);
+        if (!strstr(help, word)) fail_msg("run golden --help does not name %s", GOLDEN_FNS[i].name);
+    }
+    free(help);
+    st_close(&f);
+    rm_rf(dir);
+    free(dir);
 }
 
 /* A FlashMLA-like decode from V3's config without building the model: 128 heads, d_c 512 + d_R 64. */
@@ -613,7 +715,7 @@ int main(void) {
         cmocka_unit_test(test_deterministic), cmocka_unit_test(test_complete),   cmocka_unit_test(test_replay),
         cmocka_unit_test(test_verify),        cmocka_unit_test(test_generator),  cmocka_unit_test(test_checkpoint),
         cmocka_unit_test(test_flashmla_shape), cmocka_unit_test(test_defaults),  cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_two_runs_cmp),
+        cmocka_unit_test(test_two_runs_cmp),  cmocka_unit_test(test_kv_formats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -237,6 +237,39 @@ static void test_cli(void **state) {
     }
 }
 
+/* The latent cache in run --kv's formats: mla_kv.h's bytes per token per layer times L, and what
+ * they do to the capacity model's batch (V3 on 8 x 141 GB: 457 GB beside the FP8 weights). */
+static void test_formats(void **state) {
+    (void)state;
+    const KvModel *v3 = kv_find("v3");
+    assert_true(kv_format_bytes_per_token(v3, MLA_KV_F32) == 61.0 * 2304);
+    assert_true(kv_format_bytes_per_token(v3, MLA_KV_BF16) == kv_bytes_per_token(v3, 16)); /* 70,272 */
+    assert_true(kv_format_bytes_per_token(v3, MLA_KV_FP8) == 61.0 * 656);                   /* 40,016 */
+    assert_true(fabs(kv_format_bits(v3, MLA_KV_FP8) - 656.0 * 8 / 576) < 1e-12);
+    assert_true(kv_format_bytes_per_token(kv_find("llama-8b"), MLA_KV_FP8) == 0);
+    KvServe s = {.gpus = 8, .gpu_mem_gb = 141, .bandwidth_tbs = 4.8, .ctx = 4096, .weight_bits = 8};
+    long batch[3];
+    for (int f = 0; f < 3; f++) {
+        s.kv_bits = kv_format_bits(v3, (MlaKvFormat)f);
+        KvCapacity r = kv_capacity(v3, &s);
+        assert_true(fabs(r.seq_bytes - 4096 * kv_format_bytes_per_token(v3, (MlaKvFormat)f)) < 1e-3);
+        batch[f] = r.max_batch;
+    }
+    /* floor(457e9 / (4096 * 140,544)) = 793, / (4096 * 70,272) = 1587, / (4096 * 40,016) = 2788 */
+    assert_int_equal(batch[0], 793);
+    assert_int_equal(batch[1], 1587);
+    assert_int_equal(batch[2], 2788);
+    char *out, *err, *table[] = {"--ctx", "4096"};
+    assert_int_equal(run_kv(&out, &err, 2, table), 0);
+    assert_non_null(strstr(out, "DeepSeek-V3              f32           2,304      140,544     32.00    0.576"));
+    assert_non_null(strstr(out, "                         fp8             656       40,016      9.11    0.164"));
+    free(out), free(err);
+    char *cap[] = {"--capacity", "--model", "v3", "--gpu-mem", "141", "--bandwidth", "4.8"};
+    assert_int_equal(run_kv(&out, &err, 7, cap), 0);
+    assert_non_null(strstr(out, "MLA, --kv fp8 cache                 8  9.111     40,016   0.164    2788"));
+    free(out), free(err);
+}
+
 /* Configs given on the command line: a directory and a config.json path (the tiny test models). */
 static void test_cli_configs(void **state) {
     (void)state;
@@ -294,6 +327,7 @@ int main(void) {
         cmocka_unit_test(test_from_config),
         cmocka_unit_test(test_from_config_file),
         cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_formats),
         cmocka_unit_test(test_cli_configs),
         cmocka_unit_test(test_svg),
     };

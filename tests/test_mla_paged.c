@@ -20,15 +20,19 @@ static void test_row_bytes(void **st) {
     assert_int_equal(mla_kv_row_bytes(MLA_KV_F32, 512, 64), 2304);
     assert_int_equal(mla_kv_row_bytes(MLA_KV_BF16, 512, 64), 1152);
     assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 512, 64), 656); /* FlashMLA's 512 + 16 + 128 */
-    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 100, 64), 0);
+    /* a c_kv not a multiple of 128 long: its last group shorter (one group of 100: one scale) */
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 100, 64), 100 + 4 + 128);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 200, 8), 200 + 8 + 16);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 2048, 64), 2048 + 64 + 128);
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, 2049, 64), 0);  /* 17 groups: more than 16 */
     assert_int_equal(mla_kv_format_from_name("BF16"), MLA_KV_BF16);
     assert_int_equal(mla_kv_format_from_name("fp8"), MLA_KV_FP8);
     assert_int_equal(mla_kv_format_from_name("int4"), -1);
     MlaPagedCache c;
     Error e = {{0}};
-    assert_int_equal(mla_paged_init(&c, MLA_KV_FP8, 100, 64, 4, &e), -1);
+    assert_int_equal(mla_paged_init(&c, MLA_KV_FP8, 4096, 64, 4, &e), -1);
     printf("error as expected: %s\n", e.msg);
-    assert_non_null(strstr(e.msg, "multiple of 128"));
+    assert_non_null(strstr(e.msg, "up to 2048"));
     assert_int_equal(mla_paged_init(&c, MLA_KV_BF16, 512, 64, 0, &e), -1);
 }
 
@@ -81,6 +85,37 @@ static void test_row_codecs(void **st) {
         assert_true(out[DC + i] == bf16_to_f32(h));
     }
     printf("fp8 row: worst relative error of normal codes %.4f (bound 0.0625)\n", worst);
+    free(x);
+}
+
+/* FP8 with a c_kv not a multiple of 128 (the small test models): groups of 128, the last shorter,
+ * each with its own scale; the layout stays [codes | scales | BF16 k_pe]. */
+static void test_row_short_group(void **st) {
+    (void)st;
+    enum { DC = 200, DR = 8, W = DC + DR };
+    float *x = randn(W, 1.0f), out[W];
+    x[150] = 9.0f;                                     /* the second group's amax, not the first's */
+    uint8_t row[DC + 8 + 2 * DR];
+    assert_int_equal(mla_kv_row_bytes(MLA_KV_FP8, DC, DR), sizeof row);
+    mla_kv_encode_row(row, MLA_KV_FP8, x, DC, DR);
+    mla_kv_decode_row(out, MLA_KV_FP8, row, DC, DR);
+    for (int g = 0; g < 2; g++) {
+        int g0 = g * 128, g1 = g ? DC : 128;
+        float amax = 0, scale;
+        for (int i = g0; i < g1; i++) amax = fmaxf(amax, fabsf(x[i]));
+        memcpy(&scale, row + DC + 4 * g, 4);
+        assert_true(scale == amax / 448.0f);
+        for (int i = g0; i < g1; i++) {
+            assert_int_equal(row[i], fp8_e4m3_encode(x[i] / scale, FP8_SATURATE));
+            assert_true(out[i] == fp8_e4m3_decode(row[i]) * scale);
+        }
+    }
+    assert_int_equal(row[150], 0x7e);                  /* 9 / (9 / 448) = 448: the largest code */
+    for (int i = 0; i < DR; i++) {
+        uint16_t h;
+        memcpy(&h, row + DC + 8 + 2 * i, 2);
+        assert_int_equal(h, f32_to_bf16(x[DC + i]));
+    }
     free(x);
 }
 
@@ -224,6 +259,7 @@ int main(void) {
     rng_seed(&rng, 16);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_row_bytes),
+        cmocka_unit_test(test_row_short_group),
         cmocka_unit_test(test_row_codecs),
         cmocka_unit_test(test_decode_matches_absorbed),
         cmocka_unit_test(test_latent_and_lse),
