@@ -241,7 +241,7 @@ valgrind: run build/test/test_tokenizer
 NVCC      ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 NVCC_ALL  := $(NVCCFLAGS) -rdc=true
-CUDA_REF  := ops matmul fp8 rope mla moe
+CUDA_REF  := ops matmul matmul_e4m3 fp8 rope mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
 CUDA_BLAS_OBJ    :=

@@ -278,7 +278,7 @@ static int bench_limits(const char *dir) {
         double t_blas = sgemm_seconds(g, prefill_gemms(g, c, P), &flops);
         const char *blas_th = getenv("OPENBLAS_NUM_THREADS"); /* not openblas_get_num_threads: any CBLAS links */
         printf("limits of %s, %d thread(s) (OpenMP; OPENBLAS_NUM_THREADS %s), decode kernel %s\n", dir, omp_get_max_threads(),
-               blas_th ? blas_th : "unset", matmul_kernel_name(matmul_kernel_supported(MATMUL_AVX2) ? MATMUL_AVX2 : MATMUL_PLAIN));
+               blas_th ? blas_th : "unset", matmul_kernel_name(matmul_kernel_best()));
         printf("  bandwidth    read %.1f GB/s, copy %.1f GB/s (1 GiB buffers)\n", rd, cp);
         printf("  decode       %.2f tok/s (median of 3 runs of %d steps at position %d), %.3f GB activated per token\n",
                tok_s, steps, P, bytes / 1e9);
