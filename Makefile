@@ -313,7 +313,7 @@ clean:
 # the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;
 # `make mla-decode-test` runs the test, `make mla-decode-bench` the benchmark (an sm_90 GPU, torch).
 MLA_DEC_DIR := build/mla_decode
-MLA_DEC_REF := ops matmul fp8 mla_paged
+MLA_DEC_REF := ops matmul matmul_e4m3 fp8 mla_paged
 mla-decode: $(CUDA_BLAS_OBJ)
 	@mkdir -p $(MLA_DEC_DIR)
 	$(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c mla_decode.cu -o $(MLA_DEC_DIR)/mla_decode.o 2>&1 | grep -E "spill|registers" || true
