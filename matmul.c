@@ -99,10 +99,14 @@ float dot_f32(const float *a, const float *b, int n) {
  * The widening step per dtype, 8 columns at a time: */
 typedef enum { W_F32, W_BF16 } WKind;
 
-/* 8 BF16 codes at p -> 8 FP32 (zero-extend, shift left 16) */
+/* 8 BF16 codes at p -> 8 FP32: code j in the upper half of 32-bit lane j, zeros below. One byte
+ * shuffle of the 16 bytes loaded into both 128-bit halves (index -1 writes a zero byte), instead of
+ * zero-extend + shift: one vector operation fewer per 8 weights, the same bits. */
 __attribute__((target("avx2"), always_inline)) static inline __m256 bf16x8(const unsigned char *p) {
-    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    const __m256i to_hi = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                           -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(v, to_hi));
 }
 
 /* 8 weights of kind k at p (element index c of the row, byte address already applied) */

@@ -43,6 +43,8 @@
 #include <string.h>
 
 #define GROUP 4 /* rows per pass of the one-token kernels (also the prefetch distance) */
+/* The loops over rows and tokens below run 1, 2 or 4 times, a constant in each compiled kernel:
+ * `#pragma GCC unroll` makes -O2 unroll them, so that their accumulators live in registers. */
 
 float e4m3_dot_plain(const float *x, const uint8_t *q, const float *s, int cols, int block_c) {
     float a[16] = {0};
@@ -87,12 +89,14 @@ AVX2 __m256 e4m3x8(const uint8_t *p, int mul) {
 AVX2 void block8_rows(int mul, int R, __m256 *a, const float *x, const uint8_t *w, size_t ld, int c0, int c1,
                       const float *sc) {
     __m256 p[2 * GROUP];
+    #pragma GCC unroll 8
     for (int r = 0; r < 2 * GROUP; r++) p[r] = _mm256_setzero_ps();
     int c = c0;
     for (; c + 16 <= c1; c += 16) {
         __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
         if (R == GROUP) _mm_prefetch((const char *)w + GROUP * ld + GROUP * (size_t)c, _MM_HINT_T0);
-        for (int r = 0; r < R; r++) { /* unrolled by the compiler: R is a constant */
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
             p[2 * r] = _mm256_fmadd_ps(e4m3x8(w + r * ld + c, mul), x0, p[2 * r]);
             p[2 * r + 1] = _mm256_fmadd_ps(e4m3x8(w + r * ld + c + 8, mul), x1, p[2 * r + 1]);
         }
@@ -101,6 +105,7 @@ AVX2 void block8_rows(int mul, int R, __m256 *a, const float *x, const uint8_t *
         float xb[16] = {0};
         memcpy(xb, x + c, sizeof(float) * (size_t)(c1 - c));
         __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             uint8_t qb[16] = {0};
             memcpy(qb, w + r * ld + c, (size_t)(c1 - c));
@@ -108,6 +113,7 @@ AVX2 void block8_rows(int mul, int R, __m256 *a, const float *x, const uint8_t *
             p[2 * r + 1] = _mm256_fmadd_ps(e4m3x8(qb + 8, mul), x1, p[2 * r + 1]);
         }
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
         __m256 s = _mm256_set1_ps(sc[r]);
         a[2 * r] = _mm256_fmadd_ps(p[2 * r], s, a[2 * r]);
@@ -119,12 +125,15 @@ AVX2 void block8_rows(int mul, int R, __m256 *a, const float *x, const uint8_t *
 AVX2 void rows8(int mul, int R, float *res, const float *x, const uint8_t *w, size_t ld, int cols, int bc,
                 const float *const *s) {
     __m256 a[2 * GROUP];
+    #pragma GCC unroll 8
     for (int r = 0; r < 2 * GROUP; r++) a[r] = _mm256_setzero_ps();
     for (int c0 = 0, b = 0; c0 < cols; c0 += bc, b++) {
         float sc[GROUP];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) sc[r] = s[r][b];
         block8_rows(mul, R, a, x, w, ld, c0, c0 + bc < cols ? c0 + bc : cols, sc);
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++) res[r] = e4m3_hsum8(_mm256_add_ps(a[2 * r], a[2 * r + 1]));
 }
 
@@ -133,14 +142,17 @@ AVX2 void rows8(int mul, int R, float *res, const float *x, const uint8_t *w, si
 AVX2 void toks8(int mul, int NT, float *res, const float *x, size_t ldx, const uint8_t *w, size_t ld, int cols,
                 int bc, const float *s) {
     __m256 a[8];
+    #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
     for (int c0 = 0, b = 0; c0 < cols; c0 += bc, b++) {
         int c1 = c0 + bc < cols ? c0 + bc : cols, c = c0;
         __m256 p[8];
+        #pragma GCC unroll 8
         for (int t = 0; t < 8; t++) p[t] = _mm256_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
             _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T0);
             __m256 w0 = e4m3x8(w + c, mul), w1 = e4m3x8(w + c + 8, mul);
+            #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) {
                 p[2 * t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * ldx + c), p[2 * t]);
                 p[2 * t + 1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * ldx + c + 8), p[2 * t + 1]);
@@ -150,6 +162,7 @@ AVX2 void toks8(int mul, int NT, float *res, const float *x, size_t ldx, const u
             uint8_t qb[16] = {0};
             memcpy(qb, w + c, (size_t)(c1 - c));
             __m256 w0 = e4m3x8(qb, mul), w1 = e4m3x8(qb + 8, mul);
+            #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) {
                 float xb[16] = {0};
                 memcpy(xb, x + t * ldx + c, sizeof(float) * (size_t)(c1 - c));
@@ -158,8 +171,10 @@ AVX2 void toks8(int mul, int NT, float *res, const float *x, size_t ldx, const u
             }
         }
         __m256 sv = _mm256_set1_ps(s[b]);
+        #pragma GCC unroll 8
         for (int t = 0; t < 2 * NT; t++) a[t] = _mm256_fmadd_ps(p[t], sv, a[t]);
     }
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) res[t] = e4m3_hsum8(_mm256_add_ps(a[2 * t], a[2 * t + 1]));
 }
 #undef AVX2
@@ -187,47 +202,59 @@ AVX512 float e4m3_hsum16(__m512 v) {
 AVX512 void rows16(int mul, int R, float *res, const float *x, const uint8_t *w, size_t ld, int cols, int bc,
                    const float *const *s) {
     __m512 a[GROUP];
+    #pragma GCC unroll 8
     for (int r = 0; r < GROUP; r++) a[r] = _mm512_setzero_ps();
     for (int c0 = 0, b = 0; c0 < cols; c0 += bc, b++) {
         int c1 = c0 + bc < cols ? c0 + bc : cols, c = c0;
         __m512 p[GROUP];
+        #pragma GCC unroll 8
         for (int r = 0; r < GROUP; r++) p[r] = _mm512_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
             __m512 xv = _mm512_loadu_ps(x + c);
             if (R == GROUP) _mm_prefetch((const char *)w + GROUP * ld + GROUP * (size_t)c, _MM_HINT_T0);
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) p[r] = _mm512_fmadd_ps(e4m3x16(w + r * ld + c, 0xFFFF, mul), xv, p[r]);
         }
         if (c < c1) {
             __mmask16 m = (__mmask16)((1u << (c1 - c)) - 1);
             __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) p[r] = _mm512_fmadd_ps(e4m3x16(w + r * ld + c, m, mul), xv, p[r]);
         }
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) a[r] = _mm512_fmadd_ps(p[r], _mm512_set1_ps(s[r][b]), a[r]);
     }
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++) res[r] = e4m3_hsum16(a[r]);
 }
 
 AVX512 void toks16(int mul, int NT, float *res, const float *x, size_t ldx, const uint8_t *w, size_t ld, int cols,
                    int bc, const float *s) {
     __m512 a[4];
+    #pragma GCC unroll 8
     for (int t = 0; t < 4; t++) a[t] = _mm512_setzero_ps();
     for (int c0 = 0, b = 0; c0 < cols; c0 += bc, b++) {
         int c1 = c0 + bc < cols ? c0 + bc : cols, c = c0;
         __m512 p[4];
+        #pragma GCC unroll 8
         for (int t = 0; t < 4; t++) p[t] = _mm512_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
             _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T0);
             __m512 wv = e4m3x16(w + c, 0xFFFF, mul);
+            #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) p[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + c), p[t]);
         }
         if (c < c1) {
             __mmask16 m = (__mmask16)((1u << (c1 - c)) - 1);
             __m512 wv = e4m3x16(w + c, m, mul);
+            #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) p[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * ldx + c), p[t]);
         }
         __m512 sv = _mm512_set1_ps(s[b]);
+        #pragma GCC unroll 8
         for (int t = 0; t < NT; t++) a[t] = _mm512_fmadd_ps(p[t], sv, a[t]);
     }
+    #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) res[t] = e4m3_hsum16(a[t]);
 }
 #undef AVX512
