@@ -31,8 +31,10 @@
  *           readable reference, any dtype, any CPU (E4M3 with scales: e4m3_dot_plain).
  *   avx2    one token: KERNEL_ROWS rows per pass, each 8-float load of x feeds all of them;
  *           2..8 tokens: row by row, each 8 weights widened once for 4 (or 2) tokens. The next
- *           group's rows are prefetched in step, so that memory streams while this group computes
- *           (without it an FP8 decode ran at memory time + compute time: notes/performance.md).
+ *           group's rows are prefetched in step, into L2, so that memory streams while this group
+ *           computes (without it an FP8 decode ran at memory time + compute time; into L1 the
+ *           prefetched rows evicted the ones in use on a 32 KB L1d, BF16 decode 1.35x slower on
+ *           AMD Zen 4: notes/performance.md).
  *   avx512  E4M3's kernel on 16-float vectors (matmul_e4m3.c); BF16 and F32 as avx2, whose 8-lane
  *           order a 16-lane vector would change.
  * Threads (OpenMP) take whole blocks of SMALL_ROWS output rows, never a part of a sum: every output
@@ -138,7 +140,7 @@ __attribute__((target("avx2"), always_inline)) static inline void rows_avx2(WKin
             ACC(a0, xv, widen8(k, w0 + o));
             continue;
         }
-        _mm_prefetch((const char *)w + 4 * ld + 4 * o, _MM_HINT_T0); /* the next 4 rows, in step */
+        _mm_prefetch((const char *)w + 4 * ld + 4 * o, _MM_HINT_T1); /* the next 4 rows, in step, into L2 */
         ACC(a0, xv, widen8(k, w0 + o));
         ACC(a1, xv, widen8(k, w1 + o));
         ACC(a2, xv, widen8(k, w2 + o));
@@ -173,7 +175,7 @@ __attribute__((target("avx2"), always_inline)) static inline void toks_avx2(WKin
     int c = 0;
     for (; c + 8 <= cols; c += 8) {
         size_t o = es * (size_t)c;
-        _mm_prefetch((const char *)w + 4 * ld + o, _MM_HINT_T0);
+        _mm_prefetch((const char *)w + 4 * ld + o, _MM_HINT_T1);
         __m256 wv = widen8(k, w + o);
         ACC(a0, _mm256_loadu_ps(x0 + c), wv);
         ACC(a1, _mm256_loadu_ps(x1 + c), wv);

@@ -42,7 +42,12 @@
 #include <math.h>
 #include <string.h>
 
-#define GROUP 4 /* rows per pass of the one-token kernels (also the prefetch distance) */
+#define GROUP 4 /* rows per pass of the one-token kernels */
+/* The one-token kernels prefetch the rows two groups ahead, into L2 (_MM_HINT_T1): one group ahead
+ * (4 rows of FP8 are 8 KB at d = 2048) let the NaN scan wait on memory, and into L1 the prefetched
+ * rows evicted the ones being read (a 32 KB L1d). AMD EPYC (Zen 4), decode of the V2-Lite-shaped
+ * FP8 model: 15-17 tok/s (L1, one group ahead) against 17.5 (L2, two): notes/performance.md. */
+#define PREFETCH (2 * GROUP)
 /* The loops over rows and tokens below run 1, 2 or 4 times, a constant in each compiled kernel:
  * `#pragma GCC unroll` makes -O2 unroll them, so that their accumulators live in registers. */
 
@@ -94,7 +99,7 @@ AVX2 void block8_rows(int mul, int R, __m256 *a, const float *x, const uint8_t *
     int c = c0;
     for (; c + 16 <= c1; c += 16) {
         __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
-        if (R == GROUP) _mm_prefetch((const char *)w + GROUP * ld + GROUP * (size_t)c, _MM_HINT_T0);
+        if (R == GROUP) _mm_prefetch((const char *)w + PREFETCH * ld + GROUP * (size_t)c, _MM_HINT_T1);
         #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             p[2 * r] = _mm256_fmadd_ps(e4m3x8(w + r * ld + c, mul), x0, p[2 * r]);
@@ -150,7 +155,7 @@ AVX2 void toks8(int mul, int NT, float *res, const float *x, size_t ldx, const u
         #pragma GCC unroll 8
         for (int t = 0; t < 8; t++) p[t] = _mm256_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
-            _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T0);
+            _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T1);
             __m256 w0 = e4m3x8(w + c, mul), w1 = e4m3x8(w + c + 8, mul);
             #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) {
@@ -211,7 +216,7 @@ AVX512 void rows16(int mul, int R, float *res, const float *x, const uint8_t *w,
         for (int r = 0; r < GROUP; r++) p[r] = _mm512_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
             __m512 xv = _mm512_loadu_ps(x + c);
-            if (R == GROUP) _mm_prefetch((const char *)w + GROUP * ld + GROUP * (size_t)c, _MM_HINT_T0);
+            if (R == GROUP) _mm_prefetch((const char *)w + PREFETCH * ld + GROUP * (size_t)c, _MM_HINT_T1);
             #pragma GCC unroll 8
             for (int r = 0; r < R; r++) p[r] = _mm512_fmadd_ps(e4m3x16(w + r * ld + c, 0xFFFF, mul), xv, p[r]);
         }
@@ -239,7 +244,7 @@ AVX512 void toks16(int mul, int NT, float *res, const float *x, size_t ldx, cons
         #pragma GCC unroll 8
         for (int t = 0; t < 4; t++) p[t] = _mm512_setzero_ps();
         for (; c + 16 <= c1; c += 16) {
-            _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T0);
+            _mm_prefetch((const char *)w + GROUP * ld + c, _MM_HINT_T1);
             __m512 wv = e4m3x16(w + c, 0xFFFF, mul);
             #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) p[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + c), p[t]);
