@@ -245,7 +245,7 @@ NVCCFLAGS ?= -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=co
 # --default-stream per-thread: the kernels' launches go to a stream that can be captured as a CUDA
 # graph (model.cu's decode step); the legacy default stream cannot be.
 NVCC_ALL  := $(NVCCFLAGS) -rdc=true --default-stream per-thread
-CUDA_REF  := ops matmul fp8 rope mla_kv mla moe
+CUDA_REF  := ops matmul matmul_e4m3 fp8 rope mla_kv mla moe
 ifeq ($(shell pkg-config --exists openblas 2>/dev/null && echo yes),yes)
 CUDA_BLAS_CFLAGS := $(shell pkg-config --cflags openblas)
 CUDA_BLAS_OBJ    :=
@@ -321,7 +321,7 @@ clean:
 # the kernel, its test against the C twin (mla_paged.c) and libmla_decode.so for the PyTorch bench;
 # `make mla-decode-test` runs the test, `make mla-decode-bench` the benchmark (an sm_90 GPU, torch).
 MLA_DEC_DIR := build/mla_decode
-MLA_DEC_REF := ops matmul fp8 mla_kv mla_paged
+MLA_DEC_REF := ops matmul matmul_e4m3 fp8 mla_kv mla_paged
 mla-decode: $(CUDA_BLAS_OBJ)
 	@mkdir -p $(MLA_DEC_DIR)
 	$(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c mla_decode.cu -o $(MLA_DEC_DIR)/mla_decode.o 2>&1 | grep -E "spill|registers" || true

@@ -17,31 +17,32 @@
  * keeps the compiler from contracting), and the combine is lo128 + hi128, movehl, the last add.
  * A tail of cols mod 8 is loaded zero-padded: lanes past the end add 0 * 0 = +0, which changes no
  * sum, since a lane that starts at +0 can never hold -0 (x + y is -0 only when both are -0).
+ * The exception is E4M3 with block scales (DeepSeek's FP8): matmul_e4m3.c sums each block of 128
+ * products in 16 lanes with FMAs and applies the block's scale once to those partial sums (its
+ * header states the order), in the plain kernel and the vector ones alike.
  *
  * The weights widened in registers, exactly as tensor_rows_f32 does it (ops.c):
  *   BF16   zero-extend each 16-bit code to 32 bits, shift left 16: the FP32 with the same value.
- *   E4M3   with a block scale s: w = decode(code) * s, one rounding. Sign-extend the code c =
- *          S.eeee.mmm to 32 bits and shift left 20: bits 20..26 hold eeee.mmm, bits 27..31 copies of
- *          S; keeping bits 31 and 20..26 gives the FP32 S 2^(e-127) 1.mmm (or, for e = 0, the FP32
- *          subnormal S mmm 2^-129): decode(c) * 2^-120, exactly. Its product with s' = s * 2^120
- *          (exact when finite) is the real number decode(c) * s, rounded once: the same FP32 as
- *          decode-then-multiply. A block whose s' would overflow, and a row group holding a NaN code
- *          (S.1111.111, which the bit trick would read as 480), take the plain path instead.
  *   F32    loaded as it is.
  *   F16, E5M2, E4M3 without scales: the plain path (no checkpoint of ours stores them).
  *
  * The kernels, chosen at run time (matmul_small_with names them for tests and the benchmark):
  *   plain   tensor_rows_f32 widens SMALL_ROWS rows into a buffer, then dot_f32 on each: the
- *           readable reference, any dtype, any CPU.
+ *           readable reference, any dtype, any CPU (E4M3 with scales: e4m3_dot_plain).
  *   avx2    one token: KERNEL_ROWS rows per pass, each 8-float load of x feeds all of them;
  *           2..8 tokens: row by row, each 8 weights widened once for 4 (or 2) tokens. The next
- *           group's rows are prefetched in step, so that memory streams while this group computes
- *           (without it an FP8 decode ran at memory time + compute time: notes/performance.md).
+ *           group's rows are prefetched in step, into L2, so that memory streams while this group
+ *           computes (without it an FP8 decode ran at memory time + compute time; into L1 the
+ *           prefetched rows evicted the ones in use on a 32 KB L1d, BF16 decode 1.35x slower on
+ *           AMD Zen 4: notes/performance.md).
+ *   avx512  E4M3's kernel on 16-float vectors (matmul_e4m3.c); BF16 and F32 as avx2, whose 8-lane
+ *           order a 16-lane vector would change.
  * Threads (OpenMP) take whole blocks of SMALL_ROWS output rows, never a part of a sum: every output
  * is the same dot product whichever thread computes it, so the bits do not depend on the count.
  */
 #include "ops.h"
 #include "fp8.h"
+#include "matmul_e4m3.h"
 
 #include <cblas.h>
 #include <immintrin.h>
@@ -93,131 +94,103 @@ float dot_f32(const float *a, const float *b, int n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * AVX2 decode kernels. A kernel takes R = 1 or KERNEL_ROWS = 4 rows of W, one token x [cols], and
- * writes the R dot products to res [R]. w points at the first row's first byte, ld is the row
- * stride in bytes. The 4-row form keeps its four accumulators in registers (written out, since
- * -O2 does not unroll a row loop), and each 8-float load of x feeds all four rows.
+ * AVX2 decode kernels for BF16 and F32. A kernel takes R = 1 or KERNEL_ROWS = 4 rows of W, one
+ * token x [cols], and writes the R dot products to res [R]. w points at the first row's first byte,
+ * ld is the row stride in bytes. The 4-row form keeps its four accumulators in registers (written
+ * out, since -O2 does not unroll a row loop), and each 8-float load of x feeds all four rows.
  * The widening step per dtype, 8 columns at a time: */
-typedef enum { W_F32, W_BF16, W_E4M3 } WKind;
+typedef enum { W_F32, W_BF16 } WKind;
 
-/* 8 BF16 codes at p -> 8 FP32 (zero-extend, shift left 16) */
+/* 8 BF16 codes at p -> 8 FP32: code j in the upper half of 32-bit lane j, zeros below. One byte
+ * shuffle of the 16 bytes loaded into both 128-bit halves (index -1 writes a zero byte), instead of
+ * zero-extend + shift: one vector operation fewer per 8 weights, the same bits. */
 __attribute__((target("avx2"), always_inline)) static inline __m256 bf16x8(const unsigned char *p) {
-    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
-
-/* 8 E4M3 codes at p -> decode(c) * 2^-120 as FP32 (header comment), times s' = s * 2^120 */
-__attribute__((target("avx2"), always_inline)) static inline __m256 e4m3x8(const unsigned char *p, __m256 s) {
-    __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
-    v = _mm256_and_si256(_mm256_slli_epi32(v, 20), _mm256_set1_epi32((int)0x87F00000u));
-    return _mm256_mul_ps(_mm256_castsi256_ps(v), s);
+    const __m256i to_hi = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+                                           -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15);
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(v, to_hi));
 }
 
 /* 8 weights of kind k at p (element index c of the row, byte address already applied) */
-__attribute__((target("avx2"), always_inline)) static inline __m256 widen8(WKind k, const unsigned char *p, __m256 s) {
+__attribute__((target("avx2"), always_inline)) static inline __m256 widen8(WKind k, const unsigned char *p) {
     if (k == W_BF16) return bf16x8(p);
-    if (k == W_E4M3) return e4m3x8(p, s);
     return _mm256_loadu_ps((const float *)(const void *)p);
 }
 
 /* the last cols - c (< 8) weights of a row, zero-padded to 8 */
-__attribute__((target("avx2"), always_inline)) static inline __m256 widen_tail(WKind k, const unsigned char *p, int m, __m256 s) {
-    size_t es = k == W_F32 ? 4 : k == W_BF16 ? 2 : 1;
+__attribute__((target("avx2"), always_inline)) static inline __m256 widen_tail(WKind k, const unsigned char *p, int m) {
     unsigned char buf[32] = {0};
-    memcpy(buf, p, es * (size_t)m);
-    return widen8(k, buf, s);
+    memcpy(buf, p, (k == W_F32 ? 4 : 2) * (size_t)m);
+    return widen8(k, buf);
 }
 
 #define ACC(a, xv, w) a = _mm256_add_ps(a, _mm256_mul_ps(xv, w))
 
-/* Columns [c0, c1) of R rows into acc (c0 a multiple of 8; only the row's last span may have a
- * tail). s: the rows' scales for this span (E4M3), ignored otherwise. */
-__attribute__((target("avx2"), always_inline)) static inline void span4(WKind k, __m256 *acc, const float *x, const unsigned char *w,
-                                                         size_t ld, int c0, int c1, const __m256 *s) {
-    size_t es = k == W_F32 ? 4 : k == W_BF16 ? 2 : 1;
+/* R rows (1 or 4), all columns */
+__attribute__((target("avx2"), always_inline)) static inline void rows_avx2(WKind k, float *res, const float *x, const unsigned char *w,
+                                                                            size_t ld, int cols, int R) {
+    size_t es = k == W_F32 ? 4 : 2;
     const unsigned char *w0 = w, *w1 = w + ld, *w2 = w + 2 * ld, *w3 = w + 3 * ld;
-    __m256 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
-    int c = c0;
-    for (; c + 8 <= c1; c += 8) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 8 <= cols; c += 8) {
         __m256 xv = _mm256_loadu_ps(x + c);
         size_t o = es * (size_t)c;
-        _mm_prefetch((const char *)w + 4 * ld + 4 * o, _MM_HINT_T0); /* the next 4 rows, in step */
-        ACC(a0, xv, widen8(k, w0 + o, s[0]));
-        ACC(a1, xv, widen8(k, w1 + o, s[1]));
-        ACC(a2, xv, widen8(k, w2 + o, s[2]));
-        ACC(a3, xv, widen8(k, w3 + o, s[3]));
+        if (R == 1) {
+            ACC(a0, xv, widen8(k, w0 + o));
+            continue;
+        }
+        _mm_prefetch((const char *)w + 4 * ld + 4 * o, _MM_HINT_T1); /* the next 4 rows, in step, into L2 */
+        ACC(a0, xv, widen8(k, w0 + o));
+        ACC(a1, xv, widen8(k, w1 + o));
+        ACC(a2, xv, widen8(k, w2 + o));
+        ACC(a3, xv, widen8(k, w3 + o));
     }
-    if (c < c1) {
-        __m256 xv = load_tail(x + c, c1 - c);
+    if (c < cols) {
+        __m256 xv = load_tail(x + c, cols - c);
         size_t o = es * (size_t)c;
-        ACC(a0, xv, widen_tail(k, w0 + o, c1 - c, s[0]));
-        ACC(a1, xv, widen_tail(k, w1 + o, c1 - c, s[1]));
-        ACC(a2, xv, widen_tail(k, w2 + o, c1 - c, s[2]));
-        ACC(a3, xv, widen_tail(k, w3 + o, c1 - c, s[3]));
+        ACC(a0, xv, widen_tail(k, w0 + o, cols - c));
+        if (R > 1) {
+            ACC(a1, xv, widen_tail(k, w1 + o, cols - c));
+            ACC(a2, xv, widen_tail(k, w2 + o, cols - c));
+            ACC(a3, xv, widen_tail(k, w3 + o, cols - c));
+        }
     }
-    acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
-}
-
-__attribute__((target("avx2"), always_inline)) static inline void span1(WKind k, __m256 *acc, const float *x, const unsigned char *w,
-                                                         int c0, int c1, __m256 s) {
-    size_t es = k == W_F32 ? 4 : k == W_BF16 ? 2 : 1;
-    __m256 a = *acc;
-    int c = c0;
-    for (; c + 8 <= c1; c += 8) ACC(a, _mm256_loadu_ps(x + c), widen8(k, w + es * (size_t)c, s));
-    if (c < c1) ACC(a, load_tail(x + c, c1 - c), widen_tail(k, w + es * (size_t)c, c1 - c, s));
-    *acc = a;
-}
-#undef ACC
-
-/* R rows (1 or 4), all columns. sf [R][n_cb]: E4M3's folded scales (e4m3_fold_scales), one span
- * per block of block_c columns; the other kinds are one span. */
-__attribute__((target("avx2"), always_inline)) static inline void rows_avx2(WKind k, float *res, const float *x, const unsigned char *w,
-                                                             size_t ld, int cols, int R, const float *sf, int block_c) {
-    __m256 acc[KERNEL_ROWS], s[KERNEL_ROWS];
-    for (int r = 0; r < KERNEL_ROWS; r++) acc[r] = s[r] = _mm256_setzero_ps();
-    int span = k == W_E4M3 ? block_c : cols > 0 ? cols : 1, n_sp = (cols + span - 1) / span;
-    for (int sp = 0; sp < n_sp; sp++) {
-        int c0 = sp * span, c1 = c0 + span < cols ? c0 + span : cols;
-        if (k == W_E4M3)
-            for (int r = 0; r < R; r++) s[r] = _mm256_set1_ps(sf[r * n_sp + sp]);
-        if (R == KERNEL_ROWS) span4(k, acc, x, w, ld, c0, c1, s);
-        else span1(k, acc, x, w, c0, c1, s[0]);
+    res[0] = hsum8(a0);
+    if (R > 1) {
+        res[1] = hsum8(a1);
+        res[2] = hsum8(a2);
+        res[3] = hsum8(a3);
     }
-    for (int r = 0; r < R; r++) res[r] = hsum8(acc[r]);
 }
 
 /* NT = 2 or 4 tokens of one row: each 8 weights, widened once, feed NT tokens (x: NT rows of
  * ldx floats). The same products and sums per output as above, so the same bits. The row of the
  * next 4-row group is prefetched in step. */
 __attribute__((target("avx2"), always_inline)) static inline void toks_avx2(WKind k, float *res, const float *x, size_t ldx,
-                                                                            const unsigned char *w, size_t ld, int cols, int NT,
-                                                                            const float *sf, int block_c) {
-    size_t es = k == W_F32 ? 4 : k == W_BF16 ? 2 : 1;
+                                                                            const unsigned char *w, size_t ld, int cols, int NT) {
+    size_t es = k == W_F32 ? 4 : 2;
     const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, s = a0;
-    int span = k == W_E4M3 ? block_c : cols > 0 ? cols : 1, n_sp = (cols + span - 1) / span;
-    for (int sp = 0; sp < n_sp; sp++) {
-        int c = sp * span, c1 = c + span < cols ? c + span : cols;
-        if (k == W_E4M3) s = _mm256_set1_ps(sf[sp]);
-        for (; c + 8 <= c1; c += 8) {
-            size_t o = es * (size_t)c;
-            _mm_prefetch((const char *)w + 4 * ld + o, _MM_HINT_T0);
-            __m256 wv = widen8(k, w + o, s);
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_loadu_ps(x0 + c), wv));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_loadu_ps(x1 + c), wv));
-            if (NT == 4) {
-                a2 = _mm256_add_ps(a2, _mm256_mul_ps(_mm256_loadu_ps(x2 + c), wv));
-                a3 = _mm256_add_ps(a3, _mm256_mul_ps(_mm256_loadu_ps(x3 + c), wv));
-            }
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + 8 <= cols; c += 8) {
+        size_t o = es * (size_t)c;
+        _mm_prefetch((const char *)w + 4 * ld + o, _MM_HINT_T1);
+        __m256 wv = widen8(k, w + o);
+        ACC(a0, _mm256_loadu_ps(x0 + c), wv);
+        ACC(a1, _mm256_loadu_ps(x1 + c), wv);
+        if (NT == 4) {
+            ACC(a2, _mm256_loadu_ps(x2 + c), wv);
+            ACC(a3, _mm256_loadu_ps(x3 + c), wv);
         }
-        if (c < c1) {
-            __m256 wv = widen_tail(k, w + es * (size_t)c, c1 - c, s);
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(load_tail(x0 + c, c1 - c), wv));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(load_tail(x1 + c, c1 - c), wv));
-            if (NT == 4) {
-                a2 = _mm256_add_ps(a2, _mm256_mul_ps(load_tail(x2 + c, c1 - c), wv));
-                a3 = _mm256_add_ps(a3, _mm256_mul_ps(load_tail(x3 + c, c1 - c), wv));
-            }
+    }
+    if (c < cols) {
+        __m256 wv = widen_tail(k, w + es * (size_t)c, cols - c);
+        ACC(a0, load_tail(x0 + c, cols - c), wv);
+        ACC(a1, load_tail(x1 + c, cols - c), wv);
+        if (NT == 4) {
+            ACC(a2, load_tail(x2 + c, cols - c), wv);
+            ACC(a3, load_tail(x3 + c, cols - c), wv);
         }
     }
     res[0] = hsum8(a0);
@@ -227,84 +200,48 @@ __attribute__((target("avx2"), always_inline)) static inline void toks_avx2(WKin
         res[3] = hsum8(a3);
     }
 }
-
-/* Whether any of n E4M3 codes is NaN (S.1111.111, i.e. c | 0x80 == 0xFF). */
-__attribute__((target("avx2"))) static int e4m3_has_nan_avx2(const unsigned char *p, size_t n) {
-    __m256i top = _mm256_setzero_si256(), hi = _mm256_set1_epi8((char)0x80);
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) /* the largest c | 0x80 per byte lane: 0xFF iff a NaN went by */
-        top = _mm256_max_epu8(top, _mm256_or_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + i)), hi));
-    __m256i any = _mm256_cmpeq_epi8(top, _mm256_set1_epi8(-1));
-    int nan = !_mm256_testz_si256(any, any);
-    for (; i < n; i++) nan |= (p[i] | 0x80) == 0xFF;
-    return nan;
-}
-
-/* s' [R][n_cb] = scale * 2^120 for the rows' blocks; 0 when one is not finite (then: plain path) */
-static int e4m3_fold_scales(float *sf, const Tensor *W, int r0, int R) {
-    int n_cb = (W->cols + W->block_c - 1) / W->block_c;
-    for (int r = 0; r < R; r++) {
-        const float *s = W->scale_inv + (size_t)((r0 + r) / W->block_r) * n_cb;
-        for (int cb = 0; cb < n_cb; cb++) {
-            float f = s[cb] * 0x1p120f;
-            if (!isfinite(f)) return 0;
-            sf[r * n_cb + cb] = f;
-        }
-    }
-    return 1;
-}
+#undef ACC
 
 /* one kernel per (kind, R), so that each is compiled with both as constants */
-__attribute__((target("avx2"))) static void rows_avx2_f32_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_F32, res, x, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void rows_avx2_f32_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_F32, res, x, w, ld, cols, 1, sf, bc); }
-__attribute__((target("avx2"))) static void rows_avx2_bf16_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_BF16, res, x, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void rows_avx2_bf16_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_BF16, res, x, w, ld, cols, 1, sf, bc); }
-__attribute__((target("avx2"))) static void rows_avx2_e4m3_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_E4M3, res, x, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void rows_avx2_e4m3_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { rows_avx2(W_E4M3, res, x, w, ld, cols, 1, sf, bc); }
-typedef void TokKernel(float *, const float *, size_t, const unsigned char *, size_t, int, const float *, int);
-__attribute__((target("avx2"))) static void toks_avx2_f32_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void toks_avx2_f32_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 2, sf, bc); }
-__attribute__((target("avx2"))) static void toks_avx2_bf16_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void toks_avx2_bf16_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 2, sf, bc); }
-__attribute__((target("avx2"))) static void toks_avx2_e4m3_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_E4M3, res, x, ldx, w, ld, cols, 4, sf, bc); }
-__attribute__((target("avx2"))) static void toks_avx2_e4m3_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols, const float *sf, int bc) { toks_avx2(W_E4M3, res, x, ldx, w, ld, cols, 2, sf, bc); }
+typedef void RowKernel(float *, const float *, const unsigned char *, size_t, int);
+typedef void TokKernel(float *, const float *, size_t, const unsigned char *, size_t, int);
+#define AVX2_FN __attribute__((target("avx2"))) static void
+AVX2_FN rows_f32_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols) { rows_avx2(W_F32, res, x, w, ld, cols, 4); }
+AVX2_FN rows_f32_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols) { rows_avx2(W_F32, res, x, w, ld, cols, 1); }
+AVX2_FN rows_bf16_4(float *res, const float *x, const unsigned char *w, size_t ld, int cols) { rows_avx2(W_BF16, res, x, w, ld, cols, 4); }
+AVX2_FN rows_bf16_1(float *res, const float *x, const unsigned char *w, size_t ld, int cols) { rows_avx2(W_BF16, res, x, w, ld, cols, 1); }
+AVX2_FN toks_f32_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 4); }
+AVX2_FN toks_f32_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols) { toks_avx2(W_F32, res, x, ldx, w, ld, cols, 2); }
+AVX2_FN toks_bf16_4(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 4); }
+AVX2_FN toks_bf16_2(float *res, const float *x, size_t ldx, const unsigned char *w, size_t ld, int cols) { toks_avx2(W_BF16, res, x, ldx, w, ld, cols, 2); }
+#undef AVX2_FN
 
-/* Rows [r0, r0+nr) of W for n tokens through the AVX2 kernels; returns 0, or -1 when some row
- * group needs the plain path (the caller then runs it for the whole block). sf: scratch for
- * KERNEL_ROWS * n_cb folded scales. */
-static int block_avx2(float *out, const float *x, const Tensor *W, int n, int r0, int nr, float *sf) {
-    typedef void Kernel(float *, const float *, const unsigned char *, size_t, int, const float *, int);
-    Kernel *k4 = W->dtype == DT_BF16 ? rows_avx2_bf16_4 : W->dtype == DT_F8_E4M3 ? rows_avx2_e4m3_4 : rows_avx2_f32_4;
-    Kernel *k1 = W->dtype == DT_BF16 ? rows_avx2_bf16_1 : W->dtype == DT_F8_E4M3 ? rows_avx2_e4m3_1 : rows_avx2_f32_1;
-    TokKernel *t4 = W->dtype == DT_BF16 ? toks_avx2_bf16_4 : W->dtype == DT_F8_E4M3 ? toks_avx2_e4m3_4 : toks_avx2_f32_4;
-    TokKernel *t2 = W->dtype == DT_BF16 ? toks_avx2_bf16_2 : W->dtype == DT_F8_E4M3 ? toks_avx2_e4m3_2 : toks_avx2_f32_2;
-    int rows = W->rows, cols = W->cols, n_cb = W->scale_inv ? (cols + W->block_c - 1) / W->block_c : 0;
+/* Rows [r0, r0+nr) of a BF16 or F32 W for n tokens through the AVX2 kernels. */
+static void block_avx2(float *out, const float *x, const Tensor *W, int n, int r0, int nr) {
+    int bf = W->dtype == DT_BF16, rows = W->rows, cols = W->cols;
+    RowKernel *k4 = bf ? rows_bf16_4 : rows_f32_4, *k1 = bf ? rows_bf16_1 : rows_f32_1;
+    TokKernel *t4 = bf ? toks_bf16_4 : toks_f32_4, *t2 = bf ? toks_bf16_2 : toks_f32_2;
     size_t ld = (size_t)cols * dtype_size(W->dtype);
     for (int g = 0; g < nr;) {
         int R = nr - g >= KERNEL_ROWS ? KERNEL_ROWS : 1, r = r0 + g;
         const unsigned char *w = (const unsigned char *)W->data + (size_t)r * ld;
-        /* the NaN scan is also this group's first touch of its weights: it waits on memory */
-        if (W->dtype == DT_F8_E4M3 && (e4m3_has_nan_avx2(w, R * ld) || !e4m3_fold_scales(sf, W, r, R)))
-            return -1;
         if (n == 1) {
             float res[KERNEL_ROWS];
-            (R == KERNEL_ROWS ? k4 : k1)(res, x, w, ld, cols, sf, W->block_c);
+            (R == KERNEL_ROWS ? k4 : k1)(res, x, w, ld, cols);
             for (int i = 0; i < R; i++) out[r + i] = res[i];
         } else /* several tokens: row by row, each weight widened once for 4 or 2 tokens at a time */
             for (int i = 0; i < R; i++) {
                 const unsigned char *wi = w + (size_t)i * ld;
-                const float *sfi = sf + (size_t)i * n_cb;
                 int t = 0;
                 for (float res[4]; n - t >= 2; t += n - t >= 4 ? 4 : 2) {
                     int nt = n - t >= 4 ? 4 : 2;
-                    (nt == 4 ? t4 : t2)(res, x + (size_t)t * cols, (size_t)cols, wi, ld, cols, sfi, W->block_c);
+                    (nt == 4 ? t4 : t2)(res, x + (size_t)t * cols, (size_t)cols, wi, ld, cols);
                     for (int j = 0; j < nt; j++) out[(size_t)(t + j) * rows + r + i] = res[j];
                 }
-                if (t < n) k1(out + (size_t)t * rows + r + i, x + (size_t)t * cols, wi, ld, cols, sfi, W->block_c);
+                if (t < n) k1(out + (size_t)t * rows + r + i, x + (size_t)t * cols, wi, ld, cols);
             }
         g += R;
     }
-    return 0;
 }
 
 /* Rows [r0, r0+nr) the plain way: widen into buf [nr, cols] (unless W is aligned F32), dot_f32. */
@@ -318,56 +255,81 @@ static void block_plain(float *out, const float *x, const Tensor *W, int n, int 
             out[(size_t)t * rows + r0 + r] = dot_f32_plain(x + (size_t)t * cols, w + (size_t)r * cols, cols);
 }
 
-/* Which dtypes the vector kernels take (the others go the plain way on any CPU). */
-static int vector_dtype(const Tensor *W) {
-    if (W->dtype == DT_BF16 || W->dtype == DT_F32) return 1;
-    return W->dtype == DT_F8_E4M3 && W->scale_inv && W->block_c % 8 == 0 && W->block_r > 0;
+/* E4M3 with block scales takes matmul_e4m3.c's sums (any kernel); BF16 and F32 the AVX2 kernels
+ * above (the AVX-512 choice changes only the E4M3 kernel); any other dtype the plain way. */
+static int e4m3_scaled(const Tensor *W) {
+    return W->dtype == DT_F8_E4M3 && W->scale_inv && W->block_c > 0 && W->block_r > 0;
 }
 
 const char *matmul_kernel_name(MatmulKernel k) {
-    static const char *names[] = {"plain", "avx2", "best"};
+    static const char *names[] = {"plain", "avx2", "avx512", "best"};
     return (unsigned)k <= MATMUL_BEST ? names[k] : "?";
 }
 
 int matmul_kernel_supported(MatmulKernel k) {
-    return k == MATMUL_PLAIN || k == MATMUL_BEST || (k == MATMUL_AVX2 && __builtin_cpu_supports("avx2"));
+    if (k == MATMUL_PLAIN || k == MATMUL_BEST) return 1;
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (k == MATMUL_AVX2) return avx2;
+    return k == MATMUL_AVX512 && avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl");
 }
 
-/* matmul_small_with, and -2 when a thread's scratch could not be allocated (*bytes: its size). */
+MatmulKernel matmul_kernel_best(void) {
+    return matmul_kernel_supported(MATMUL_AVX512) ? MATMUL_AVX512 : matmul_kernel_supported(MATMUL_AVX2) ? MATMUL_AVX2 : MATMUL_PLAIN;
+}
+
+/* matmul_small_with, and -2 when scratch could not be allocated (*bytes: its size). */
 static int small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k, size_t *bytes) {
     if (!matmul_kernel_supported(k) || n > SMALL_BATCH) return -1;
-    if (k == MATMUL_BEST) k = __builtin_cpu_supports("avx2") ? MATMUL_AVX2 : MATMUL_PLAIN;
-    if (!vector_dtype(W)) k = MATMUL_PLAIN;
+    if (k == MATMUL_BEST) k = matmul_kernel_best();
     int rows = W->rows, cols = W->cols, n_blocks = (rows + SMALL_ROWS - 1) / SMALL_ROWS;
-    int n_cb = W->scale_inv ? (cols + W->block_c - 1) / W->block_c : 0;
-    size_t sf_bytes = sizeof(float) * (size_t)(KERNEL_ROWS * n_cb + 1), buf_bytes = sizeof(float) * (size_t)SMALL_ROWS * cols;
-    int failed = 0; /* set by any thread whose scratch is missing; every thread still reaches the barrier */
-#pragma omp parallel if (n_blocks > 1 && (size_t)rows * cols >= PARALLEL_MIN)
-    {
-        float *buf = NULL, *sf = malloc(sf_bytes);
-        if (!sf) {
-#pragma omp atomic write
-            failed = 1;
+    int threads = n_blocks > 1 && (size_t)rows * cols >= PARALLEL_MIN;
+    if (e4m3_scaled(W)) {
+        /* x * 2^120 once for every row (matmul_e4m3.c); without it the kernels scale the codes */
+        size_t nx = (size_t)n * cols;
+        float *xs = NULL;
+        if (k != MATMUL_PLAIN && e4m3_x_scalable(x, nx)) {
+            if (!(xs = malloc(sizeof(float) * nx + 1))) {
+                *bytes = sizeof(float) * nx;
+                return -2;
+            }
+            for (size_t i = 0; i < nx; i++) xs[i] = x[i] * 0x1p120f;
         }
+#pragma omp parallel for schedule(static) if (threads)
+        for (int b = 0; b < n_blocks; b++) {
+            int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
+            e4m3_rows(out, x, xs, W, n, r0, nr, k);
+        }
+        free(xs);
+        return 0;
+    }
+    if (W->dtype != DT_BF16 && W->dtype != DT_F32) k = MATMUL_PLAIN;
+    size_t buf_bytes = sizeof(float) * (size_t)SMALL_ROWS * cols;
+    int failed = 0; /* set by any thread whose scratch is missing; every thread still reaches the barrier */
+#pragma omp parallel if (threads)
+    {
+        float *buf = NULL;
+        int skip = 0;
 #pragma omp for schedule(static)
         for (int b = 0; b < n_blocks; b++) {
-            if (!sf) continue;
             int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
-            if (k == MATMUL_AVX2 && block_avx2(out, x, W, n, r0, nr, sf) == 0) continue;
+            if (skip) continue;
+            if (k != MATMUL_PLAIN) {
+                block_avx2(out, x, W, n, r0, nr);
+                continue;
+            }
             if (!buf && !(buf = malloc(buf_bytes))) {
 #pragma omp atomic write
                 failed = 1;
-                free(sf);
-                sf = NULL; /* skips this thread's remaining blocks */
+                skip = 1; /* skips this thread's remaining blocks */
                 continue;
             }
             block_plain(out, x, W, n, r0, nr, buf);
         }
         free(buf);
-        free(sf);
     }
     if (failed) {
-        *bytes = sf_bytes + buf_bytes;
+        *bytes = buf_bytes;
         return -2;
     }
     return 0;

@@ -68,9 +68,10 @@ void rmsnorm(float *out, const float *x, const float *w, int n, int d, float eps
 
 /* out [n, rows] = x [n, cols] . W^T (matmul.c). W in any dtype, kept in it.
  * Batch invariance: for n <= SMALL_BATCH every output is dot_f32(x_t, W_r) with W_r widened
- * exactly to FP32, whatever n is, so a token's result does not depend on which other tokens share
- * the call (decode of one token and a speculative verify of two give bit-identical logits), nor on
- * the thread count, nor on which kernel (plain C or AVX2) computes it. Larger n goes to OpenBLAS:
+ * exactly to FP32 (E4M3 with block scales: e4m3_dot_plain's order, matmul_e4m3.c), whatever n is, so
+ * a token's result does not depend on which other tokens share the call (decode of one token and a
+ * speculative verify of two give bit-identical logits), nor on the thread count, nor on which kernel
+ * (plain C, AVX2 or AVX-512) computes it. Larger n goes to OpenBLAS:
  * FP8/BF16 are widened tile by tile (TILE_ROWS rows at a time) and multiplied with cblas_sgemm. */
 #define SMALL_BATCH 8
 /* With W->fp8_gemm set (E4M3 weights with block scales) it is instead
@@ -81,9 +82,10 @@ int matmul(float *out, const float *x, const Tensor *W, int n, Error *e);
 
 /* The decode kernels by name, for the tests (each against plain, bit for bit) and run bench.
  * MATMUL_BEST is what matmul uses: the fastest this CPU runs. */
-typedef enum { MATMUL_PLAIN, MATMUL_AVX2, MATMUL_BEST } MatmulKernel;
+typedef enum { MATMUL_PLAIN, MATMUL_AVX2, MATMUL_AVX512, MATMUL_BEST } MatmulKernel;
 const char *matmul_kernel_name(MatmulKernel k);
 int matmul_kernel_supported(MatmulKernel k); /* 1 when this CPU can run it */
+MatmulKernel matmul_kernel_best(void);       /* what MATMUL_BEST means on this CPU */
 /* matmul for n <= SMALL_BATCH through kernel k; -1 (nothing written) when n is larger or the CPU
  * lacks k. Dtypes a vector kernel does not take (F16, E5M2, unscaled E4M3) go the plain way. */
 int matmul_small_with(float *out, const float *x, const Tensor *W, int n, MatmulKernel k);

@@ -295,7 +295,10 @@ static void state_or_die(State *s, const Model *m, int ctx, int need) {
     }
     if (ctx > max_pos)
         fprintf(stderr, "run: note: --ctx %d is beyond the model's max_position_embeddings %d\n", ctx, max_pos);
-    if (kv_format == MLA_KV_F32 ? state_init_device(s, m, ctx, 64, device, &e) : state_init_kv(s, m, ctx, 64, kv_format, &e))
+    /* prefill in chunks of up to 512 tokens: each expert then sees enough of a prompt's tokens for
+     * its GEMM path (matmul.c), and each weight tile is widened once per 512 tokens */
+    if (kv_format == MLA_KV_F32 ? state_init_device(s, m, ctx, 512, device, &e)
+                                : state_init_kv(s, m, ctx, 512, kv_format, &e))
         die(e.msg);
 }
 
