@@ -27,8 +27,10 @@
  *                           accumulation mode; y_unquantized: matmul_cuda_host (its own tolerance,
  *                           tolerance.fp8_gemm.y_unquantized); w_q, w_scale_inv: no twin
  * No twin, listed as such (not failures): fp8_quant_block (kernels.cu has no block quantizer of
- * weights), decoder_layer and model (the device forward's layer and whole model are static in
- * model.cu; build/cuda/test_device holds them to the C forward on every fixture instead).
+ * weights), mla_kv_rows (the cache formats' encoders are C only: the device forward's cache is F32),
+ * mla_paged_decode (its twin, mla_decode.cu, is its own build: build/mla_decode/test_mla_decode),
+ * decoder_layer and model (the device forward's layer and whole model are static in model.cu;
+ * build/cuda/test_device holds them to the C forward on every fixture instead).
  * Every output a function lists in the metadata (outputs.<function>) must be checked or declared
  * "no twin" here, else it is NOT OK: a new golden output cannot be skipped silently.
  *
@@ -513,6 +515,17 @@ static void t_model(Golden *g) {
           "model_forward_device needs a loaded checkpoint; build/cuda/test_device holds it to the C forward");
 }
 
+static void t_mla_kv_rows(Golden *g) {
+    whole(g, "each format's bytes and rows",
+          "the cache formats' encoders are C only (mla_kv.c): the device forward keeps an F32 cache (run --kv bf16|fp8 "
+          "is refused with --device cuda) and mla_decode.cu widens BF16 / FP8 rows in its tile loader");
+}
+static void t_mla_paged_decode(Golden *g) {
+    whole(g, "o_lat, lse per format",
+          "its twin is mla_decode.cu (build/mla_decode), held to the same C function (mla_paged.c) by "
+          "build/mla_decode/test_mla_decode");
+}
+
 static const struct { const char *name; void (*run)(Golden *); int whole; } FNS[] = {
     {"rmsnorm", t_rmsnorm, 0},
     {"rope_table", t_rope_table, 0},
@@ -530,6 +543,8 @@ static const struct { const char *name; void (*run)(Golden *); int whole; } FNS[
     {"fp8_quant_act", t_fp8_quant_act, 0},
     {"fp8_dequant_act", t_fp8_dequant_act, 0},
     {"fp8_gemm", t_fp8_gemm, 0},
+    {"mla_kv_rows", t_mla_kv_rows, 1},
+    {"mla_paged_decode", t_mla_paged_decode, 1},
     {"decoder_layer", t_decoder_layer, 1},
     {"model", t_model, 1},
 };
