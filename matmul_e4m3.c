@@ -46,7 +46,8 @@
 /* The one-token kernels prefetch the rows two groups ahead, into L2 (_MM_HINT_T1): one group ahead
  * (4 rows of FP8 are 8 KB at d = 2048) let the NaN scan wait on memory, and into L1 the prefetched
  * rows evicted the ones being read (a 32 KB L1d). AMD EPYC (Zen 4), decode of the V2-Lite-shaped
- * FP8 model: 15-17 tok/s (L1, one group ahead) against 17.5 (L2, two): notes/performance.md. */
+ * FP8 model: 13.0-14.5 tok/s (L1, one group ahead), 15.2-16.8 (L2, one), 17.4-17.9 (L2, two):
+ * notes/performance.md. */
 #define PREFETCH (2 * GROUP)
 /* The loops over rows and tokens below run 1, 2 or 4 times, a constant in each compiled kernel:
  * `#pragma GCC unroll` makes -O2 unroll them, so that their accumulators live in registers. */
