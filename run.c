@@ -1,5 +1,7 @@
-/* run.c - the command line. Every subcommand is a small function; all errors end here: library
- * code returns -1 with a one-line message, and this file prints it and exits non-zero.
+/* run.c - the commands. Every subcommand is a small function; all errors end here: library code
+ * returns -1 with a one-line message, and this file (with args.c's die) prints it and exits
+ * non-zero. The options, the --help text and die / die_usage are args.c's; ppl's arithmetic is
+ * ppl.c's.
  *
  *   run inspect DIR                                     config summary, parameters, bytes by dtype
  *   run logits DIR --tokens 5,17,42 --out F.safetensors [--decode] [--naive] [--ctx N]
@@ -8,6 +10,7 @@
  *   run generate ... --mtp                             speculative decoding with the MTP module
  *   run init --config C.json --out DIR [--mtp] [--dtype D] [--force]   a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
+ *   run ppl DIR (--ids-file F | -f TEXT) [--window W] [--compare DIR2]   perplexity (ppl.c)
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
@@ -25,10 +28,10 @@
 #include "mla.h"
 #include "model.h"
 #include "outfile.h"
+#include "ppl.h"
 #include "quantize.h"
 #include "tokenizer.h"
 
-#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -435,7 +438,8 @@ static int cmd_tokenize(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * run ppl: perplexity over non-overlapping windows, as train/train.py defines it for HF
+ * run ppl: perplexity over non-overlapping windows, as train/train.py defines it for HF: the ids,
+ * the model(s), one prefill per window; ppl.c does the arithmetic and the report
  */
 static int cmd_ppl(int argc, char **argv) {
     Args a = parse_args(argc, argv);
@@ -478,48 +482,18 @@ static int cmd_ppl(int argc, char **argv) {
     float *logits = malloc(sizeof(float) * (size_t)W * V), *logits2 = a.compare ? malloc(sizeof(float) * (size_t)W * V) : NULL;
     int *win = malloc(sizeof(int) * (size_t)W);
     if (!logits || !win || (a.compare && !logits2)) die("ppl: out of memory for the window's logits");
-    /* with --compare: per prediction, d = NLL2 - NLL1 and its expansion in the logit change
-     * delta = l2 - l1 under p = softmax(l1): d = (E_p delta - delta_y) + Var_p(delta) / 2 + O(delta^3) */
-    double nll = 0, nll2 = 0, first = 0, first_sq = 0, second = 0, t0 = now_s();
+    /* the sums of ppl.h, added window by window in order (bit-identical figures for the same windows) */
+    PplSums sums = {0};
+    double t0 = now_s();
     for (int k = 0; k < n_win; k++) {
         win[0] = bos;
         memcpy(win + 1, ids + (size_t)k * (W - 1), sizeof(int) * (size_t)(W - 1));
         die_on(model_forward(&m, &s, win, W, 0, logits, 0, ATTN_ABSORBED, &e), &e);
         if (a.compare) die_on(model_forward(&m2, &s2, win, W, 0, logits2, 0, ATTN_ABSORBED, &e), &e);
-        for (int t = 0; t < W - 1; t++) { /* -log softmax(logits[t])[win[t+1]], in double */
-            const float *l = logits + (size_t)t * V;
-            int y = win[t + 1];
-            double mx = l[argmax(l, V)], z = 0;
-            for (int v = 0; v < V; v++) z += exp((double)l[v] - mx);
-            nll += log(z) + mx - l[y];
-            if (!a.compare) continue;
-            const float *l2 = logits2 + (size_t)t * V;
-            double mx2 = l2[argmax(l2, V)], z2 = 0, e1 = 0, e2 = 0;
-            for (int v = 0; v < V; v++) {
-                double p = exp((double)l[v] - mx) / z, dl = (double)l2[v] - l[v];
-                z2 += exp((double)l2[v] - mx2);
-                e1 += p * dl;
-                e2 += p * dl * dl;
-            }
-            nll2 += log(z2) + mx2 - l2[y];
-            double f = e1 - ((double)l2[y] - l[y]);
-            first += f;
-            first_sq += f * f;
-            second += (e2 - e1 * e1) / 2;
-        }
+        ppl_add_window(&sums, logits, logits2, win, W, V);
         if (!a.ids && (k + 1) % 10 == 0) fprintf(stderr, "run: %d / %d windows\r", k + 1, n_win);
     }
-    double N = (double)n_win * (W - 1), mean = nll / N;
-    printf("%d windows of %d tokens ([BOS] + %d), %d predictions: mean NLL %.6f, perplexity %.4f\n", n_win, W,
-           W - 1, n_win * (W - 1), mean, exp(mean));
-    if (a.compare) {
-        double f_mean = first / N, f_se = sqrt((first_sq / N - f_mean * f_mean) / N), s_mean = second / N;
-        printf("%s: mean NLL %.6f, perplexity %.4f; change %+.6f (%+.4f%% perplexity)\n", a.compare, nll2 / N,
-               exp(nll2 / N), nll2 / N - mean, 100 * (exp(nll2 / N - mean) - 1));
-        printf("expansion in the logit change: first order %+.6f (standard error %.6f), second order %+.6f, "
-               "sum %+.6f\n", f_mean, f_se, s_mean, f_mean + s_mean);
-        printf("predicted change: %+.6f +- %.6f (second order +- 2 standard errors of the first)\n", s_mean, 2 * f_se);
-    }
+    ppl_print(stdout, &sums, n_win, W, a.compare);
     fprintf(stderr, "run: %.1f s, %.0f tok/s prefill\n", now_s() - t0, n_win * (double)W * (a.compare ? 2 : 1) / (now_s() - t0));
     free(win); free(logits); free(logits2); free(ids);
     state_free(&s);
