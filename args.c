@@ -1,7 +1,7 @@
-/* args.c - the command line shared by run's commands: the usage text, the options every command
- * parses into Args, the id and integer parsers, and the two options main takes out before any
- * command sees the line (--threads, --device). Each check ends in die_usage with a one-line message
- * (exit status 2); args.h lists what is here.
+/* args.c - run's command line: the usage text, the options the model commands parse into Args
+ * (bench, golden, kv and quantize parse their own), the id and integer parsers, and the two options
+ * main takes out before any command sees the line (--threads, --device). Each check ends in
+ * die_usage with a one-line message (exit status 2); args.h lists what is here.
  */
 #include "args.h"
 
