@@ -52,7 +52,10 @@ PKG_CFLAGS = $(shell pkg-config --cflags openblas libcjson libpcre2-8 2>/dev/nul
 PKG_LIBS   = $(shell pkg-config --libs openblas libcjson libpcre2-8 2>/dev/null) -lm -lpthread
 TEST_LIBS  = $(shell pkg-config --libs cmocka 2>/dev/null)
 
-LIB_SRC  := $(sort $(filter-out run.c,$(wildcard *.c)))
+# run.c and args.c are the command line (they print and exit); every other .c file is library code
+# that the tests link.
+RUN_SRC  := run.c args.c
+LIB_SRC  := $(sort $(filter-out $(RUN_SRC),$(wildcard *.c)))
 HDRS     := $(wildcard *.h)
 TESTS    := $(sort $(wildcard tests/test_*.c))
 
@@ -61,7 +64,7 @@ TESTS    := $(sort $(wildcard tests/test_*.c))
 # the file is swapped for a phony one that builds and then runs it when `run` is a goal.
 .DEFAULT_GOAL := all
 all: run
-BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run run.c $(LIB_SRC) $(PKG_LIBS)
+BUILD_RUN = $(CC) $(CSTD) $(OPT) $(WARN) $(PKG_CFLAGS) -o run $(RUN_SRC) $(LIB_SRC) $(PKG_LIBS)
 RUN_ARGS ?= generate models/kjv-v3 -p "And God said" -n 96 --seed 42
 ifeq ($(filter run,$(MAKECMDGOALS)),run)
 .PHONY: run
@@ -70,7 +73,7 @@ run: $(DEPS_STAMP)
 	$(BUILD_RUN)
 	./run $(RUN_ARGS)
 else
-run: $(LIB_SRC) run.c $(HDRS) | $(DEPS_STAMP)
+run: $(LIB_SRC) $(RUN_SRC) $(HDRS) | $(DEPS_STAMP)
 	$(BUILD_RUN)
 endif
 
@@ -104,7 +107,7 @@ TEST_BINS := $(patsubst tests/%.c,build/test/%,$(TESTS))
 ASAN_BINS := $(patsubst tests/%.c,build/asan/%,$(TESTS))
 
 # These tests exec ./run, so building one also brings ./run up to date; order-only, because a test
-# binary does not link run.c: changing run.c rebuilds ./run and relinks no test.
+# binary does not link run.c / args.c: changing them rebuilds ./run and relinks no test.
 RUN_TESTS := test_bundled test_cli test_golden test_mtp test_quantize
 $(RUN_TESTS:%=build/test/%) $(RUN_TESTS:%=build/asan/%): | run
 
@@ -257,8 +260,10 @@ endif
 CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
 # the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
 CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
-CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) run.c
+CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) $(RUN_SRC)
 CUDA_OBJS := $(patsubst %.c,build/cuda/obj/%.o,$(CUDA_C))
+# the objects of everything but the command line, for the CUDA tests and benchmark
+CUDA_LIB_OBJS := $(filter-out $(RUN_SRC:%.c=build/cuda/obj/%.o),$(CUDA_OBJS))
 
 build/cuda/%.o: %.cu $(CUDA_HDRS)
 	@mkdir -p build/cuda
@@ -278,15 +283,15 @@ build/cuda/test_kernels: tests/test_kernels.cu build/cuda/kernels.o $(CUDA_REF:%
 	  $(CUDA_BLAS_OBJ) $(CUDA_BLAS_LINK) -lgomp -lm
 build/cuda/run: $(CUDA_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -o $@ $^ -lcublas $(PKG_LIBS) -lgomp
-build/cuda/test_device: tests/device_forward.c tests/rel_err.h $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+build/cuda/test_device: tests/device_forward.c tests/rel_err.h $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(CC) $(CSTD) $(OPT) $(WARN) -I. $(PKG_CFLAGS) -c -o build/cuda/obj/test_device.o $<
 	$(NVCC) $(NVCC_ALL) -o $@ build/cuda/obj/test_device.o $(filter-out $< %.h,$^) -lcublas $(PKG_LIBS) -lgomp
 
-build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
-build/cuda/test_golden_cuda: tests/test_golden_cuda.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+build/cuda/test_golden_cuda: tests/test_golden_cuda.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
-build/cuda/bench_device: tests/bench_device.cu $(filter-out build/cuda/obj/run.o,$(CUDA_OBJS)) build/cuda/kernels.o $(CUDA_FWD)
+build/cuda/bench_device: tests/bench_device.cu $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 
 cuda:

@@ -1,5 +1,7 @@
-/* run.c - the command line. Every subcommand is a small function; all errors end here: library
- * code returns -1 with a one-line message, and this file prints it and exits non-zero.
+/* run.c - the commands. Every subcommand is a small function; all errors end here: library code
+ * returns -1 with a one-line message, and this file (with args.c's die) prints it and exits
+ * non-zero. The options, the --help text and die / die_usage are args.c's; ppl's arithmetic is
+ * ppl.c's.
  *
  *   run inspect DIR                                     config summary, parameters, bytes by dtype
  *   run logits DIR --tokens 5,17,42 --out F.safetensors [--decode] [--naive] [--ctx N]
@@ -8,11 +10,13 @@
  *   run generate ... --mtp                             speculative decoding with the MTP module
  *   run init --config C.json --out DIR [--mtp] [--dtype D] [--force]   a random model (D: f32, bf16, fp8)
  *   run tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat]
+ *   run ppl DIR (--ids-file F | -f TEXT) [--window W] [--compare DIR2]   perplexity (ppl.c)
  *   run kv [CONFIG.json ...] [--capacity ...]         the KV-cache story (kv_cli.c)
  *   run fp8-error [K [SEED]]                          FP8 GEMM error per mode (fp8_error.c)
  *   run golden ...                                    golden files for GPU kernels (golden.c)
  *   run quantize IN OUT --to fp8|bf16|f32             DeepSeek's FP8 checkpoint layout (quantize.c)
  */
+#include "args.h"
 #include "bench.h"
 #include "device.h"
 #include "fp8_error.h"
@@ -24,12 +28,11 @@
 #include "mla.h"
 #include "model.h"
 #include "outfile.h"
+#include "ppl.h"
 #include "quantize.h"
 #include "tokenizer.h"
 
-#include <math.h>
 #include <signal.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,213 +40,6 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
-
-static const char *USAGE =
-    "usage: run <command> [args]\n"
-    "\n"
-    "commands:\n"
-    "  inspect DIR          print the config summary, parameter counts (total and activated per\n"
-    "                       token), checkpoint bytes by dtype, and whether an MTP module is present.\n"
-    "                       DIR holds config.json and the safetensors (a config.json alone is enough\n"
-    "                       for the summary and the counts)\n"
-    "  logits DIR --tokens IDS --out F.safetensors [--decode] [--naive] [--fp8-gemm] [--ctx N]\n"
-    "                       write tensor `logits` (F32, [T, vocab]) for every position of the\n"
-    "                       comma-separated token ids. Default: one prefill over all T tokens.\n"
-    "                       --decode feeds them one at a time through the latent cache; --naive uses\n"
-    "                       the naive attention form (K and V expanded from the latent) instead of the\n"
-    "                       absorbed one. --fp8-gemm (also for generate): FP8 weights multiply as\n"
-    "                       DeepSeek's kernels do, activations quantized to E4M3 in 1x128 tiles\n"
-    "                       (default: dequantize the weights, FP32 GEMM)\n"
-    "  generate DIR (-p TEXT | -f FILE) [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--system S]\n"
-    "                       continue TEXT, streaming the decoded text to stdout as it is produced;\n"
-    "                       prompt and generation speed (tok/s) go to stderr. --chat makes TEXT one\n"
-    "                       user turn in the chat format of DIR/tokenizer_config.json's chat_template\n"
-    "                       (DeepSeek-V3, R1 or V2-Chat; another template is refused), --system S\n"
-    "                       before it. Sampling: temperature T (default 0.8; 0 = greedy), nucleus top-p P\n"
-    "                       (default 0.9), seed S (default: the time, printed at the end). N: new\n"
-    "                       tokens, default 16. Stops at EOS unless --ignore-eos. A prompt is at most\n"
-    "                       1 MiB. Ctrl-C stops after the next token and prints the speed so far (exit\n"
-    "                       status 130); a closed stdout (| head) ends it quietly (status 141)\n"
-    "  generate DIR --tokens IDS [-n N] [--temp 0] --ids [--ignore-eos]\n"
-    "                       the same from token ids; --ids prints the new ids on one line of stdout,\n"
-    "                       space-separated (greedy unless --temp is given)\n"
-    "  generate ... --mtp   speculative decoding with the checkpoint's MTP module as the draft: prints\n"
-    "                       the acceptance rate and the speed-up over plain decoding of the same\n"
-    "                       prompt; at --temp 0 the tokens equal plain greedy decoding's\n"
-    "  chat DIR [--system S] [-n N] [--temp T] [--top-p P] [--seed S] [--ids]\n"
-    "                       a conversation: one user turn per line of stdin (a trailing \\ continues\n"
-    "                       the turn), each reply generated after the ones before it in the same\n"
-    "                       latent cache, in the checkpoint's chat format. N: tokens per reply\n"
-    "                       (default 256); --ids prints each reply's ids on one line\n"
-    "  init --config CONFIG.json --out DIR [--mtp] [--seed S] [--dtype f32|bf16|fp8]\n"
-    "                       write a random model for the config (with an MTP module: --mtp), F32 or\n"
-    "                       what run quantize --to bf16 / fp8 makes of it (E4M3, 128 x 128 blocks),\n"
-    "                       one tensor at a time (a V2-Lite-sized FP8 model, 17 GB, in < 1 GB of RAM)\n"
-    "                       --force replaces a checkpoint already in DIR\n"
-    "  tokenize DIR (-p TEXT | -f FILE) [--ids] [--chat [--system S]]\n"
-    "                       ids and pieces of TEXT (or FILE's bytes, read as they are); --ids prints\n"
-    "                       only the ids, space-separated on one line. DIR needs only tokenizer.json.\n"
-    "                       --chat: the prompt ids generate --chat would feed the model\n"
-    "  kv [CONFIG.json ...] [--ctx N] [--kv-bits B] [--batch B] [--capacity ...]\n"
-    "                       KV cache bytes per token and per sequence for MHA / GQA / MLA models, the\n"
-    "                       DeepSeek-V2 paper's 93.3% / 15x, and a serving capacity model\n"
-    "                       (run kv --help)\n"
-    "  golden (--config C.json | --model DIR) --out G.safetensors [--seed S] [--tokens N]\n"
-    "         [--functions LIST] [--shape k=v ...] | --verify G\n"
-    "                       every function's inputs and outputs for GPU kernel tests, bit for bit\n"
-    "                       reproducible (run golden --help, notes/golden.md)\n"
-    "  ppl DIR (--ids-file IDS.safetensors | -f TEXT) [--window 512] [--windows N] [--compare DIR2]\n"
-    "                       perplexity over non-overlapping windows [BOS] + 511 tokens, as\n"
-    "                       train/train.py computes it with HF (tensor heldout_ids, or a text file).\n"
-    "                       --compare DIR2: the same for DIR2 (e.g. its FP8 variant), the change, and\n"
-    "                       the change predicted from the logit differences (notes/fp8.md section 7)\n"
-    "  bench [DIR [--limits]]  speed figures: with DIR, decode tok/s and bytes per token against the\n"
-    "                       read bandwidth, prefill (512 tokens) against sgemm at the same shapes\n"
-    "                       (--limits: only these); MLA decode step absorbed vs naive at 1k/4k/16k;\n"
-    "                       with DIR, tokenizer MB/s (make bench adds decode tok/s with and without --mtp)\n"
-    "  fp8-error [K [SEED]]  relative error of a K-long FP8 dot product (default 4096) per block\n"
-    "                       scaling and accumulator (FP32, Hopper-like 14 bits, promotion every 128)\n"
-    "  quantize IN OUT --to fp8|bf16|f32 [--block B] [--scale f32|ue8m0] [--force]\n"
-    "                       convert a checkpoint to DeepSeek's FP8 layout (E4M3, B x B block scales)\n"
-    "                       or back to BF16 / F32 (run quantize --help)\n"
-    "\n"
-    "common options:\n"
-    "  --ctx N              latent cache length (default: min(max_position_embeddings, 4096))\n"
-    "  --device cpu|cuda    where the forward runs (default cpu); cuda needs a run built with make cuda\n"
-    "                       (build/cuda/run): weights and latent cache on the GPU, notes/cuda.md\n"
-    "  --kv f32|bf16|fp8    generate, logits, ppl, chat (and --mtp's own cache): how the latent cache\n"
-    "                       stores a token: f32 (default; the exact numbers), bf16, or FlashMLA's FP8\n"
-    "                       layout (c_kv in E4M3 with an FP32 scale per 128 values, k_pe in BF16):\n"
-    "                       2304 / 1152 / 656 bytes per token per layer in V3. Attention reads the\n"
-    "                       stored, rounded rows. CPU only: --device cuda keeps an F32 cache.\n"
-    "                       The cost in perplexity and logits: notes/kvcache.md\n"
-    "  --threads N          threads for decode (OpenMP; default: OMP_NUM_THREADS, else the cores the\n"
-    "                       load average leaves free). Results are bit-identical at any count\n"
-    "  -h, --help           this text\n";
-
-static void die(const char *msg) {
-    fprintf(stderr, "run: %s\n", msg);
-    exit(1);
-}
-
-static void die_usage(const char *msg) {
-    fprintf(stderr, "run: %s\n(see run --help)\n", msg);
-    exit(2);
-}
-
-/* "5,17,42" -> ids; exits with a message on anything else. */
-static int *parse_ids(const char *s, int *n) {
-    int cap = 16, *ids = malloc(sizeof(int) * cap);
-    if (!ids) die("--tokens: out of memory");
-    *n = 0;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > 2147483647L) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "--tokens: expected comma-separated non-negative integers, found \"%.40s\"", p);
-            die_usage(msg);
-        }
-        if (*n == cap && !(ids = realloc(ids, sizeof(int) * (size_t)(cap *= 2)))) die("--tokens: out of memory");
-        ids[(*n)++] = (int)v;
-        p = end;
-        if (*p == ',') p++;
-        else if (*p) die_usage("--tokens: expected comma-separated integers like 5,17,42");
-    }
-    if (*n == 0) die_usage("--tokens: no token ids given");
-    return ids;
-}
-
-typedef struct {
-    const char *dir, *tokens, *out, *prompt, *file, *system;
-    int decode, naive, ids, ignore_eos, n_new, n_new_set, ctx, chat, has_temp, has_seed, mtp, fp8_gemm, n_windows, force;
-    int kv_set; /* --kv given (parse_args sets kv_format) */
-    const char *config, *ids_file, *compare, *dtype;
-    float temp, top_p;
-    unsigned long long seed;
-} Args;
-
-static int parse_int(const char *flag, const char *v) {
-    char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *end || x < 0 || x > 1 << 30) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "%s: expected a non-negative integer, found \"%s\"", flag, v ? v : "(nothing)");
-        die_usage(msg);
-    }
-    return (int)x;
-}
-
-static MlaKvFormat kv_format; /* --kv: how state_or_die's caches store a token; F32 unless given */
-
-static Args parse_args(int argc, char **argv) {
-    Args a = {.n_new = 16, .ctx = 0, .temp = 0.8f, .top_p = 0.9f};
-    for (int i = 0; i < argc; i++) {
-        const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(s, "-h") || !strcmp(s, "--help")) { fputs(USAGE, stdout); exit(0); }
-        else if (!strcmp(s, "--tokens")) { if (!v) die_usage("--tokens needs a value"); a.tokens = v; i++; }
-        else if (!strcmp(s, "--out")) { if (!v) die_usage("--out needs a file name"); a.out = v; i++; }
-        else if (!strcmp(s, "-n")) { a.n_new = parse_int(s, v); a.n_new_set = 1; i++; }
-        else if (!strcmp(s, "--ctx") || !strcmp(s, "--window")) { a.ctx = parse_int(s, v); i++; }
-        else if (!strcmp(s, "--windows")) { a.n_windows = parse_int(s, v); i++; }
-        else if (!strcmp(s, "--ids-file")) { if (!v) die_usage("--ids-file needs a file"); a.ids_file = v; i++; }
-        else if (!strcmp(s, "--compare")) { if (!v) die_usage("--compare needs a checkpoint directory"); a.compare = v; i++; }
-        else if (!strcmp(s, "--temp")) {
-            char *end;
-            if (!v || (a.temp = strtof(v, &end), *end) || !(a.temp >= 0)) die_usage("--temp: expected a number >= 0");
-            a.has_temp = 1;
-            i++;
-        }
-        else if (!strcmp(s, "--top-p")) {
-            char *end;
-            if (!v || (a.top_p = strtof(v, &end), *end) || !(a.top_p > 0 && a.top_p <= 1))
-                die_usage("--top-p: expected a number in (0, 1]");
-            i++;
-        }
-        else if (!strcmp(s, "--seed")) {
-            char *end;
-            if (!v || (a.seed = strtoull(v, &end, 10), *end) || *v == '-') die_usage("--seed: expected a non-negative integer");
-            a.has_seed = 1;
-            i++;
-        }
-        else if (!strcmp(s, "-p")) { if (!v) die_usage("-p needs the prompt text"); a.prompt = v; i++; }
-        else if (!strcmp(s, "-f")) { if (!v) die_usage("-f needs a file name"); a.file = v; i++; }
-        else if (!strcmp(s, "--system")) { if (!v) die_usage("--system needs the system prompt"); a.system = v; i++; }
-        else if (!strcmp(s, "--chat")) a.chat = 1;
-        else if (!strcmp(s, "--force")) a.force = 1;
-        else if (!strcmp(s, "--mtp")) a.mtp = 1;
-        else if (!strcmp(s, "--fp8-gemm")) a.fp8_gemm = 1;
-        else if (!strcmp(s, "--config")) { if (!v) die_usage("--config needs a config.json"); a.config = v; i++; }
-        else if (!strcmp(s, "--dtype")) { if (!v) die_usage("--dtype needs f32, bf16 or fp8"); a.dtype = v; i++; }
-        else if (!strcmp(s, "--kv")) {
-            int f = v ? mla_kv_format_from_name(v) : -1;
-            if (f < 0) {
-                char msg[128];
-                snprintf(msg, sizeof msg, "--kv: expected f32, bf16 or fp8, found \"%.40s\"", v ? v : "(nothing)");
-                die_usage(msg);
-            }
-            kv_format = (MlaKvFormat)f;
-            a.kv_set = 1;
-            i++;
-        }
-        else if (!strcmp(s, "--decode")) a.decode = 1;
-        else if (!strcmp(s, "--naive")) a.naive = 1;
-        else if (!strcmp(s, "--ids")) a.ids = 1;
-        else if (!strcmp(s, "--ignore-eos")) a.ignore_eos = 1;
-        else if (s[0] == '-') {
-            char msg[128];
-            snprintf(msg, sizeof msg, "unknown option \"%s\"", s);
-            die_usage(msg);
-        } else if (!a.dir) a.dir = s;
-        else {
-            char msg[128];
-            snprintf(msg, sizeof msg, "unexpected argument \"%s\"", s);
-            die_usage(msg);
-        }
-    }
-    return a;
-}
 
 static void load_or_die(Model *m, const char *dir) {
     Error e;
@@ -266,9 +62,16 @@ static double disk_bytes_free(const char *path) {
     if (statvfs(path, &v) != 0 && statvfs(parent, &v) != 0 && statvfs(".", &v) != 0) return 1e18;
     return (double)v.f_bavail * (double)v.f_frsize;
 }
-static const char *device; /* --device: NULL (the CPU) or "cuda" (take_device) */
 
-static void state_or_die(State *s, const Model *m, int ctx, int need) {
+/* --device: NULL or "cpu" (the CPU), or "cuda". The one setting every model command shares that is not in
+ * its Args: main takes it out of the line (take_device) before the command parses the rest, and
+ * state_or_die reads it. Set once, before any command runs. */
+static const char *device;
+
+/* s for m with a ctx-token latent cache (0: min(max_position_embeddings, 4096)) stored as kv_format
+ * (--kv, Args.kv), on device; exits with a message when need tokens do not fit, the cache would not fit in memory, or
+ * kv_format is not F32 on the GPU. */
+static void state_or_die(State *s, const Model *m, int ctx, int need, MlaKvFormat kv_format) {
     Error e;
     char msg[300];
     int max_pos = m->cfg.max_position_embeddings;
@@ -358,7 +161,7 @@ static int cmd_logits(int argc, char **argv) {
     Error e;
     load_or_die(&m, a.dir);
     if (a.fp8_gemm && !quant_use_fp8_gemm(&m, 1)) fprintf(stderr, "run: note: %s has no FP8 E4M3 weights; --fp8-gemm changes nothing\n", a.dir);
-    state_or_die(&s, &m, a.ctx, T);
+    state_or_die(&s, &m, a.ctx, T, a.kv);
     int V = m.cfg.vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)T * V);
     if (!logits) die("logits: out of memory for the [T, vocab] output");
@@ -371,8 +174,8 @@ static int cmd_logits(int argc, char **argv) {
     double dt = now_s() - t0;
     StWriteTensor out = {.name = "logits", .dtype = DT_F32, .ndim = 2, .shape = {T, V}, .data = logits};
     const char *keys[] = {"mode", "attention", "kv"};
-    const char *vals[] = {a.decode ? "decode" : "prefill", a.naive ? "naive" : "absorbed", mla_kv_format_name(kv_format)};
-    if (st_write(a.out, &out, 1, keys, vals, kv_format == MLA_KV_F32 ? 2 : 3, &e)) die(e.msg); /* "kv" only when not f32 */
+    const char *vals[] = {a.decode ? "decode" : "prefill", a.naive ? "naive" : "absorbed", mla_kv_format_name(a.kv)};
+    if (st_write(a.out, &out, 1, keys, vals, a.kv == MLA_KV_F32 ? 2 : 3, &e)) die(e.msg); /* "kv" only when not f32 */
     fprintf(stderr, "run: %d tokens (%s, %s attention) in %.3f s, logits [%d, %d] -> %s\n", T,
             vals[0], vals[1], dt, T, V, a.out);
     free(logits);
@@ -483,7 +286,7 @@ static int cmd_generate(int argc, char **argv) {
     Tokenizer *tok = (a.prompt || !a.ids) ? tokenizer_or_die(a.dir) : NULL;
     int T;
     int *ids = a.prompt ? encode_prompt(tok, &a, &T) : parse_ids(a.tokens, &T);
-    state_or_die(&s, &m, a.ctx, T + a.n_new);
+    state_or_die(&s, &m, a.ctx, T + a.n_new, a.kv);
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
     GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new, .ignore_eos = a.ignore_eos,
                     .eos = m.cfg.eos_token_id, .mtp = a.mtp, .stream = !a.ids, .stop = &interrupted};
@@ -542,7 +345,7 @@ static int cmd_chat(int argc, char **argv) {
     Tokenizer *tok = tokenizer_or_die(a.dir);
     ChatFormat f;
     die_on(chat_format_detect(&f, a.dir, tok, &e), &e);
-    state_or_die(&s, &m, a.ctx, 1);
+    state_or_die(&s, &m, a.ctx, 1, a.kv);
     if (!a.has_seed) a.seed = (unsigned long long)time(NULL);
     GenOptions o = {.temp = a.temp, .top_p = a.top_p, .seed = a.seed, .n_new = a.n_new_set ? a.n_new : 256,
                     .ignore_eos = a.ignore_eos, .eos = tokenizer_eos_id(tok), .stream = !a.ids, .stop = &interrupted};
@@ -635,7 +438,8 @@ static int cmd_tokenize(int argc, char **argv) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * run ppl: perplexity over non-overlapping windows, as train/train.py defines it for HF
+ * run ppl: perplexity over non-overlapping windows, as train/train.py defines it for HF: the ids,
+ * the model(s), one prefill per window; ppl.c does the arithmetic and the report
  */
 static int cmd_ppl(int argc, char **argv) {
     Args a = parse_args(argc, argv);
@@ -669,57 +473,27 @@ static int cmd_ppl(int argc, char **argv) {
     if (n_win == 0) die("ppl: fewer tokens than one window");
     State s, s2;
     Model m2;
-    state_or_die(&s, &m, W, W);
+    state_or_die(&s, &m, W, W, a.kv);
     if (a.compare) {
         load_or_die(&m2, a.compare);
         if (m2.cfg.vocab_size != V) die("ppl --compare: the two checkpoints have different vocabularies");
-        state_or_die(&s2, &m2, W, W);
+        state_or_die(&s2, &m2, W, W, a.kv);
     }
     float *logits = malloc(sizeof(float) * (size_t)W * V), *logits2 = a.compare ? malloc(sizeof(float) * (size_t)W * V) : NULL;
     int *win = malloc(sizeof(int) * (size_t)W);
     if (!logits || !win || (a.compare && !logits2)) die("ppl: out of memory for the window's logits");
-    /* with --compare: per prediction, d = NLL2 - NLL1 and its expansion in the logit change
-     * delta = l2 - l1 under p = softmax(l1): d = (E_p delta - delta_y) + Var_p(delta) / 2 + O(delta^3) */
-    double nll = 0, nll2 = 0, first = 0, first_sq = 0, second = 0, t0 = now_s();
+    /* the sums of ppl.h, added window by window in order (bit-identical figures for the same windows) */
+    PplSums sums = {0};
+    double t0 = now_s();
     for (int k = 0; k < n_win; k++) {
         win[0] = bos;
         memcpy(win + 1, ids + (size_t)k * (W - 1), sizeof(int) * (size_t)(W - 1));
         die_on(model_forward(&m, &s, win, W, 0, logits, 0, ATTN_ABSORBED, &e), &e);
         if (a.compare) die_on(model_forward(&m2, &s2, win, W, 0, logits2, 0, ATTN_ABSORBED, &e), &e);
-        for (int t = 0; t < W - 1; t++) { /* -log softmax(logits[t])[win[t+1]], in double */
-            const float *l = logits + (size_t)t * V;
-            int y = win[t + 1];
-            double mx = l[argmax(l, V)], z = 0;
-            for (int v = 0; v < V; v++) z += exp((double)l[v] - mx);
-            nll += log(z) + mx - l[y];
-            if (!a.compare) continue;
-            const float *l2 = logits2 + (size_t)t * V;
-            double mx2 = l2[argmax(l2, V)], z2 = 0, e1 = 0, e2 = 0;
-            for (int v = 0; v < V; v++) {
-                double p = exp((double)l[v] - mx) / z, dl = (double)l2[v] - l[v];
-                z2 += exp((double)l2[v] - mx2);
-                e1 += p * dl;
-                e2 += p * dl * dl;
-            }
-            nll2 += log(z2) + mx2 - l2[y];
-            double f = e1 - ((double)l2[y] - l[y]);
-            first += f;
-            first_sq += f * f;
-            second += (e2 - e1 * e1) / 2;
-        }
+        ppl_add_window(&sums, logits, logits2, win, W, V);
         if (!a.ids && (k + 1) % 10 == 0) fprintf(stderr, "run: %d / %d windows\r", k + 1, n_win);
     }
-    double N = (double)n_win * (W - 1), mean = nll / N;
-    printf("%d windows of %d tokens ([BOS] + %d), %d predictions: mean NLL %.6f, perplexity %.4f\n", n_win, W,
-           W - 1, n_win * (W - 1), mean, exp(mean));
-    if (a.compare) {
-        double f_mean = first / N, f_se = sqrt((first_sq / N - f_mean * f_mean) / N), s_mean = second / N;
-        printf("%s: mean NLL %.6f, perplexity %.4f; change %+.6f (%+.4f%% perplexity)\n", a.compare, nll2 / N,
-               exp(nll2 / N), nll2 / N - mean, 100 * (exp(nll2 / N - mean) - 1));
-        printf("expansion in the logit change: first order %+.6f (standard error %.6f), second order %+.6f, "
-               "sum %+.6f\n", f_mean, f_se, s_mean, f_mean + s_mean);
-        printf("predicted change: %+.6f +- %.6f (second order +- 2 standard errors of the first)\n", s_mean, 2 * f_se);
-    }
+    ppl_print(stdout, &sums, n_win, W, a.compare);
     fprintf(stderr, "run: %.1f s, %.0f tok/s prefill\n", now_s() - t0, n_win * (double)W * (a.compare ? 2 : 1) / (now_s() - t0));
     free(win); free(logits); free(logits2); free(ids);
     state_free(&s);
@@ -747,46 +521,9 @@ static int cmd_fp8_error(int argc, char **argv) {
     return 0;
 }
 
-/* --threads N anywhere on the line (taken out before the command parses its own options), else
- * OMP_NUM_THREADS, else OpenMP's dynamic adjustment: libgomp then uses the cores the load average
- * leaves free, so a busy machine is not oversubscribed (each parallel loop ends at a barrier, and a
- * barrier waiting for a descheduled thread stalls every layer). No result depends on the count. */
-static int take_threads(int argc, char **argv) {
-    int out = 0, n = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--threads")) { argv[out++] = argv[i]; continue; }
-        char *end;
-        long v = i + 1 < argc ? strtol(argv[i + 1], &end, 10) : 0;
-        if (i + 1 >= argc || *end || v < 1 || v > 1024) die_usage("--threads: expected a count in 1..1024");
-        n = (int)v;
-        i++;
-    }
-    if (n) {
-        omp_set_dynamic(0);
-        omp_set_num_threads(n);
-    } else if (!getenv("OMP_NUM_THREADS") && !getenv("OMP_DYNAMIC")) {
-        omp_set_dynamic(1);
-    }
-    argv[out] = NULL;
-    return out;
-}
-
-/* --device cpu|cuda anywhere on the line, taken out as --threads is. */
-static int take_device(int argc, char **argv) {
-    int out = 0;
-    for (int i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--device")) { argv[out++] = argv[i]; continue; }
-        if (i + 1 >= argc || (strcmp(argv[i + 1], "cpu") && strcmp(argv[i + 1], "cuda")))
-            die_usage("--device: expected cpu or cuda");
-        device = argv[++i];
-    }
-    argv[out] = NULL;
-    return out;
-}
-
 int main(int argc, char **argv) {
     argc = take_threads(argc, argv);
-    argc = take_device(argc, argv);
+    argc = take_device(argc, argv, &device);
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         fputs(USAGE, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
