@@ -236,8 +236,10 @@ static void test_signals(void **st) {
     assert_non_null(strstr(out, "interrupted (Ctrl-C); temp 0.8, top-p 0.9, seed 1"));
     assert_non_null(strstr(out, "status 130"));
     free(out);
-    rc = sh("bash -c '(echo Hello; sleep 10) | ./run chat " KJV " -n 1900 --ignore-eos 2>&1 & sleep 1.5; "
-            "kill -INT $(pgrep -n -f \"run chat " KJV "\"); wait %1; echo \"status $?\"'", &out);
+    /* $! of a background pipeline is its last process, this ./run (a pgrep by name could also find
+     * the wrapping shells, or another user's run chat) */
+    rc = sh("bash -c '(echo Hello; sleep 10) | ./run chat " KJV " -n 1900 --ignore-eos 2>&1 & p=$!; sleep 1.5; "
+            "kill -INT $p; wait $p; echo \"status $?\"'", &out);
     printf("%s\n", strstr(out, "run chat:") ? strstr(out, "run chat:") : out);
     assert_non_null(strstr(out, "run chat: interrupted:"));
     assert_non_null(strstr(out, "tok/s"));
