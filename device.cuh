@@ -90,20 +90,18 @@ static __device__ __forceinline__ float load_f32(DType t, const void *p, size_t 
     }
 }
 
-/* W[r][c] as tensor_rows_f32 gives it: the stored value, times its block's scale (one rounding). */
-static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) {
-    float v = load_f32(W.dtype, W.data, (size_t)r * W.cols + c);
-    if (W.scale) v *= W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c];
-    return v;
+/* The block scale of W[r][c]: 1 without scales. */
+static __device__ __forceinline__ float scale_at(const DevTensor &W, int r, int c) {
+    return W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
 }
 
-/* w_at with the dtype known at compile time (the decode kernels' inner loops). */
-template <int DT>
-static __device__ __forceinline__ float w_at_t(const DevTensor &W, int r, int c) {
-    float v = load_f32((DType)DT, W.data, (size_t)r * W.cols + c);
-    if (W.scale) v *= W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c];
-    return v;
+/* W[r][c] as tensor_rows_f32 gives it: the stored value, times its block's scale (one rounding),
+ * stored as dt (W.dtype; the decode kernels pass it as a template constant, so the switch folds). */
+static __device__ __forceinline__ float w_at_dt(const DevTensor &W, DType dt, int r, int c) {
+    float v = load_f32(dt, W.data, (size_t)r * W.cols + c);
+    return W.scale ? v * scale_at(W, r, c) : v;
 }
+static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) { return w_at_dt(W, W.dtype, r, c); }
 
 /* CW consecutive weights of row r from column c (c % CW == 0, cols % CW == 0), one 16-byte load:
  * 8 BF16 or F16 (CW 8), 16 FP8 codes (CW 16, times their block's scale: block_c % 16 == 0), or two
@@ -134,7 +132,7 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
     } else { /* FP8 */
         uint4 u = ((const uint4 *)W.data)[i / 16];
         uint32_t p[4] = {u.x, u.y, u.z, u.w};
-        float s = W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
+        float s = scale_at(W, r, c);
 #pragma unroll
         for (int k = 0; k < 16; k++) {
             __nv_fp8_storage_t b = (__nv_fp8_storage_t)((p[k / 4] >> (8 * (k % 4))) & 0xff);
@@ -205,7 +203,7 @@ void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T);
 __global__ void store_rows_kernel(float *dst, const float *src, int width, const int *pos_dev);
 void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, int T);
 void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T);
-int mla_decode_fits(const MlaDims *m);
+int mla_decode_prepare(const MlaDims *m);
 void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos);
 /* moe.cu */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate);

@@ -23,8 +23,8 @@ int model_forward_device(const Model *m, State *s, const int *tokens, int T, int
 int mtp_forward_device(const Model *m, State *s, const int *next_tokens, int T, int pos, float *logits,
                        int last_only, Error *e);
 
-/* The greedy next token after tokens [T] at pos (the argmax of the last position's logits, first
- * index on ties, as argmax): on the device only the token id comes back, not the logits. */
+/* model_forward_argmax on s->dev (model.c checked the arguments): the argmax of the last position's
+ * logits, first index on ties, as argmax; only the token id comes back, not the logits. */
 int model_forward_argmax_device(const Model *m, State *s, const int *tokens, int T, int pos, int *next,
                                 Error *e);
 

@@ -210,7 +210,7 @@ static int decode_plain(Gen *g, float *logits, int end, Error *e) {
         if (emit(g, next)) return 0;
         int pos = end + g->r->n - 1;
         if (g->s->dev && g->o->temp <= 0.0f) { /* greedy on a GPU: only the token comes back */
-            if (model_forward_argmax_device(g->m, g->s, &next, 1, pos, &next, e)) return -1;
+            if (model_forward_argmax(g->m, g->s, &next, 1, pos, &next, e)) return -1;
             continue;
         }
         if (model_forward(g->m, g->s, &next, 1, pos, logits, 1, ATTN_ABSORBED, e)) return -1;

@@ -109,7 +109,7 @@ __global__ void mla_absorb_q_kernel(float *q_lat, const float *q, DevTensor kv_b
 #pragma unroll 4
     for (int j = warp; j < nope; j += THREADS / 32) {
         int row = h * (nope + v_dim) + j; /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
-        float wa = ca < d_c ? w_at_t<DT>(kv_b, row, ca) : 0.0f, wb = cb < d_c ? w_at_t<DT>(kv_b, row, cb) : 0.0f;
+        float wa = ca < d_c ? w_at_dt(kv_b, (DType)DT, row, ca) : 0.0f, wb = cb < d_c ? w_at_dt(kv_b, (DType)DT, row, cb) : 0.0f;
 #pragma unroll
         for (int t = 0; t < SMALL_BATCH; t++) {
             if (t >= T) break;
@@ -146,14 +146,7 @@ __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_l
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     int vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), s0 = k * R, s1 = min(s0 + R, vis);
     int nh = min(MLA_HEADS, n_h - h0);
-    if (s0 >= s1) { /* past the query's rows: an empty chunk */
-        if (threadIdx.x < nh) {
-            size_t i = ((size_t)t * MLA_SPLITS + k) * n_h + h0 + threadIdx.x;
-            part_ml[2 * i] = -INFINITY;
-            part_ml[2 * i + 1] = 0.0f;
-        }
-        return;
-    }
+    if (s0 >= s1) return; /* past the query's rows: the merge reads only its n_k = ceil(vis / R) chunks */
     float *rows = smem, *qs = smem + MLA_TILE * width;
     /* [q_lat ; q_pe] of the block's heads, once: every tile's scores read them */
 #pragma unroll 4
@@ -310,8 +303,9 @@ void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer 
 }
 
 /* Can the split kernel take these shapes? (step 2 keeps d_c / THREADS columns per thread in registers,
- * and stages MLA_TILE cache rows in shared memory) */
-int mla_decode_fits(const MlaDims *m) {
+ * and stages MLA_TILE cache rows and MLA_HEADS queries in shared memory) If so, ask for that shared
+ * memory: 1, else 0. */
+int mla_decode_prepare(const MlaDims *m) {
     if (m->kv_lora_rank > MLA_COLS * THREADS || mla_split_smem(m) > 200 * 1024) return 0;
     /* above 48 KB of dynamic shared memory a kernel must ask for it (V3's 576-float rows: 73.7 KB) */
     return cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mla_split_smem(m)) ==

@@ -97,15 +97,27 @@ static int forward_chunk(const Model *m, State *s, const int *tokens, int T, int
     return 0;
 }
 
-int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
-                  int last_only, AttnForm form, Error *e) {
-    const Config *c = &m->cfg;
+/* tokens [T] at positions pos .. pos+T-1: in the cache, and in the vocabulary. */
+static int check_forward(const Model *m, const State *s, const int *tokens, int T, int pos, Error *e) {
     if (T <= 0) return error_set(e, "no tokens to run");
     if (pos < 0 || pos + T > s->ctx)
         return error_set(e, "positions %d..%d do not fit the %d-token cache (raise --ctx)", pos, pos + T - 1, s->ctx);
     for (int t = 0; t < T; t++)
-        if (tokens[t] < 0 || tokens[t] >= c->vocab_size)
-            return error_set(e, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, c->vocab_size);
+        if (tokens[t] < 0 || tokens[t] >= m->cfg.vocab_size)
+            return error_set(e, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[t], t, m->cfg.vocab_size);
+    return 0;
+}
+
+int model_forward_argmax(const Model *m, State *s, const int *tokens, int T, int pos, int *next, Error *e) {
+    if (check_forward(m, s, tokens, T, pos, e)) return -1;
+    if (!s->dev) return error_set(e, "model_forward_argmax: the State is not on a device");
+    return model_forward_argmax_device(m, s, tokens, T, pos, next, e);
+}
+
+int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
+                  int last_only, AttnForm form, Error *e) {
+    const Config *c = &m->cfg;
+    if (check_forward(m, s, tokens, T, pos, e)) return -1;
     if (s->dev) return model_forward_device(m, s, tokens, T, pos, logits, last_only, form, e);
     for (int done = 0; done < T; done += s->max_T) {
         int n = T - done < s->max_T ? T - done : s->max_T;

@@ -276,11 +276,6 @@ extern "C" int model_forward_argmax_device(const Model *m, State *s, const int *
                                            Error *e) {
     Dev *d = (Dev *)s->dev;
     int dim = m->cfg.hidden_size;
-    if (T <= 0 || pos < 0 || pos + T > d->ctx) /* model_forward's check, for this entry of generate.c's */
-        return error_set(e, "positions %d..%d do not fit the cache of %d", pos, pos + T - 1, d->ctx);
-    for (int t = 0; t < T; t++)
-        if (tokens[t] < 0 || tokens[t] >= m->cfg.vocab_size)
-            return error_set(e, "token id %d is outside the vocabulary [0, %d)", tokens[t], m->cfg.vocab_size);
     if (use_step_graph(d, T)) {
         if (run_step_graph(d, m, tokens[0], pos, e)) return -1;
         cudaError_t err = cudaMemcpy(next, d->next, sizeof(int), cudaMemcpyDeviceToHost);
@@ -330,6 +325,15 @@ extern "C" int mtp_forward_device(const Model *m, State *s, const int *next_toke
 
 #define DEVICE_MIN_CHUNK 512
 #define WIDEN_FLOATS ((size_t)1 << 25) /* the FP32 tile of a widened weight: 128 MB */
+
+/* The split-KV decode attention's buffers (mla.cu): q_lat, o_lat [SMALL_BATCH, n_h, d_c], the chunks'
+ * partial o [SMALL_BATCH, MLA_SPLITS, n_h, d_c] and (m, l) [SMALL_BATCH, MLA_SPLITS, n_h, 2]. */
+static int decode_attn_buffers(Dev *d, const MlaDims *m, Error *e) {
+    size_t lat = (size_t)SMALL_BATCH * m->n_heads * m->kv_lora_rank, split = (size_t)SMALL_BATCH * MLA_SPLITS * m->n_heads;
+    return !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
+           !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * m->kv_lora_rank, e)) ||
+           !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e));
+}
 
 extern "C" void state_free_device(State *s) {
     Dev *d = (Dev *)s->dev;
@@ -394,12 +398,7 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
         {&d->xb, 2 * T * (K ? K : 1) * dim}, {&d->yb, T * dim},
     };
     for (size_t i = 0; !rc && i < sizeof bufs / sizeof bufs[0]; i++) rc = !(*bufs[i].p = (float *)dev_alloc(d, sizeof(float) * bufs[i].n, e));
-    if (!rc && mla_decode_fits(&m->mla)) { /* else decode takes kernels.cu's kernel too */
-        size_t lat = (size_t)SMALL_BATCH * nh * c->kv_lora_rank, split = (size_t)SMALL_BATCH * MLA_SPLITS * nh;
-        rc = !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
-             !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * c->kv_lora_rank, e)) ||
-             !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e));
-    }
+    if (!rc && mla_decode_prepare(&m->mla)) rc = decode_attn_buffers(d, &m->mla, e); /* else decode takes kernels.cu's kernel */
     if (!rc && m->has_mtp)
         rc = !(d->hidden = (float *)dev_alloc(d, sizeof(float) * ctx * dim, e)) ||
              !(d->mtp_cache = (float *)dev_alloc(d, sizeof(float) * ctx * width, e)) ||
@@ -519,7 +518,7 @@ extern "C" int moe_forward_cuda_host(float *out, const float *x, int T, const Mo
 extern "C" int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, const float *cache, int T, int pos0,
                                                     const MlaWeights *w, const MlaDims *m, Error *e) {
     e->msg[0] = 0;
-    if (T < 1 || T > SMALL_BATCH || !mla_decode_fits(m)) return error_set(e, "decode attention: T %d or the shapes do not fit", T);
+    if (T < 1 || T > SMALL_BATCH || !mla_decode_prepare(m)) return error_set(e, "decode attention: T %d or the shapes do not fit", T);
     Dev *d = twin_dev(T, 1, 1, 1, 1, 1, e);
     if (!d) return -1;
     int n_h = m->n_heads, d_c = m->kv_lora_rank, L = pos0 + T, qk = m->nope + m->rope;
@@ -529,10 +528,7 @@ extern "C" int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, 
     float *dc = NULL;
     int rc = up_tensor(d, &layer.kv_b, &w->kv_b, e) || !(d->q = (float *)dev_alloc(d, sizeof(float) * n_q, e)) ||
              !(dc = (float *)dev_alloc(d, sizeof(float) * n_c, e)) || !(d->attn = (float *)dev_alloc(d, sizeof(float) * n_out, e)) ||
-             !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
-             !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * d_c, e)) ||
-             !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e)) ||
-             !(d->step_in = (int *)dev_alloc(d, sizeof(int), e));
+             decode_attn_buffers(d, m, e) || !(d->step_in = (int *)dev_alloc(d, sizeof(int), e));
     if (!rc) {
         cudaMemcpy(d->q, q, sizeof(float) * n_q, cudaMemcpyHostToDevice);
         cudaMemcpy(dc, cache, sizeof(float) * n_c, cudaMemcpyHostToDevice);

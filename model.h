@@ -93,6 +93,10 @@ static inline uint8_t *state_layer_cache(const State *s, int l) { return s->cach
  * max_T (it is processed in chunks). Fails if pos + T > ctx. */
 int model_forward(const Model *m, State *s, const int *tokens, int T, int pos, float *logits,
                   int last_only, AttnForm form, Error *e);
+/* The greedy next token after tokens [T] at pos (argmax of the last position's logits) for a State on
+ * a device (state_init_device), where only the token id comes back; the same checks as model_forward.
+ * On the CPU, take model_forward's logits and argmax. */
+int model_forward_argmax(const Model *m, State *s, const int *tokens, int T, int pos, int *next, Error *e);
 
 /* One decoder layer on s->x [T, d] in place at positions pos .. pos+T-1, with its own latent cache
  * [ctx, kv_row] in format s->kv: x += mla_forward(rmsnorm(x)), then x += FFN(rmsnorm(x)). after_attn [T, d] (or

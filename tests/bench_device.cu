@@ -75,9 +75,9 @@ int main(int argc, char **argv) {
     }
     for (int r = -1; r < 3; r++) { /* r = -1: warm-up */
         int next;
-        die_on(model_forward_argmax_device(&m, &s, ids, P, 0, &next, &e), &e);
+        die_on(model_forward_argmax(&m, &s, ids, P, 0, &next, &e), &e);
         double a = now_s();
-        for (int i = 0; i < n_dec; i++) die_on(model_forward_argmax_device(&m, &s, &next, 1, P + i, &next, &e), &e);
+        for (int i = 0; i < n_dec; i++) die_on(model_forward_argmax(&m, &s, &next, 1, P + i, &next, &e), &e);
         if (r >= 0) dec[r] = n_dec / (now_s() - a);
     }
     double wbytes = bench_activated_bytes(&m); /* bench.c */

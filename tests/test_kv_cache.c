@@ -76,10 +76,7 @@ static void check_attention(const char *name) {
     Expected x;
     Model m;
     Error e;
-    char dir[256];
-    expected_load(&x, name);
-    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
-    if (model_load(&m, dir, &e)) fail_msg("%s", e.msg);
+    fixture_load(&m, &x, name);
     const MlaDims *md = &m.mla;
     int T = x.T, d = m.cfg.hidden_size, nh = md->n_heads, nope = md->nope, dR = md->rope, v = md->v;
     int dc = md->kv_lora_rank, W = dc + dR, qk = nope + dR, nv = nope + v;
@@ -191,11 +188,8 @@ static void test_model_formats(void **st) {
         const char *name = FIXTURE_NAMES[i];
         Expected x;
         Model m;
-        Error e;
-        char dir[256], what[256];
-        expected_load(&x, name);
-        snprintf(dir, sizeof dir, FIXTURES "/%s", name);
-        if (model_load(&m, dir, &e)) fail_msg("%s", e.msg);
+        char what[256];
+        fixture_load(&m, &x, name);
         size_t n = (size_t)x.T * x.V;
         float *f32 = malloc(sizeof(float) * n), *pre = malloc(sizeof(float) * n), *other = malloc(sizeof(float) * n);
         run_logits(f32, &m, &x, MLA_KV_F32, 16, ATTN_ABSORBED);

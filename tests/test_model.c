@@ -15,10 +15,8 @@ static void check_fixture(const char *name) {
     Model m;
     State s;
     Error e;
-    char dir[256], what[256];
-    expected_load(&x, name);
-    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
-    if (model_load(&m, dir, &e)) fail_msg("%s", e.msg);
+    char what[256];
+    fixture_load(&m, &x, name);
     assert_int_equal(m.cfg.vocab_size, x.V);
     float *logits = malloc(sizeof(float) * (size_t)x.T * x.V);
 

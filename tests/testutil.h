@@ -85,6 +85,14 @@ static inline void expected_load(Expected *x, const char *name) {
     x->greedy = expected_ids(g);
     x->logits = st_to_f32(l);
 }
+/* Loads fixture name's checkpoint into m and its expected outputs into x. */
+static inline void fixture_load(Model *m, Expected *x, const char *name) {
+    char dir[512];
+    Error e;
+    expected_load(x, name);
+    snprintf(dir, sizeof dir, FIXTURES "/%s", name);
+    if (model_load(m, dir, &e)) fail_msg("%s", e.msg);
+}
 static inline void expected_free(Expected *x) {
     free(x->prompt); free(x->greedy); free(x->logits);
     st_close(&x->f);
