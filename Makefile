@@ -291,13 +291,15 @@ build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h tests
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
 build/cuda/test_golden_cuda: tests/test_golden_cuda.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/bench_fp8_gemv: tests/bench_fp8_gemv.cu $(CUDA_HDRS)
+	$(NVCC) $(NVCCFLAGS) -I. -o $@ $<
 build/cuda/bench_device: tests/bench_device.cu $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
 
 cuda:
 	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"
 	@$(MAKE) --no-print-directory build/cuda/test_kernels build/cuda/run build/cuda/test_device build/cuda/test_forward_twins \
-	  build/cuda/test_golden_cuda build/cuda/bench_device
+	  build/cuda/test_golden_cuda build/cuda/bench_device build/cuda/bench_fp8_gemv
 	@$(MAKE) --no-print-directory mla-decode
 
 # The checks: the twins, golden files of `run golden` read by the twins (tests/cuda_golden.sh), the
@@ -313,6 +315,7 @@ cuda-test: cuda
 
 # Speed: decode (batch 1, 256 tokens) and prefill (512) tok/s, tests/cuda_bench.sh.
 cuda-bench: cuda
+	./build/cuda/bench_fp8_gemv
 	tests/cuda_bench.sh
 	python3 tests/bench_mla_decode.py $(MLA_DEC_DIR)/libmla_decode.so
 

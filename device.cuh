@@ -20,8 +20,18 @@ extern "C" {
 /* The absorbed decode's split-KV kernels (mla.cu) */
 #define MLA_SPLITS 64 /* at most this many chunks of one query's visible rows */
 #define MLA_TILE 16   /* cached rows staged in shared memory at a time */
-#define MLA_HEADS 16  /* heads per block of the chunk kernel */
-#define MLA_COLS 4    /* latent columns per thread in the chunk kernel: d_c <= 4 * THREADS */
+#define MLA_COLS 4     /* latent columns per thread in the chunk kernel: d_c <= 4 * THREADS */
+#define MLA_QREG 20    /* query values per lane in the chunk kernel: d_c + d_R <= 32 * 20 */
+#define MLA_UV_ROWS 32 /* rows of W_UV per block of the merge + W_UV kernel */
+#define MLA_MAX_NOPE 256 /* q_nope values per head and token that the absorb step stages */
+
+/* Where rope_rotate's position and tables are for the fused kernels: rows rotate at *pos_dev + t. */
+struct DevRope {
+    const float *inv_freq; /* [d_R / 2]; NULL: no rotation */
+    float attn_factor;
+    int interleaved;
+    const int *pos_dev;
+};
 
 /* A weight as stored (ops.h's Tensor, device pointers); FP8 brings its block scales. */
 struct DevTensor {
@@ -60,8 +70,11 @@ struct Dev {
     int *step_in;    /* [1 + max_T]: the position, then the tokens of the call (device copies) */
     int *host_in;    /* the same on the host */
     int *idx, *tok, *next;
+    void *argmax_scratch; /* ARGMAX_SCRATCH bytes, zero between calls (model.cu's argmax_kernel) */
     cudaGraphExec_t step_graph; /* one decode step (T = 1 to the argmax), recorded once, replayed */
     int graph_off;              /* DSV3_CUDA_GRAPH=0: launch the kernels one by one */
+    int gemv_rows;              /* DSV3_GEMV_ROWS: rows per warp of the decode GEMVs (0: gemv_rows_per_warp's) */
+    int norm_unfused;           /* DSV3_FUSED_NORM=0: rmsnorm_kernel before each GEMV (ops.cu's matmul_normed_cuda) */
     size_t widen_n;
     int max_T, ctx, n_layers;
     /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
@@ -104,8 +117,9 @@ static __device__ __forceinline__ float w_at_dt(const DevTensor &W, DType dt, in
 static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) { return w_at_dt(W, W.dtype, r, c); }
 
 /* CW consecutive weights of row r from column c (c % CW == 0, cols % CW == 0), one 16-byte load:
- * 8 BF16 or F16 (CW 8), 16 FP8 codes (CW 16, times their block's scale: block_c % 16 == 0), or two
- * 16-byte loads of F32 (CW 8). */
+ * 8 BF16 or F16 (CW 8), 16 FP8 codes (CW 16), or two 16-byte loads of F32 (CW 8). FP8 comes back
+ * as the codes' values, without the block scale (block_c % 16 == 0: the 16 share one scale; the
+ * caller applies it once to their sum), converted two at a time (cvt e4m3x2 -> f16x2, exact). */
 template <int DT> struct Chunk { enum { CW = (DT == DT_F8_E4M3 || DT == DT_F8_E5M2) ? 16 : 8 }; };
 
 template <int DT>
@@ -129,56 +143,96 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
                 w[2 * k + 1] = f.y;
             }
         }
-    } else { /* FP8 */
+    } else { /* FP8: the codes' values; one conversion per pair (the decode GEMV was bound by them) */
         uint4 u = ((const uint4 *)W.data)[i / 16];
         uint32_t p[4] = {u.x, u.y, u.z, u.w};
-        float s = scale_at(W, r, c);
 #pragma unroll
-        for (int k = 0; k < 16; k++) {
-            __nv_fp8_storage_t b = (__nv_fp8_storage_t)((p[k / 4] >> (8 * (k % 4))) & 0xff);
-            w[k] = __half2float(__half(__nv_cvt_fp8_to_halfraw(b, DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3))) * s;
+        for (int k = 0; k < 8; k++) {
+            __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(p[k / 2] >> (16 * (k % 2))),
+                                                       DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3);
+            float2 f = __half22float2(*(__half2 *)&h);
+            w[2 * k] = f.x;
+            w[2 * k + 1] = f.y;
         }
     }
 }
 
-/* The dot products of row r of W with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: lane l
- * takes the CW-column chunks l, l+32, ... (coalesced; up to four chunks in flight), then a butterfly adds
- * the 32 partials. C's order is dot_f32's (8 lanes, pairwise): the same products, summed in another
- * order. */
+/* The dot products of NR rows with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: row k is
+ * row rs[k] of *Ws[k] (all of one dtype DT and width cols). Lane l takes the CW-column chunks l,
+ * l+32, ... of every row: the NR chunks of a column are loaded together and share the x values
+ * loaded for them (the GEMV is bound by loads in flight and x reads, not by arithmetic: notes/cuda.md,
+ * section 10), then a butterfly adds each row's 32 partials. C's order is dot_f32's (8 lanes,
+ * pairwise): the same products, summed in another order. FP8: each chunk's 16 code * x products are
+ * summed, then times the block scale, once (matmul_e4m3.c's decode kernel sums a 128-block's
+ * products before its scale, too; the exact dequant, tensor_rows_f32, rounds code * scale per
+ * weight): the same real sum, other roundings. TN: the most tokens (n <= TN), 1 in the decode step
+ * so that acc [NR][TN] stays in registers. */
+template <int DT, int NR, int TN = SMALL_BATCH>
+static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const DevTensor *const *Ws, const int *rs,
+                                                      const float *x, int n, int x_stride) {
+    const int CW = Chunk<DT>::CW;
+    const bool FP8 = DT == DT_F8_E4M3 || DT == DT_F8_E5M2;
+    int lane = threadIdx.x % 32, cols = Ws[0]->cols, vec = cols % CW == 0;
+#pragma unroll
+    for (int k = 0; k < NR; k++) {
+        vec = vec && (CW == 8 || !Ws[k]->scale || Ws[k]->block_c % CW == 0);
+#pragma unroll
+        for (int t = 0; t < TN; t++) acc[k][t] = 0.0f;
+    }
+    int c_vec = vec ? cols : 0;
+#pragma unroll(4 / NR) /* 4 chunks of a lane in flight with one row, NR chunks of each of NR rows with more */
+    for (int c = lane * CW; c < c_vec; c += 32 * CW) {
+        float w[NR][CW], sc[NR];
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            load_chunk<DT>(w[k], *Ws[k], rs[k], c);
+            sc[k] = FP8 ? scale_at(*Ws[k], rs[k], c) : 1.0f;
+        }
+#pragma unroll
+        for (int t = 0; t < TN; t++) {
+            if (t >= n) break;
+            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
+            float4 a[CW / 4];
+#pragma unroll
+            for (int q = 0; q < CW / 4; q++) a[q] = xv[q];
+#pragma unroll
+            for (int k = 0; k < NR; k++) {
+                float s = 0.0f;
+#pragma unroll
+                for (int q = 0; q < CW / 4; q++)
+                    s += w[k][4 * q] * a[q].x + w[k][4 * q + 1] * a[q].y + w[k][4 * q + 2] * a[q].z + w[k][4 * q + 3] * a[q].w;
+                acc[k][t] += FP8 ? s * sc[k] : s;
+            }
+        }
+    }
+    for (int c = c_vec + lane; c < cols; c += 32) /* any shape: one element at a time */
+#pragma unroll
+        for (int k = 0; k < NR; k++) {
+            float w = w_at(*Ws[k], rs[k], c);
+            for (int t = 0; t < n; t++) acc[k][t] += w * x[(size_t)t * x_stride + c];
+        }
+#pragma unroll
+    for (int k = 0; k < NR; k++)
+#pragma unroll
+        for (int t = 0; t < TN; t++)
+            if (t < n) acc[k][t] = warp_sum(acc[k][t]); /* n is the same for the whole warp */
+}
+
+/* One row: warp_dots_rows with NR = 1. */
 template <int DT>
 static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,
                                                  int x_stride) {
-    const int CW = Chunk<DT>::CW;
-    int lane = threadIdx.x % 32, cols = W.cols;
-#pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = 0.0f;
-    int vec = cols % CW == 0 && (CW == 8 || !W.scale || W.block_c % CW == 0);
-    int c_vec = vec ? cols : 0;
-#pragma unroll 4
-    for (int c = lane * CW; c < c_vec; c += 32 * CW) {
-        float w[CW];
-        load_chunk<DT>(w, W, r, c);
-#pragma unroll
-        for (int t = 0; t < SMALL_BATCH; t++) {
-            if (t >= n) break;
-            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
-            float s = 0.0f;
-#pragma unroll
-            for (int q = 0; q < CW / 4; q++) {
-                float4 a = xv[q];
-                s += w[4 * q] * a.x + w[4 * q + 1] * a.y + w[4 * q + 2] * a.z + w[4 * q + 3] * a.w;
-            }
-            acc[t] += s;
-        }
-    }
-    for (int c = c_vec + lane; c < cols; c += 32) { /* any shape: one element at a time */
-        float w = w_at(W, r, c);
-        for (int t = 0; t < n; t++) acc[t] += w * x[(size_t)t * x_stride + c];
-    }
-#pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) acc[t] = warp_sum(acc[t]);
+    const DevTensor *Ws[1] = {&W};
+    warp_dots_rows<DT, 1, SMALL_BATCH>((float(*)[SMALL_BATCH])acc, Ws, &r, x, n, x_stride);
 }
 
+/* Rows per warp for a GEMV of `rows` outputs: more rows a warp (more loads in flight, x read once
+ * for them) while the grid still fills the GPU's SMs twice over with warps of 8 per block.
+ * DSV3_GEMV_ROWS=1|2|4 fixes it (tests/cuda_bench.sh compares them). */
+static inline int gemv_rows_per_warp(int rows, int forced) {
+    if (forced) return forced;
+    return rows >= 4 * 8 * 132 * 2 ? 4 : rows >= 2 * 8 * 132 ? 2 : 1;
+}
 
 static inline unsigned blocks_for(size_t n) { return (unsigned)((n + THREADS - 1) / THREADS); }
 
@@ -188,25 +242,31 @@ static inline void rmsnorm_cuda_dev(float *out, const float *x, const float *w, 
 }
 /* ---- the steps, by the file that defines them ----------------------------------------------------- */
 
-/* model.cu (the two kernels launched as model.cu does: embed_rows_kernel<<<T, THREADS>>>,
- * argmax_kernel<<<1, 1024>>>; declared here for tests/test_forward_twins.cu) */
+/* model.cu (embed_rows_kernel launched as model.cu does, <<<T, THREADS>>>, and argmax_cuda_dev;
+ * declared here for tests/test_forward_twins.cu). argmax's scratch: ARGMAX_SCRATCH bytes, zeroed once. */
+#define ARGMAX_BLOCKS 128
+#define ARGMAX_SCRATCH (ARGMAX_BLOCKS * (sizeof(float) + sizeof(int)) + sizeof(unsigned))
 int cuda_err(Error *e, cudaError_t err, const char *what);
 int dev_status(Dev *d, Error *e);
 __global__ void embed_rows_kernel(float *x, int out_stride, DevTensor W, const int *tokens);
-__global__ void argmax_kernel(int *out, const float *x, int n);
+void argmax_cuda_dev(int *out, const float *x, int n, void *scratch);
 /* ops.cu */
 __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n);
 void blas_check(Dev *d, cublasStatus_t st);
 void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate);
+void matmul_normed_cuda(Dev *d, float *out, float *h, const float *x, const float *norm_w, float eps, const DevTensor &W,
+                        int n, int accumulate);
 /* mla.cu */
-void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T);
+void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T, const float *in_norm, float eps);
 __global__ void store_rows_kernel(float *dst, const float *src, int width, const int *pos_dev);
 void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, int T);
-void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T);
+void mla_latent_store_cuda(Dev *d, float *cache, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope);
+void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T,
+                                     const DevRope &rope);
 int mla_decode_prepare(const MlaDims *m);
 void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos);
 /* moe.cu */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate);
-int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L, int dim, Error *e);
+int moe_forward_cuda(Dev *d, float *x, float *h, int T, const DevLayer &L, int dim, const float *in_norm, float eps, Error *e);
 
 #endif

@@ -40,15 +40,7 @@
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, int out_stride,
                                int x_stride, float eps) {
     __shared__ float red[32];
-    const float *xt = x + (size_t)blockIdx.x * x_stride;
-    float *ot = out + (size_t)blockIdx.x * out_stride;
-    float ss = 0.0f;
-#pragma unroll 8 /* the loads of 8 iterations in flight at once; the sum keeps its order */
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xt[i] * xt[i];
-    ss = block_sum(ss, red); /* C: one loop, i = 0 .. d-1. Here: 256 strided partials, then a tree */
-    float r = 1.0f / sqrtf(ss / (float)d + eps);
-#pragma unroll 8
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ot[i] = w[i] * (xt[i] * r);
+    rmsnorm_row(out + (size_t)blockIdx.x * out_stride, x + (size_t)blockIdx.x * x_stride, w, d, eps, red);
 }
 
 void rmsnorm_cuda(float *out, const float *x, const float *w, int n, int d, float eps) {
@@ -63,9 +55,8 @@ void rmsnorm_cuda(float *out, const float *x, const float *w, int n, int d, floa
 
 /* ---- rope_rotate (rope.c) ---------------------------------------------------------------------- */
 
-/* One thread per (vector i, pair j): rotate the pair (a, b) by pos * inv_freq[j]. Pairs never
- * overlap, so the rotation in place needs no synchronization. cosf/sinf (not __cosf): the angles
- * reach thousands of radians and need the full range reduction. blockIdx.y = token t: the vectors
+/* One thread per (vector i, pair j): rotate the pair (kernels.cuh's rope_pair). Pairs never
+ * overlap, so the rotation in place needs no synchronization. blockIdx.y = token t: the vectors
  * at x + t * token_stride rotate at position pos + t (the twin: one token; the device forward: a
  * whole chunk in one launch, as model.c's loop over t). */
 __global__ void rope_rotate_kernel(float *x, int n, int stride, int token_stride, int d_R, int pos,
@@ -75,13 +66,7 @@ __global__ void rope_rotate_kernel(float *x, int n, int stride, int token_stride
     int i = k / half, j = k % half;
     x += (size_t)blockIdx.y * token_stride;
     pos += blockIdx.y + (pos_dev ? *pos_dev : 0); /* the device forward's position lives on the device */
-    float angle = (float)pos * inv_freq[j];
-    float c = cosf(angle) * attn_factor, s = sinf(angle) * attn_factor;
-    int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
-    float *v = x + (size_t)i * stride;
-    float xa = v[a], xb = v[b];
-    v[a] = xa * c - xb * s; /* nvcc makes each line one multiply and one FMA */
-    v[b] = xb * c + xa * s;
+    rope_pair(x + (size_t)i * stride, j, d_R, pos, inv_freq, attn_factor, interleaved);
 }
 
 void rope_rotate_cuda(float *x, int n, int stride, int d_R, int pos, const float *inv_freq,

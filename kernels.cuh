@@ -66,6 +66,34 @@ template <bool IS_MAX> static __device__ __forceinline__ float block_reduce(floa
 static __device__ __forceinline__ float block_sum(float v, float *red) { return block_reduce<false>(v, red); }
 static __device__ __forceinline__ float block_max(float v, float *red) { return block_reduce<true>(v, red); }
 
+/* One row of rmsnorm (rmsnorm_kernel's body, which the device forward's fused kernels share so that
+ * their bits are the kernel's): out[i] = w[i] * (x[i] * r), r = 1 / sqrt(mean(x^2) + eps), by the
+ * whole block. C: one loop, i = 0 .. d-1. Here: blockDim.x strided partials, then a tree. */
+static __device__ __forceinline__ void rmsnorm_row(float *out, const float *x, const float *w, int d, float eps,
+                                                   float *red) {
+    float ss = 0.0f;
+#pragma unroll 8 /* the loads of 8 iterations in flight at once; the sum keeps its order */
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
+    ss = block_sum(ss, red);
+    float r = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll 8
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = w[i] * (x[i] * r);
+}
+
+/* rope_rotate's pair j of one vector v [d_R] at position pos (rope_rotate_kernel's body, shared by
+ * the device forward's fused kernels): (a, b) rotated by pos * inv_freq[j], scaled by attn_factor.
+ * cosf/sinf (not __cosf): the angles reach thousands of radians and need the full range reduction. */
+static __device__ __forceinline__ void rope_pair(float *v, int j, int d_R, int pos, const float *inv_freq,
+                                                 float attn_factor, int interleaved) {
+    int half = d_R / 2;
+    float angle = (float)pos * inv_freq[j];
+    float c = cosf(angle) * attn_factor, s = sinf(angle) * attn_factor;
+    int a = interleaved ? 2 * j : j, b = interleaved ? 2 * j + 1 : j + half;
+    float xa = v[a], xb = v[b];
+    v[a] = xa * c - xb * s; /* nvcc makes each line one multiply and one FMA */
+    v[b] = xb * c + xa * s;
+}
+
 /* kernels.cu's kernels that model.cu launches (their comments are there). */
 __global__ void rmsnorm_kernel(float *out, const float *x, const float *w, int d, int out_stride,
                                int x_stride, float eps);

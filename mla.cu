@@ -2,12 +2,14 @@
  * its cache rows), and the naive attention form with cuBLAS; the absorbed form is kernels.cu's. */
 #include "device.cuh"
 
-void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T) {
-    if (m->q_lora_rank == 0) {
-        matmul_cuda(d, d->q, d->h, L.q, T, 0);
-        return;
-    }
-    matmul_cuda(d, d->q_scratch, d->h, L.q_a, T, 0);
+/* q [T, n_h (nope + d_R)] from d->h; with in_norm, d->h = rmsnorm(d->x; in_norm) first, fused into
+ * the first GEMV (the layer's attention norm; the twin passes NULL: its d->h comes normed). */
+void mla_query_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T, const float *in_norm, float eps) {
+    float *out = m->q_lora_rank ? d->q_scratch : d->q;
+    const DevTensor &W = m->q_lora_rank ? L.q_a : L.q;
+    if (in_norm) matmul_normed_cuda(d, out, d->h, d->x, in_norm, eps, W, T, 0);
+    else matmul_cuda(d, out, d->h, W, T, 0);
+    if (m->q_lora_rank == 0) return;
     rmsnorm_cuda_dev(d->q_scratch, d->q_scratch, L.q_a_norm, T, m->q_lora_rank, m->q_lora_rank, m->q_lora_rank, m->eps);
     matmul_cuda(d, d->q, d->q_scratch, L.q_b, T, 0);
 }
@@ -68,25 +70,52 @@ void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const 
     }
 }
 
+/* The latent rows' last steps, fused (mla.c's mla_latent norm, rope_rotate on the rope key, the
+ * store into the cache; the same bits as rmsnorm_kernel, rope_rotate_kernel and store_rows_kernel
+ * one after another): block t norms the d_c latent values of lat[t] (kernels.cuh's rmsnorm_row),
+ * rotates its d_R rope values at position pos + t (rope_pair) and writes the row to cache row
+ * pos + t, pos = *rope.pos_dev. lat [T, d_c + d_R] is left as it was. */
+__global__ void mla_latent_store_kernel(float *cache, const float *lat, const float *norm_w, int d_c, int d_R, float eps,
+                                        DevRope rope) {
+    __shared__ float red[32];
+    int t = blockIdx.x, width = d_c + d_R, pos = *rope.pos_dev + t;
+    const float *src = lat + (size_t)t * width;
+    float *row = cache + (size_t)pos * width;
+    rmsnorm_row(row, src, norm_w, d_c, eps, red);
+    for (int i = threadIdx.x; i < d_R; i += blockDim.x) row[d_c + i] = src[d_c + i];
+    __syncthreads(); /* the block's writes to the row are visible to the block after the barrier */
+    for (int j = threadIdx.x; j < d_R / 2; j += blockDim.x)
+        rope_pair(row + d_c, j, d_R, pos, rope.inv_freq, rope.attn_factor, rope.interleaved);
+}
+
+/* kv_a's GEMV into the staging rows d->lat, then the fused norm, rope and store: cache rows pos ..
+ * pos + T - 1 of one layer. */
+void mla_latent_store_cuda(Dev *d, float *cache, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
+    matmul_cuda(d, d->lat, d->h, L.kv_a, T, 0);
+    mla_latent_store_kernel<<<T, THREADS>>>(cache, d->lat, L.kv_a_norm, m->kv_lora_rank, m->rope, m->eps, rope);
+}
+
 /* ---- the absorbed form for decode (T <= SMALL_BATCH): split over the cached rows ------------------
  * mla.c's mla_attend_absorbed, the same five steps, parallel where kernels.cu's one block per (head,
- * query) is serial (notes/cuda.md, section 4: 16 blocks on 132 SMs, each reading W_UK, W_UV and the
- * cache alone). Four launches, each with enough blocks to fill the GPU:
- *   1. q_lat[t][h] = W_UK[h]^T q_nope[t][h]        mla_absorb_q_kernel: a block per (64 columns, head)
- *   2. per chunk k of query t's visible rows, 16 heads at a time, an online softmax over tiles:
+ * query) is serial (notes/cuda.md, section 4). Three launches:
+ *   1. q_lat[t][h] = W_UK[h]^T q_nope[t][h]        mla_absorb_q_kernel: a block per (128 columns, head);
+ *      (in the forward, the same launch rotates q_pe: rope_rotate on the query's rope part)
+ *   2. per chunk k of query t's visible rows, HG heads at a time, an online softmax over tiles:
  *        m_k = max_s score_s,  l_k = sum_s exp(score_s - m_k),  o_k = sum_s exp(score_s - m_k) c_s
- *                                                  mla_split_kernel: a block per (chunk, query, 16 heads)
- *   3. the chunks merged by their log-sum-exp (FlashMLA's split-KV combine):
+ *                                                  mla_split_kernel: a block per (chunk, query, HG heads)
+ *   3. the chunks merged by their log-sum-exp (FlashMLA's split-KV combine), then W_UV:
  *        m = max_k m_k,  o_lat = sum_k exp(m_k - m) o_k / sum_k exp(m_k - m) l_k
- *                                                  mla_merge_kernel: a block per (head, query)
- *   4. out[t][h] = W_UV[h] o_lat[t][h]             mla_uv_kernel: a warp per output (the GEMV's dots)
- * W_UK and W_UV are read at their stored dtype (widened exactly, as tensor_rows_f32 does), not the
- * FP32 copy that kernels.cu's kernel reads. The chunks of query t depend only on its visible length
- * pos0 + t + 1, never on T, so batch invariance (ops.h) holds: the T = 2 verify of --mtp gives each
- * token the bits the T = 1 step gives it.
- * Where the order differs from C: q_lat sums j in 8 strided partials (C: j in order); scores are
- * warp trees; the softmax is online over tiles of 16 rows and merged over chunks (C: one max, one
- * sum, in order); o_lat is summed per chunk, then over chunks. Tolerance 1e-4, as the twin's. */
+ *        out[t][h] = W_UV[h] o_lat[t][h]           mla_merge_uv_kernel: a block per (head, 32 rows of
+ *                                                  W_UV), each merging its head's chunks for itself
+ * W_UK and W_UV are read at their stored dtype (widened exactly, as tensor_rows_f32 does, for W_UK;
+ * W_UV through the GEMV's warp_dots), not the FP32 copy that kernels.cu's kernel reads. The chunks of
+ * query t depend only on its visible length pos0 + t + 1, never on T, so batch invariance (ops.h)
+ * holds: the T = 2 verify of --mtp gives each token the bits the T = 1 step gives it.
+ * Where the order differs from C: q_lat sums j in 8 partials of consecutive j (C: j in order);
+ * scores are warp trees; the softmax is online over tiles of 16 rows and merged over chunks (C: one
+ * max, one sum, in order); o_lat is summed per chunk, then over chunks. Tolerance 1e-4, as the twin's.
+ * Why this shape (notes/cuda.md, section 10): at batch 1 and a short cache the step is latency,
+ * not bytes; every block's serial chain is kept short (HG = 4 heads, a warp's scores 8 rows). */
 
 /* Rows per chunk for a query that sees vis rows: a multiple of MLA_TILE, at most MLA_SPLITS chunks
  * (the launcher sizes its grid with the same formula). */
@@ -95,109 +124,167 @@ static __device__ __forceinline__ int mla_chunk_rows(int vis) {
     return (r + MLA_TILE - 1) / MLA_TILE * MLA_TILE;
 }
 
-/* 1. q_lat [T, n_h, d_c] from q [T, n_h, nope + d_R]. Lane l owns columns c0 + l and c0 + 32 + l;
- * warp w sums j = w, w + 8, ...; the 8 warps' partials are added in warp order. */
+/* Four consecutive weights W[r][c..c+3] times their block scale (exact, as w_at), one load where the
+ * row allows it (c % 4 == 0, cols % 4 == 0, the four in one scale block). */
 template <int DT>
-__global__ void mla_absorb_q_kernel(float *q_lat, const float *q, DevTensor kv_b, int T, int n_h, int d_c, int nope,
-                                    int d_R, int v_dim) {
-    __shared__ float part[THREADS / 32][SMALL_BATCH][64];
-    int h = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32, c0 = blockIdx.x * 64, qk = nope + d_R;
-    int ca = c0 + lane, cb = c0 + 32 + lane;
-    float acc[SMALL_BATCH][2];
+static __device__ __forceinline__ void load4(float *w, const DevTensor &W, int r, int c) {
+    bool vec = W.cols % 4 == 0 && c + 3 < W.cols && (!W.scale || W.block_c % 4 == 0);
+    if (!vec) {
+        for (int k = 0; k < 4; k++) w[k] = c + k < W.cols ? w_at_dt(W, (DType)DT, r, c + k) : 0.0f;
+        return;
+    }
+    size_t i = (size_t)r * W.cols + c;
+    if (DT == DT_F32) {
+        float4 a = ((const float4 *)W.data)[i / 4];
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    } else if (DT == DT_BF16) {
+        uint2 u = ((const uint2 *)W.data)[i / 4];
+        w[0] = __uint_as_float(u.x << 16); w[1] = __uint_as_float(u.x & 0xffff0000u);
+        w[2] = __uint_as_float(u.y << 16); w[3] = __uint_as_float(u.y & 0xffff0000u);
+    } else if (DT == DT_F16) {
+        uint2 u = ((const uint2 *)W.data)[i / 4];
+        float2 a = __half22float2(*(__half2 *)&u.x), b = __half22float2(*(__half2 *)&u.y);
+        w[0] = a.x; w[1] = a.y; w[2] = b.x; w[3] = b.y;
+    } else {
+        uint32_t u = ((const uint32_t *)W.data)[i / 4];
+        float s = W.scale ? scale_at(W, r, c) : 1.0f;
 #pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) acc[t][0] = acc[t][1] = 0.0f;
-#pragma unroll 4
-    for (int j = warp; j < nope; j += THREADS / 32) {
-        int row = h * (nope + v_dim) + j; /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
-        float wa = ca < d_c ? w_at_dt(kv_b, (DType)DT, row, ca) : 0.0f, wb = cb < d_c ? w_at_dt(kv_b, (DType)DT, row, cb) : 0.0f;
-#pragma unroll
-        for (int t = 0; t < SMALL_BATCH; t++) {
-            if (t >= T) break;
-            float qn = q[((size_t)t * n_h + h) * qk + j];
-            acc[t][0] += qn * wa;
-            acc[t][1] += qn * wb;
+        for (int k = 0; k < 2; k++) {
+            __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u >> (16 * k)),
+                                                       DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3);
+            float2 f = __half22float2(*(__half2 *)&h);
+            w[2 * k] = W.scale ? f.x * s : f.x;
+            w[2 * k + 1] = W.scale ? f.y * s : f.y;
         }
-    }
-#pragma unroll
-    for (int t = 0; t < SMALL_BATCH; t++) {
-        part[warp][t][lane] = acc[t][0];
-        part[warp][t][32 + lane] = acc[t][1];
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < T * 64; i += blockDim.x) {
-        int t = i / 64, c = i % 64;
-        if (c0 + c >= d_c) continue;
-        float s = 0.0f;
-        for (int w = 0; w < THREADS / 32; w++) s += part[w][t][c];
-        q_lat[((size_t)t * n_h + h) * d_c + c0 + c] = s;
     }
 }
 
-/* 2. Chunk k of query t (rows [k R, min((k+1) R, vis)), R = mla_chunk_rows(vis)), heads g*16 ..:
- * part_o [T, MLA_SPLITS, n_h, d_c], part_ml [T, MLA_SPLITS, n_h, 2] = (m_k, l_k). Per tile of 16
- * rows: the rows go to shared memory; warp w scores heads 2w, 2w+1 (lanes over the 576 columns, a
- * butterfly per row); thread hh < 16 updates its head's running max and sum and the rescale alpha;
- * then thread i owns latent columns i, i + 256, ... for all 16 heads: o = alpha o + sum_r p_r c_r. */
+/* 1. q_lat [T, n_h, d_c] from q [T, n_h, nope + d_R]. Lane l owns columns c0 + 4l .. c0 + 4l + 3;
+ * warp w sums its slice of consecutive j, [w J, (w + 1) J), J = ceil(nope / 8); the 8 warps'
+ * partials are added in warp order. With rope.inv_freq, the blocks of column slab 0 also rotate
+ * head h's q_pe at position pos0 + t (rope_pair: rope_rotate_kernel's bits). */
+template <int DT>
+__global__ void mla_absorb_q_kernel(float *q_lat, float *q, DevTensor kv_b, int T, int n_h, int d_c, int nope,
+                                    int d_R, int v_dim, DevRope rope) {
+    __shared__ float part[THREADS / 32][SMALL_BATCH][128];
+    __shared__ float qn[SMALL_BATCH][MLA_MAX_NOPE];
+    int h = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32, c0 = blockIdx.x * 128, qk = nope + d_R;
+    int c = c0 + 4 * lane, J = (nope + THREADS / 32 - 1) / (THREADS / 32), j0 = warp * J, j1 = min(j0 + J, nope);
+    for (int i = threadIdx.x; i < T * nope; i += blockDim.x) qn[i / nope][i % nope] = q[((size_t)(i / nope) * n_h + h) * qk + i % nope];
+    __syncthreads();
+    float acc[SMALL_BATCH][4];
+#pragma unroll
+    for (int t = 0; t < SMALL_BATCH; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    if (c < d_c) {
+#pragma unroll 16 /* V3's J = 16: the slice's loads in flight together */
+        for (int j = j0; j < j1; j++) {
+            float w[4];
+            load4<DT>(w, kv_b, h * (nope + v_dim) + j, c); /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
+#pragma unroll
+            for (int t = 0; t < SMALL_BATCH; t++) {
+                if (t >= T) break;
+                float a = qn[t][j];
+                acc[t][0] += a * w[0]; acc[t][1] += a * w[1]; acc[t][2] += a * w[2]; acc[t][3] += a * w[3];
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < SMALL_BATCH; t++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) part[warp][t][4 * lane + k] = acc[t][k];
+    __syncthreads();
+    for (int i = threadIdx.x; i < T * 128; i += blockDim.x) {
+        int t = i / 128, cc = i % 128;
+        if (c0 + cc >= d_c) continue;
+        float s = 0.0f;
+        for (int w = 0; w < THREADS / 32; w++) s += part[w][t][cc];
+        q_lat[((size_t)t * n_h + h) * d_c + c0 + cc] = s;
+    }
+    if (rope.inv_freq && blockIdx.x == 0)
+        for (int i = threadIdx.x; i < T * (d_R / 2); i += blockDim.x) {
+            int t = i / (d_R / 2), j = i % (d_R / 2);
+            rope_pair(q + ((size_t)t * n_h + h) * qk + nope, j, d_R, *rope.pos_dev + t, rope.inv_freq, rope.attn_factor,
+                      rope.interleaved);
+        }
+}
+
+/* 2. Chunk k of query t (rows [k R, min((k+1) R, vis)), R = mla_chunk_rows(vis)), heads h0 .. h0+HG:
+ * part_o [T, MLA_SPLITS, n_h, d_c], part_ml [T, MLA_SPLITS, n_h, 2] = (m_k, l_k). Each warp keeps
+ * one head's [q_lat ; q_pe] in registers (lane l: columns l, l + 32, ...). Per tile of MLA_TILE rows:
+ * the rows go to shared memory; the 8 / HG warps of head hh score MLA_TILE * HG / 8 rows each (a
+ * butterfly per row); warp hh (< HG) updates its head's running max and sum, lane r for row r;
+ * then thread i owns latent columns i, i + 256, ... for the HG heads: o = alpha o + sum_r p_r c_r. */
+template <int HG>
 __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_lat, const float *q, const float *cache,
                                  const int *pos_dev, int n_h, int d_c, int d_R, int nope, float scale) {
-    extern __shared__ float smem[]; /* rows [MLA_TILE][width], then qs [MLA_HEADS][width] */
-    __shared__ float sc[MLA_HEADS][MLA_TILE], alpha[MLA_HEADS], run_m[MLA_HEADS], run_l[MLA_HEADS];
-    int k = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * MLA_HEADS, width = d_c + d_R, qk = nope + d_R;
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int WPH = (THREADS / 32) / HG, RPW = MLA_TILE / WPH; /* warps per head, rows per warp */
+    extern __shared__ float rows[]; /* [MLA_TILE][width] */
+    __shared__ float sc[HG][MLA_TILE], alpha[HG], run_m[HG], run_l[HG];
+    int k = blockIdx.x, t = blockIdx.y, h0 = blockIdx.z * HG, width = d_c + d_R, qk = nope + d_R;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, hh = warp % HG, rw0 = (warp / HG) * RPW;
     int vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), s0 = k * R, s1 = min(s0 + R, vis);
-    int nh = min(MLA_HEADS, n_h - h0);
+    int nh = min(HG, n_h - h0);
     if (s0 >= s1) return; /* past the query's rows: the merge reads only its n_k = ceil(vis / R) chunks */
-    float *rows = smem, *qs = smem + MLA_TILE * width;
-    /* [q_lat ; q_pe] of the block's heads, once: every tile's scores read them */
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nh * width; i += blockDim.x) {
-        int hh = i / width, c = i % width;
-        qs[i] = c < d_c ? q_lat[((size_t)t * n_h + h0 + hh) * d_c + c] : q[((size_t)t * n_h + h0 + hh) * qk + nope + c - d_c];
+    float qr[MLA_QREG];
+    {
+        const float *ql = q_lat + ((size_t)t * n_h + h0 + hh) * d_c, *qp = q + ((size_t)t * n_h + h0 + hh) * qk + nope;
+#pragma unroll
+        for (int i = 0; i < MLA_QREG; i++) {
+            int c = lane + 32 * i;
+            qr[i] = hh >= nh || c >= width ? 0.0f : c < d_c ? ql[c] : qp[c - d_c];
+        }
     }
-    if (threadIdx.x < MLA_HEADS) { run_m[threadIdx.x] = -INFINITY; run_l[threadIdx.x] = 0.0f; }
-    float o[MLA_HEADS][MLA_COLS];
+    if (threadIdx.x < HG) { run_m[threadIdx.x] = -INFINITY; run_l[threadIdx.x] = 0.0f; }
+    float o[HG][MLA_COLS];
 #pragma unroll
-    for (int hh = 0; hh < MLA_HEADS; hh++)
+    for (int g = 0; g < HG; g++)
 #pragma unroll
-        for (int j = 0; j < MLA_COLS; j++) o[hh][j] = 0.0f;
+        for (int j = 0; j < MLA_COLS; j++) o[g][j] = 0.0f;
     for (int r0 = s0; r0 < s1; r0 += MLA_TILE) {
         int nr = min(MLA_TILE, s1 - r0);
         __syncthreads(); /* the previous tile's rows and p are used up */
         const float *src = cache + (size_t)r0 * width; /* the tile's rows are contiguous */
-#pragma unroll 8
-        for (int i = threadIdx.x; i < nr * width; i += blockDim.x) rows[i] = src[i];
+        if (width % 4 == 0) {
+            const float4 *s4 = (const float4 *)src;
+            float4 *d4 = (float4 *)rows;
+#pragma unroll 4
+            for (int i = threadIdx.x; i < nr * width / 4; i += blockDim.x) d4[i] = s4[i];
+        } else {
+            for (int i = threadIdx.x; i < nr * width; i += blockDim.x) rows[i] = src[i];
+        }
         __syncthreads();
-        for (int hh = warp; hh < nh; hh += THREADS / 32) {
-            const float *qh = qs + hh * width;
-            float acc[MLA_TILE];
+        if (hh < nh) {
+            float acc[RPW];
 #pragma unroll
-            for (int r = 0; r < MLA_TILE; r++) acc[r] = 0.0f;
-            for (int c = lane; c < width; c += 32) {
-                float qv = qh[c];
+            for (int r = 0; r < RPW; r++) acc[r] = 0.0f;
 #pragma unroll
-                for (int r = 0; r < MLA_TILE; r++)
-                    if (r < nr) acc[r] += qv * rows[r * width + c];
+            for (int i = 0; i < MLA_QREG; i++) {
+                int c = lane + 32 * i;
+                if (c < width)
+#pragma unroll
+                    for (int r = 0; r < RPW; r++) acc[r] += qr[i] * rows[(rw0 + r) * width + c];
             }
 #pragma unroll
-            for (int r = 0; r < MLA_TILE; r++) {
+            for (int r = 0; r < RPW; r++) {
                 float a = warp_sum(acc[r]);
-                if (lane == 0) sc[hh][r] = r < nr ? a * scale : -INFINITY;
+                if (lane == 0) sc[hh][rw0 + r] = rw0 + r < nr ? a * scale : -INFINITY;
             }
         }
         __syncthreads();
-        if (threadIdx.x < nh) {
-            int hh = threadIdx.x;
-            float mt = run_m[hh];
-            for (int r = 0; r < nr; r++) mt = fmaxf(mt, sc[hh][r]);
-            float a = expf(run_m[hh] - mt), l = 0.0f; /* exp(-inf) = 0 on the first tile */
-            for (int r = 0; r < MLA_TILE; r++) {
-                float p = r < nr ? expf(sc[hh][r] - mt) : 0.0f;
-                sc[hh][r] = p;
-                l += p;
+        if (warp < nh) { /* warp g: head g's online softmax over the tile, lane r for row r */
+            int g = warp;
+            float sv = lane < MLA_TILE ? sc[g][lane] : -INFINITY, m_old = run_m[g];
+            float mt = fmaxf(m_old, warp_max(sv));
+            float p = lane < nr ? expf(sv - mt) : 0.0f;
+            float l = warp_sum(p);
+            __syncwarp(); /* every lane has read run_m[g] and its sc[g][lane] before they are written */
+            if (lane < MLA_TILE) sc[g][lane] = p;
+            if (lane == 0) {
+                float a = expf(m_old - mt); /* exp(-inf) = 0 on the first tile */
+                run_l[g] = a * run_l[g] + l;
+                run_m[g] = mt;
+                alpha[g] = a;
             }
-            run_l[hh] = a * run_l[hh] + l;
-            run_m[hh] = mt;
-            alpha[hh] = a;
         }
         __syncthreads();
 #pragma unroll
@@ -208,12 +295,12 @@ __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_l
 #pragma unroll
             for (int r = 0; r < MLA_TILE; r++) rv[r] = r < nr ? rows[r * width + c] : 0.0f;
 #pragma unroll
-            for (int hh = 0; hh < MLA_HEADS; hh++) {
-                if (hh >= nh) break;
+            for (int g = 0; g < HG; g++) {
+                if (g >= nh) break;
                 float acc = 0.0f;
 #pragma unroll
-                for (int r = 0; r < MLA_TILE; r++) acc += sc[hh][r] * rv[r];
-                o[hh][j] = alpha[hh] * o[hh][j] + acc;
+                for (int r = 0; r < MLA_TILE; r++) acc += sc[g][r] * rv[r];
+                o[g][j] = alpha[g] * o[g][j] + acc;
             }
         }
     }
@@ -228,86 +315,107 @@ __global__ void mla_split_kernel(float *part_o, float *part_ml, const float *q_l
         int c = threadIdx.x + j * THREADS;
         if (c >= d_c) break;
 #pragma unroll
-        for (int hh = 0; hh < MLA_HEADS; hh++)
-            if (hh < nh) part_o[(base + hh) * d_c + c] = o[hh][j];
+        for (int g = 0; g < HG; g++)
+            if (g < nh) part_o[(base + g) * d_c + c] = o[g][j];
     }
 }
 
-/* 3. o_lat [T, n_h, d_c] from the chunks of (head h, query t), in chunk order. */
-__global__ void mla_merge_kernel(float *o_lat, const float *part_o, const float *part_ml, const int *pos_dev, int n_h,
-                                 int d_c) {
-    __shared__ float wk[MLA_SPLITS], inv_l;
-    int h = blockIdx.x, t = blockIdx.y, vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), n_k = (vis + R - 1) / R;
-    const float *ml = part_ml + 2 * ((size_t)t * MLA_SPLITS * n_h + h);
-    __shared__ float mk[MLA_SPLITS];
-    if (threadIdx.x < n_k) mk[threadIdx.x] = ml[2 * (size_t)threadIdx.x * n_h]; /* the chunks' maxima, loaded at once */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float m = -INFINITY, l = 0.0f;
-        for (int k = 0; k < n_k; k++) m = fmaxf(m, mk[k]);
-        for (int k = 0; k < n_k; k++) {
-            wk[k] = expf(mk[k] - m);
-            l += wk[k] * ml[2 * (size_t)k * n_h + 1];
-        }
-        inv_l = 1.0f / l;
+/* 3. attn [T, n_h * v]: block (h, g) first merges head h's chunks for every query t into o_lat
+ * [T][d_c] in shared memory (warp t: the chunks' weights exp(m_k - m) and 1 / sum_k exp(m_k - m) l_k;
+ * then o_lat[t][c] = (sum_k w_k o_k[c], in chunk order) / l), then its 8 warps take rows
+ * g * MLA_UV_ROWS .. of W_UV[h], MLA_UV_ROWS / 8 each, as the GEMV does (warp_dots). The merge is
+ * done again by each of a head's v / MLA_UV_ROWS blocks: L2 reads of the partials, not a launch. */
+template <int DT>
+__global__ void mla_merge_uv_kernel(float *attn, const float *part_o, const float *part_ml, const int *pos_dev,
+                                    DevTensor kv_b, int T, int n_h, int d_c, int nope, int v_dim) {
+    extern __shared__ float o_lat[]; /* [T][d_c] */
+    __shared__ float wk[SMALL_BATCH][MLA_SPLITS], inv_l[SMALL_BATCH];
+    __shared__ int n_ks[SMALL_BATCH];
+    int h = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (warp < T) {
+        int t = warp, vis = *pos_dev + t + 1, R = mla_chunk_rows(vis), n_k = (vis + R - 1) / R;
+        const float *ml = part_ml + 2 * ((size_t)t * MLA_SPLITS * n_h + h);
+        float m0 = lane < n_k ? ml[2 * (size_t)lane * n_h] : -INFINITY;
+        float m1 = lane + 32 < n_k ? ml[2 * (size_t)(lane + 32) * n_h] : -INFINITY;
+        float m = warp_max(fmaxf(m0, m1));
+        float w0 = lane < n_k ? expf(m0 - m) : 0.0f, w1 = lane + 32 < n_k ? expf(m1 - m) : 0.0f;
+        float l = warp_sum((lane < n_k ? w0 * ml[2 * (size_t)lane * n_h + 1] : 0.0f) +
+                           (lane + 32 < n_k ? w1 * ml[2 * (size_t)(lane + 32) * n_h + 1] : 0.0f));
+        wk[t][lane] = w0;
+        wk[t][lane + 32] = w1;
+        if (lane == 0) { inv_l[t] = 1.0f / l; n_ks[t] = n_k; }
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < d_c; c += blockDim.x) {
+    for (int i = threadIdx.x; i < T * d_c; i += blockDim.x) {
+        int t = i / d_c, c = i % d_c, n_k = n_ks[t];
+        const float *po = part_o + ((size_t)t * MLA_SPLITS * n_h + h) * d_c + c;
         float acc = 0.0f;
 #pragma unroll 8
-        for (int k = 0; k < n_k; k++) acc += wk[k] * part_o[(((size_t)t * MLA_SPLITS + k) * n_h + h) * d_c + c];
-        o_lat[((size_t)t * n_h + h) * d_c + c] = acc * inv_l;
+        for (int k = 0; k < n_k; k++) acc += wk[t][k] * po[(size_t)k * n_h * d_c];
+        o_lat[i] = acc * inv_l[t];
+    }
+    __syncthreads();
+    const int per_warp = MLA_UV_ROWS / (THREADS / 32);
+    for (int q = 0; q < per_warp; q++) {
+        int i = blockIdx.y * MLA_UV_ROWS + warp * per_warp + q;
+        if (i >= v_dim) break;
+        float acc[SMALL_BATCH];
+        warp_dots<DT>(acc, kv_b, h * (nope + v_dim) + nope + i, o_lat, T, d_c);
+        if (lane == 0)
+            for (int t = 0; t < T; t++) attn[(size_t)t * n_h * v_dim + (size_t)h * v_dim + i] = acc[t];
     }
 }
 
-/* 4. attn [T, n_h * v] = W_UV[h] o_lat[t][h]: a warp per (head, output row), as the GEMV. */
-template <int DT>
-__global__ void mla_uv_kernel(float *attn, const float *o_lat, DevTensor kv_b, int T, int n_h, int d_c, int nope,
-                              int v_dim) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= n_h * v_dim) return;
-    int h = r / v_dim, i = r % v_dim;
-    float acc[SMALL_BATCH];
-    warp_dots<DT>(acc, kv_b, h * (nope + v_dim) + nope + i, o_lat + (size_t)h * d_c, T, n_h * d_c);
-    if (threadIdx.x % 32 == 0)
-        for (int t = 0; t < T; t++) attn[(size_t)t * n_h * v_dim + r] = acc[t];
-}
-
-static size_t mla_split_smem(const MlaDims *m) { return sizeof(float) * (MLA_TILE + MLA_HEADS) * mla_cache_width(m); }
+static size_t mla_split_smem(const MlaDims *m) { return sizeof(float) * MLA_TILE * mla_cache_width(m); }
+static size_t mla_merge_smem(const MlaDims *m) { return sizeof(float) * SMALL_BATCH * m->kv_lora_rank; }
+/* heads per block of the split kernel: 4 (short serial chains) up to 32 heads, else 8 (each tile is
+ * read once per head group: V3's 128 heads would read it 32 times with 4) */
+static int mla_split_heads(const MlaDims *m) { return m->n_heads <= 32 ? 4 : 8; }
 
 /* The position pos0 is read on the device (d->step_in[0]), and every grid is fixed by T and the
  * shapes alone, so one decode step can be recorded as a CUDA graph and replayed at any position:
  * step 2's grid has MLA_SPLITS chunks, of which those past the query's rows return at once. */
 template <int DT>
-static void mla_decode_launch(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T) {
-    int n_h = m->n_heads, d_c = m->kv_lora_rank, width = mla_cache_width(m);
-    mla_absorb_q_kernel<DT><<<dim3((d_c + 63) / 64, n_h), THREADS>>>(d->q_lat, d->q, L.kv_b, T, n_h, d_c, m->nope, m->rope,
-                                                                   m->v);
-    dim3 grid(MLA_SPLITS, T, (n_h + MLA_HEADS - 1) / MLA_HEADS);
-    mla_split_kernel<<<grid, THREADS, mla_split_smem(m)>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache,
-                                                                          d->step_in, n_h, d_c, m->rope, m->nope,
-                                                                          m->softmax_scale);
-    mla_merge_kernel<<<dim3(n_h, T), THREADS>>>(d->o_lat, d->part_o, d->part_ml, d->step_in, n_h, d_c);
-    mla_uv_kernel<DT><<<(unsigned)((n_h * m->v + THREADS / 32 - 1) / (THREADS / 32)), THREADS>>>(d->attn, d->o_lat, L.kv_b, T,
-                                                                                                n_h, d_c, m->nope, m->v);
+static void mla_decode_launch(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
+    int n_h = m->n_heads, d_c = m->kv_lora_rank, HG = mla_split_heads(m);
+    mla_absorb_q_kernel<DT><<<dim3((d_c + 127) / 128, n_h), THREADS>>>(d->q_lat, d->q, L.kv_b, T, n_h, d_c, m->nope, m->rope,
+                                                                     m->v, rope);
+    dim3 grid(MLA_SPLITS, T, (n_h + HG - 1) / HG);
+    if (HG == 4)
+        mla_split_kernel<4><<<grid, THREADS, mla_split_smem(m)>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache, d->step_in,
+                                                                  n_h, d_c, m->rope, m->nope, m->softmax_scale);
+    else
+        mla_split_kernel<8><<<grid, THREADS, mla_split_smem(m)>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache, d->step_in,
+                                                                  n_h, d_c, m->rope, m->nope, m->softmax_scale);
+    mla_merge_uv_kernel<DT><<<dim3(n_h, (m->v + MLA_UV_ROWS - 1) / MLA_UV_ROWS), THREADS, mla_merge_smem(m)>>>(
+        d->attn, d->part_o, d->part_ml, d->step_in, L.kv_b, T, n_h, d_c, m->nope, m->v);
 }
 
-void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T) {
+/* rope: the query's rope part is rotated here (rope.inv_freq set; the forward) or was already
+ * (rope.inv_freq NULL; the twin, whose q comes roped). */
+void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T,
+                                     const DevRope &rope) {
     switch (L.kv_b.dtype) {
-    case DT_F32: mla_decode_launch<DT_F32>(d, cache, L, m, T); break;
-    case DT_BF16: mla_decode_launch<DT_BF16>(d, cache, L, m, T); break;
-    case DT_F16: mla_decode_launch<DT_F16>(d, cache, L, m, T); break;
-    case DT_F8_E4M3: mla_decode_launch<DT_F8_E4M3>(d, cache, L, m, T); break;
-    default: mla_decode_launch<DT_F8_E5M2>(d, cache, L, m, T); break;
+    case DT_F32: mla_decode_launch<DT_F32>(d, cache, L, m, T, rope); break;
+    case DT_BF16: mla_decode_launch<DT_BF16>(d, cache, L, m, T, rope); break;
+    case DT_F16: mla_decode_launch<DT_F16>(d, cache, L, m, T, rope); break;
+    case DT_F8_E4M3: mla_decode_launch<DT_F8_E4M3>(d, cache, L, m, T, rope); break;
+    default: mla_decode_launch<DT_F8_E5M2>(d, cache, L, m, T, rope); break;
     }
 }
 
-/* Can the split kernel take these shapes? (step 2 keeps d_c / THREADS columns per thread in registers,
- * and stages MLA_TILE cache rows and MLA_HEADS queries in shared memory) If so, ask for that shared
- * memory: 1, else 0. */
+/* Can the split kernels take these shapes? (a warp keeps a head's width = d_c + d_R query values in
+ * MLA_QREG registers a lane, the absorb step q_nope [SMALL_BATCH][MLA_MAX_NOPE] in shared memory, a
+ * thread d_c / THREADS columns of o, the merge keeps SMALL_BATCH rows of
+ * o_lat in shared memory (at most 32 KB for d_c <= MLA_COLS * THREADS), the split kernel MLA_TILE
+ * cache rows) If so, ask for the split kernel's shared memory: 1, else 0. */
 int mla_decode_prepare(const MlaDims *m) {
-    if (m->kv_lora_rank > MLA_COLS * THREADS || mla_split_smem(m) > 200 * 1024) return 0;
-    /* above 48 KB of dynamic shared memory a kernel must ask for it (V3's 576-float rows: 73.7 KB) */
-    return cudaFuncSetAttribute(mla_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mla_split_smem(m)) ==
-           cudaSuccess;
+    int width = mla_cache_width(m);
+    if (m->kv_lora_rank > MLA_COLS * THREADS || width > 32 * MLA_QREG || m->nope > MLA_MAX_NOPE || mla_split_smem(m) > 200 * 1024)
+        return 0;
+    /* above 48 KB of dynamic shared memory a kernel must ask for it */
+    return cudaFuncSetAttribute(mla_split_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mla_split_smem(m)) ==
+               cudaSuccess &&
+           cudaFuncSetAttribute(mla_split_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)mla_split_smem(m)) ==
+               cudaSuccess;
 }

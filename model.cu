@@ -142,26 +142,24 @@ static int layer_forward_cuda(Dev *d, const Model *mm, const DevLayer &L, float 
                               Error *e) {
     const Config *c = &mm->cfg;
     const MlaDims *m = &mm->mla;
-    int dim = c->hidden_size, width = mla_cache_width(m), qk = m->nope + m->rope, half = m->rope / 2;
-    rmsnorm_cuda_dev(d->h, d->x, L.attn_norm, T, dim, dim, dim, c->rms_norm_eps);
-    mla_query_cuda(d, L, m, T);
-    mla_latent_cuda(d, d->lat, L, m, T);
-    rope_rotate_kernel<<<dim3(blocks_for((size_t)m->n_heads * half), T), THREADS>>>(
-        d->q + m->nope, m->n_heads, qk, m->n_heads * qk, m->rope, 0, d->step_in, d->inv_freq, mm->rope_attn_factor,
-        c->rope.interleaved);
-    rope_rotate_kernel<<<dim3(blocks_for(half), T), THREADS>>>(d->lat + m->kv_lora_rank, 1, width, width, m->rope, 0,
-                                                                 d->step_in, d->inv_freq, mm->rope_attn_factor,
-                                                                 c->rope.interleaved);
-    store_rows_kernel<<<T, THREADS>>>(cache, d->lat, width, d->step_in); /* cache rows pos .. pos + T - 1 */
+    int dim = c->hidden_size, qk = m->nope + m->rope, half = m->rope / 2;
+    mla_query_cuda(d, L, m, T, L.attn_norm, c->rms_norm_eps); /* h = attn_norm(x), then q */
+    DevRope rope = {d->inv_freq, mm->rope_attn_factor, c->rope.interleaved, d->step_in};
+    mla_latent_store_cuda(d, cache, L, m, T, rope); /* cache rows pos .. pos + T - 1 */
+    int split = form != ATTN_NAIVE && T <= SMALL_BATCH && d->q_lat; /* the split decode rotates q_pe itself */
+    if (!split)
+        rope_rotate_kernel<<<dim3(blocks_for((size_t)m->n_heads * half), T), THREADS>>>(
+            d->q + m->nope, m->n_heads, qk, m->n_heads * qk, m->rope, 0, d->step_in, d->inv_freq, mm->rope_attn_factor,
+            c->rope.interleaved);
     if (form == ATTN_NAIVE) mla_attend_naive_cuda(d, cache, L, m, T, pos);
-    else if (T <= SMALL_BATCH && d->q_lat) mla_attend_absorbed_decode_cuda(d, cache, L, m, T);
+    else if (split) mla_attend_absorbed_decode_cuda(d, cache, L, m, T, rope);
     else
         mla_attend_absorbed_kernel<<<dim3(m->n_heads, T), THREADS, sizeof(float) * (2 * (size_t)m->kv_lora_rank + 32)>>>(
             d->attn, d->q, cache, L.kv_b_f32, d->scores, T, pos, m->n_heads, m->kv_lora_rank, m->rope, m->nope, m->v,
             m->softmax_scale);
     matmul_cuda(d, d->x, d->attn, L.o, T, 1); /* x += o_proj(attn) */
+    if (L.is_moe) return moe_forward_cuda(d, d->x, d->h, T, L, dim, L.ffn_norm, c->rms_norm_eps, e); /* h = ffn_norm(x) first */
     rmsnorm_cuda_dev(d->h, d->x, L.ffn_norm, T, dim, dim, dim, c->rms_norm_eps);
-    if (L.is_moe) return moe_forward_cuda(d, d->x, d->h, T, L, dim, e);
     ffn_swiglu_cuda(d, d->x, d->h, T, L.dense, 1); /* x += ffn(h) */
     return 0;
 }
@@ -182,41 +180,82 @@ static int step_in_cuda(Dev *d, const int *tokens, int T, int pos, Error *e) {
     return err == cudaSuccess ? 0 : cuda_err(e, err, "tokens");
 }
 
-/* forward_chunk: the T tokens of d->step_in at pos; the normed final hidden states are left in d->h.
- * Launches only (no host copy, no synchronization) when T <= SMALL_BATCH: a decode step's. */
-static int forward_chunk_cuda(Dev *d, const Model *m, int T, int pos, AttnForm form, Error *e) {
+/* forward_chunk: the T tokens of d->step_in at pos; the normed final hidden states are left in d->h
+ * (and the MTP's copy in d->hidden), or, with to_logits (T = 1), the logits of the token in
+ * d->logits (the final norm fused into lm_head's GEMV). Launches only (no host copy, no
+ * synchronization) when T <= SMALL_BATCH: a decode step's. */
+static int forward_chunk_cuda(Dev *d, const Model *m, int T, int pos, AttnForm form, int to_logits, Error *e) {
     const Config *c = &m->cfg;
     int dim = c->hidden_size, width = mla_cache_width(&m->mla);
     embed_rows_kernel<<<T, THREADS>>>(d->x, dim, d->embed, d->step_in + 1);
     for (int l = 0; l < c->n_layers; l++)
         if (layer_forward_cuda(d, m, d->layers[l], d->cache + (size_t)l * d->ctx * width, T, pos, form, e)) return -1;
-    rmsnorm_cuda_dev(d->h, d->x, d->final_norm, T, dim, dim, dim, c->rms_norm_eps);
+    if (to_logits) matmul_normed_cuda(d, d->logits, d->h, d->x, d->final_norm, c->rms_norm_eps, d->lm_head, T, 0);
+    else rmsnorm_cuda_dev(d->h, d->x, d->final_norm, T, dim, dim, dim, c->rms_norm_eps);
     if (d->hidden) store_rows_kernel<<<T, THREADS>>>(d->hidden, d->h, dim, d->step_in);
     return 0;
 }
 
-/* argmax (ops.c) of logits [n] by one block: the largest value, the first index on ties; NaN as
- * argmax compares (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). */
-__global__ void argmax_kernel(int *out, const float *x, int n) {
+/* argmax (ops.c) of logits [n]: the largest value, the first index on ties; NaN as argmax compares
+ * (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). ARGMAX_BLOCKS
+ * blocks each take a contiguous slice and leave their (value, index) in scratch; the last block to
+ * finish (a ticket counter, zero between calls: that block resets it) reduces the partials. The rule
+ * (larger value, else smaller index) is a total order on the candidates, so the answer is the
+ * one-block kernel's whatever the order the partials meet in. */
+static __device__ __forceinline__ bool argmax_better(float ov, int oi, float v, int best) {
+    return oi >= 0 && (best < 0 || ov > v || (ov == v && oi < best));
+}
+
+__global__ void argmax_kernel(int *out, const float *x, int n, void *scratch) {
+    float *part_v = (float *)scratch;
+    int *part_i = (int *)(part_v + ARGMAX_BLOCKS);
+    unsigned *ticket = (unsigned *)(part_i + ARGMAX_BLOCKS);
     __shared__ float bv[32];
     __shared__ int bi[32];
+    __shared__ int is_last;
+    int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = min(lo + per, n);
     float v = -INFINITY;
     int best = -1;
-#pragma unroll 8 /* loads in flight; each thread still compares its elements in index order */
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+#pragma unroll 4 /* loads in flight; each thread still compares its elements in index order */
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
         if (!isnan(x[i]) && (best < 0 || x[i] > v)) { v = x[i]; best = i; } /* argmax passes over NaN */
     for (int off = 16; off > 0; off /= 2) {
         float ov = __shfl_xor_sync(FULL_MASK, v, off);
         int oi = __shfl_xor_sync(FULL_MASK, best, off);
-        if (oi >= 0 && (best < 0 || ov > v || (ov == v && oi < best))) { v = ov; best = oi; }
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
     }
     if (threadIdx.x % 32 == 0) { bv[threadIdx.x / 32] = v; bi[threadIdx.x / 32] = best; }
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)blockDim.x / 32; w++)
-            if (bi[w] >= 0 && (best < 0 || bv[w] > v || (bv[w] == v && bi[w] < best))) { v = bv[w]; best = bi[w]; }
-        *out = best < 0 || isnan(x[0]) ? 0 : best; /* as argmax: a NaN at index 0 is never beaten; all NaN: 0 */
+            if (argmax_better(bv[w], bi[w], v, best)) { v = bv[w]; best = bi[w]; }
+        part_v[blockIdx.x] = v;
+        part_i[blockIdx.x] = best;
+        __threadfence(); /* the partial is visible before the ticket says so */
+        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
     }
+    __syncthreads();
+    if (!is_last || threadIdx.x >= 32) return;
+    v = -INFINITY;
+    best = -1;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += 32) {
+        float ov = __ldcg(part_v + b); /* from L2: another SM wrote it */
+        int oi = __ldcg(part_i + b);
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
+    }
+    for (int off = 16; off > 0; off /= 2) {
+        float ov = __shfl_xor_sync(FULL_MASK, v, off);
+        int oi = __shfl_xor_sync(FULL_MASK, best, off);
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
+    }
+    if (threadIdx.x == 0) {
+        *out = best < 0 || isnan(x[0]) ? 0 : best; /* as argmax: a NaN at index 0 is never beaten; all NaN: 0 */
+        *ticket = 0;
+    }
+}
+
+void argmax_cuda_dev(int *out, const float *x, int n, void *scratch) {
+    argmax_kernel<<<ARGMAX_BLOCKS, THREADS>>>(out, x, n, scratch);
 }
 
 /* One decode step (T = 1) to its logits and argmax, recorded once as a CUDA graph (stream capture of the very
@@ -228,11 +267,8 @@ static int record_step_graph(Dev *d, const Model *m, Error *e) {
     cudaGraph_t g = NULL;
     cudaError_t err = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
     if (err != cudaSuccess) return cuda_err(e, err, "graph capture");
-    int rc = forward_chunk_cuda(d, m, 1, 0, ATTN_ABSORBED, e);
-    if (!rc) {
-        matmul_cuda(d, d->logits, d->h, d->lm_head, 1, 0);
-        argmax_kernel<<<1, 1024>>>(d->next, d->logits, m->cfg.vocab_size);
-    }
+    int rc = forward_chunk_cuda(d, m, 1, 0, ATTN_ABSORBED, 1, e);
+    if (!rc) argmax_cuda_dev(d->next, d->logits, m->cfg.vocab_size, d->argmax_scratch);
     err = cudaStreamEndCapture(st, &g);
     if (!rc && err == cudaSuccess) err = cudaGraphInstantiate(&d->step_graph, g, 0);
     if (g) cudaGraphDestroy(g);
@@ -260,7 +296,7 @@ extern "C" int model_forward_device(const Model *m, State *s, const int *tokens,
     }
     for (int done = 0; done < T; done += d->max_T) {
         int n = T - done < d->max_T ? T - done : d->max_T, rows = last_only ? 1 : n;
-        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, form, e) ||
+        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, form, 0, e) ||
             dev_status(d, e))
             return -1;
         if (last_only && done + n < T) continue;
@@ -283,12 +319,12 @@ extern "C" int model_forward_argmax_device(const Model *m, State *s, const int *
     }
     for (int done = 0; done < T; done += d->max_T) {
         int n = T - done < d->max_T ? T - done : d->max_T;
-        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, ATTN_ABSORBED, e) ||
+        if (step_in_cuda(d, tokens + done, n, pos + done, e) || forward_chunk_cuda(d, m, n, pos + done, ATTN_ABSORBED, 0, e) ||
             dev_status(d, e))
             return -1;
         if (done + n < T) continue;
         matmul_cuda(d, d->logits, d->h + (size_t)(n - 1) * dim, d->lm_head, 1, 0);
-        argmax_kernel<<<1, 1024>>>(d->next, d->logits, m->cfg.vocab_size);
+        argmax_cuda_dev(d->next, d->logits, m->cfg.vocab_size, d->argmax_scratch);
     }
     cudaError_t err = cudaMemcpy(next, d->next, sizeof(int), cudaMemcpyDeviceToHost);
     if (err != cudaSuccess) return cuda_err(e, err, "argmax");
@@ -370,6 +406,10 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
     cublasSetStream(d->blas, cudaStreamPerThread);  /* the kernels' default stream (per-thread in this build) */
     const char *graph = getenv("DSV3_CUDA_GRAPH");
     d->graph_off = graph && !strcmp(graph, "0");
+    const char *rows = getenv("DSV3_GEMV_ROWS");
+    d->gemv_rows = rows && (!strcmp(rows, "1") || !strcmp(rows, "2") || !strcmp(rows, "4")) ? atoi(rows) : 0;
+    const char *fuse = getenv("DSV3_FUSED_NORM");
+    d->norm_unfused = fuse && !strcmp(fuse, "0");
     int rc = up_tensor(d, &d->embed, &m->embed, e) || up_tensor(d, &d->lm_head, &m->lm_head, e) ||
              !(d->final_norm = up_vec(d, m->final_norm, c->hidden_size, e)) ||
              !(d->inv_freq = up_vec(d, m->inv_freq, c->qk_rope_head_dim / 2, e));
@@ -407,7 +447,8 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
         rc = !(d->step_in = (int *)dev_alloc(d, sizeof(int) * (T + 1), e)) ||
              !(d->host_in = (int *)malloc(sizeof(int) * (T + 1))) && error_set(e, "out of memory") ||
              !(d->lat = (float *)dev_alloc(d, sizeof(float) * T * width, e)) || !(d->idx = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) ||
-             !(d->tok = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) || !(d->next = (int *)dev_alloc(d, sizeof(int), e));
+             !(d->tok = (int *)dev_alloc(d, sizeof(int) * T * (K ? K : 1), e)) || !(d->next = (int *)dev_alloc(d, sizeof(int), e)) ||
+             !(d->argmax_scratch = dev_alloc(d, ARGMAX_SCRATCH, e)) || cudaMemset(d->argmax_scratch, 0, ARGMAX_SCRATCH) != cudaSuccess;
     if (!rc) { /* a fresh cache reads as zeros, as calloc's; rows past pos are never read anyway */
         cudaMemset(d->cache, 0, sizeof(float) * (size_t)c->n_layers * ctx * width);
         if (d->mtp_cache) cudaMemset(d->mtp_cache, 0, sizeof(float) * ctx * width);
@@ -504,7 +545,7 @@ extern "C" int moe_forward_cuda_host(float *out, const float *x, int T, const Mo
     if (!rc) {
         cudaMemcpy(dx, x, sizeof(float) * (size_t)T * dim, cudaMemcpyHostToDevice);
         cudaMemset(dres, 0, sizeof(float) * (size_t)T * dim);
-        if (moe_forward_cuda(d, dres, dx, T, d->mtp_layer, dim, e)) rc = -1;
+        if (moe_forward_cuda(d, dres, dx, T, d->mtp_layer, dim, NULL, 0.0f, e)) rc = -1;
     }
     if (!rc) return twin_finish(d, out, dres, (size_t)T * dim, e);
     State s = {};
@@ -536,7 +577,8 @@ extern "C" int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, 
         float *bufs[] = {d->attn, d->q_lat, d->o_lat, d->part_o, d->part_ml};
         size_t ns[] = {n_out, lat, lat, split * d_c, split * 2};
         for (int i = 0; i < 5; i++) cudaMemset(bufs[i], 0xFF, sizeof(float) * ns[i]); /* NaN */
-        mla_attend_absorbed_decode_cuda(d, dc, layer, m, T);
+        DevRope no_rope = {NULL, 1.0f, 0, d->step_in}; /* q comes roped */
+        mla_attend_absorbed_decode_cuda(d, dc, layer, m, T, no_rope);
         return twin_finish(d, out, d->attn, n_out, e);
     }
     State s = {};

@@ -14,30 +14,64 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
     if (i < n) y[i] += x[i];
 }
 
-/* ffn_swiglu's first half for T <= SMALL_BATCH: h [T, inter] = silu(gate x) * up x, a warp per row
- * taking both of its dot products for every token in one launch (what moe_up_kernel does for each
- * selected expert): the same products and silu as the three launches of the general path. */
-template <int DT>
-__global__ void ffn_up_kernel(float *h, const float *x, DevFfn f, int T, int d) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= f.gate.rows) return;
-    float g[SMALL_BATCH], u[SMALL_BATCH];
-    warp_dots<DT>(g, f.gate, r, x, T, d);
-    warp_dots<DT>(u, f.up, r, x, T, d);
+/* ffn_swiglu's first half for T <= SMALL_BATCH: h [T, inter] = silu(gate x) * up x, a warp per P
+ * rows taking their 2P dot products (gate and up of each) for every token at once (what
+ * moe_up_kernel does for each selected expert): the same products and silu as the three launches of
+ * the general path. */
+template <int DT, int P, int TN>
+static __device__ __forceinline__ void swiglu_rows(float *h, const DevFfn &f, int r0, const float *x, int T, int d,
+                                                   int h_stride) {
+    const DevTensor *Ws[2 * P];
+    int rs[2 * P];
+#pragma unroll
+    for (int k = 0; k < P; k++) {
+        rs[2 * k] = rs[2 * k + 1] = min(r0 + k, f.gate.rows - 1);
+        Ws[2 * k] = &f.gate;
+        Ws[2 * k + 1] = &f.up;
+    }
+    float acc[2 * P][TN];
+    warp_dots_rows<DT, 2 * P, TN>(acc, Ws, rs, x, T, d);
     if (threadIdx.x % 32 == 0)
-        for (int t = 0; t < T; t++) h[(size_t)t * f.gate.rows + r] = g[t] / (1.0f + expf(-g[t])) * u[t];
+#pragma unroll /* constant indices: acc stays in registers */
+        for (int k = 0; k < P; k++)
+#pragma unroll
+            for (int t = 0; t < TN; t++)
+                if (r0 + k < f.gate.rows && t < T) {
+                    float g = acc[2 * k][t], u = acc[2 * k + 1][t];
+                    h[(size_t)t * h_stride + r0 + k] = g / (1.0f + expf(-g)) * u;
+                }
+}
+
+template <int DT, int P, int TN>
+__global__ void ffn_up_kernel(float *h, const float *x, DevFfn f, int T, int d) {
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * P;
+    if (r0 < f.gate.rows) swiglu_rows<DT, P, TN>(h, f, r0, x, T, d, f.gate.rows);
+}
+
+/* Rows of gate (and up) a warp for the swiglu kernels: half the dot rows gemv_rows_per_warp gives. */
+static int swiglu_pairs(const Dev *d, int rows) {
+    int nr = gemv_rows_per_warp(2 * rows, d->gemv_rows);
+    return nr >= 4 ? 2 : 1;
+}
+
+template <int DT>
+static void ffn_up_launch(Dev *d, const float *x, int T, const DevFfn &f) {
+    int P = swiglu_pairs(d, f.gate.rows), per_block = THREADS / 32 * P;
+    unsigned blocks = (unsigned)((f.gate.rows + per_block - 1) / per_block);
+    if (T == 1 && P == 2) ffn_up_kernel<DT, 2, 1><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols);
+    else if (T == 1) ffn_up_kernel<DT, 1, 1><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols);
+    else ffn_up_kernel<DT, 1, SMALL_BATCH><<<blocks * P, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); /* 2 rows of 8 tokens */
 }
 
 /* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
     if (T <= SMALL_BATCH && f.gate.dtype == f.up.dtype) { /* decode: one launch for gate, up and silu */
-        unsigned blocks = (unsigned)((f.gate.rows + THREADS / 32 - 1) / (THREADS / 32));
         switch (f.gate.dtype) {
-        case DT_F32: ffn_up_kernel<DT_F32><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
-        case DT_BF16: ffn_up_kernel<DT_BF16><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
-        case DT_F16: ffn_up_kernel<DT_F16><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
-        case DT_F8_E4M3: ffn_up_kernel<DT_F8_E4M3><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
-        default: ffn_up_kernel<DT_F8_E5M2><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); break;
+        case DT_F32: ffn_up_launch<DT_F32>(d, x, T, f); break;
+        case DT_BF16: ffn_up_launch<DT_BF16>(d, x, T, f); break;
+        case DT_F16: ffn_up_launch<DT_F16>(d, x, T, f); break;
+        case DT_F8_E4M3: ffn_up_launch<DT_F8_E4M3>(d, x, T, f); break;
+        default: ffn_up_launch<DT_F8_E5M2>(d, x, T, f); break;
         }
         matmul_cuda(d, out, d->ffn_h, f.down, T, accumulate);
         return;
@@ -50,29 +84,43 @@ void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f,
 }
 
 /* Decode MoE, step 1: for each token t and each of its top_k experts e = idx[t][k], the rows of
- * silu(gate_e x_t) * up_e x_t, a warp per row: moe_h [T * top_k, inter]. */
-template <int DT>
+ * silu(gate_e x_t) * up_e x_t, P rows a warp: moe_h [T * top_k, inter]. */
+template <int DT, int P>
 __global__ void moe_up_kernel(float *moe_h, const float *x, const DevFfn *experts, const int *idx, int top_k, int d) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, tk = blockIdx.y;
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * P, tk = blockIdx.y;
     const DevFfn &f = experts[idx[tk]];
-    if (r >= f.gate.rows) return;
-    float g[SMALL_BATCH], u[SMALL_BATCH];
-    const float *xt = x + (size_t)(tk / top_k) * d;
-    warp_dots<DT>(g, f.gate, r, xt, 1, d);
-    warp_dots<DT>(u, f.up, r, xt, 1, d);
-    if (threadIdx.x % 32 == 0) moe_h[(size_t)tk * f.gate.rows + r] = g[0] / (1.0f + expf(-g[0])) * u[0];
+    if (r0 < f.gate.rows) swiglu_rows<DT, P, 1>(moe_h + (size_t)tk * f.gate.rows, f, r0, x + (size_t)(tk / top_k) * d, 1, d, 0);
 }
 
-/* Decode MoE, step 2: y [T * top_k, d], the rows of down_e moe_h[t][k], a warp per (row, token and
+/* Decode MoE, step 2: y [T * top_k, d], the rows of down_e moe_h[t][k], NR rows a warp per (token and
  * pick): all top_k experts' rows are read at once (one warp per row would walk them one by one). */
-template <int DT>
+template <int DT, int NR>
 __global__ void moe_down_kernel(float *y, const float *moe_h, const DevFfn *experts, const int *idx, int d) {
-    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, tk = blockIdx.y;
-    if (i >= d) return;
+    int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR, tk = blockIdx.y;
+    if (i0 >= d) return;
     const DevFfn &f = experts[idx[tk]];
-    float acc[SMALL_BATCH];
-    warp_dots<DT>(acc, f.down, i, moe_h + (size_t)tk * f.down.cols, 1, f.down.cols);
-    if (threadIdx.x % 32 == 0) y[(size_t)tk * d + i] = acc[0];
+    const DevTensor *Ws[NR];
+    int rs[NR];
+#pragma unroll
+    for (int k = 0; k < NR; k++) { Ws[k] = &f.down; rs[k] = min(i0 + k, d - 1); }
+    float acc[NR][1];
+    warp_dots_rows<DT, NR, 1>(acc, Ws, rs, moe_h + (size_t)tk * f.down.cols, 1, f.down.cols);
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+            if (i0 + k < d) y[(size_t)tk * d + i0 + k] = acc[k][0];
+}
+
+/* The decode MoE's two expert launches: P and NR chosen over all T * top_k experts' rows. */
+template <int DT>
+static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L, int K, int inter, int dim) {
+    int P = swiglu_pairs(d, inter * T * K), NR = gemv_rows_per_warp(dim * T * K, d->gemv_rows), w = THREADS / 32;
+    dim3 up_grid((inter + w * P - 1) / (w * P), T * K), down_grid((dim + w * NR - 1) / (w * NR), T * K);
+    if (P == 2) moe_up_kernel<DT, 2><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
+    else moe_up_kernel<DT, 1><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
+    if (NR == 4) moe_down_kernel<DT, 4><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+    else if (NR == 2) moe_down_kernel<DT, 2><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+    else moe_down_kernel<DT, 1><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
 }
 
 /* Decode MoE, step 3: x[t][i] += sum_k w_k y[t][k][i] + shared[t][i], the experts added in ascending
@@ -104,25 +152,24 @@ __global__ void scatter_add_kernel(float *out, const float *yb, const int *tok, 
         out[(size_t)tok[blockIdx.x] * d + c] += tw[blockIdx.x] * yb[(size_t)blockIdx.x * d + c];
 }
 
-/* moe_forward, then x += its output. h: the normed input [T, d]. */
-int moe_forward_cuda(Dev *d, float *x, const float *h, int T, const DevLayer &L, int dim, Error *e) {
+/* moe_forward, then x += its output. h: the normed input [T, d]; with in_norm, h = rmsnorm(x; in_norm)
+ * first, fused into the router's GEMV (the layer's FFN norm; the twin passes NULL and a normed h). */
+int moe_forward_cuda(Dev *d, float *x, float *h, int T, const DevLayer &L, int dim, const float *in_norm, float eps,
+                     Error *e) {
     const MoeGate &g = L.gate;
     int E = g.n_experts, K = g.top_k, inter = L.experts[0].gate.rows;
-    matmul_cuda(d, d->router_logits, h, L.router, T, 0);
+    if (in_norm) matmul_normed_cuda(d, d->router_logits, h, x, in_norm, eps, L.router, T, 0);
+    else matmul_cuda(d, d->router_logits, h, L.router, T, 0);
     moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
     if (L.shared.gate.data) ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
     if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
-        dim3 up_grid((inter + THREADS / 32 - 1) / (THREADS / 32), T * K), down_grid((dim + THREADS / 32 - 1) / (THREADS / 32), T * K);
         const float *sh = L.shared.gate.data ? d->yb : NULL;
         switch (L.experts[0].gate.dtype) {
-#define MOE_CASE(DT)                                                                         \
-    case DT:                                                                                 \
-        moe_up_kernel<DT><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim); \
-        moe_down_kernel<DT><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim); \
-        break;
-        MOE_CASE(DT_F32) MOE_CASE(DT_BF16) MOE_CASE(DT_F16) MOE_CASE(DT_F8_E4M3)
-        default: MOE_CASE(DT_F8_E5M2)
-#undef MOE_CASE
+        case DT_F32: moe_experts_launch<DT_F32>(d, h, T, L, K, inter, dim); break;
+        case DT_BF16: moe_experts_launch<DT_BF16>(d, h, T, L, K, inter, dim); break;
+        case DT_F16: moe_experts_launch<DT_F16>(d, h, T, L, K, inter, dim); break;
+        case DT_F8_E4M3: moe_experts_launch<DT_F8_E4M3>(d, h, T, L, K, inter, dim); break;
+        default: moe_experts_launch<DT_F8_E5M2>(d, h, T, L, K, inter, dim); break;
         }
         moe_combine_kernel<<<dim3(blocks_for(dim), T), THREADS>>>(x, d->moe_y, sh, d->idx, d->gate_w, K, dim);
         return 0;

@@ -11,18 +11,103 @@ __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n) {
     out[i] = w_at(W, r0 + r, c);
 }
 
-/* matmul for n <= SMALL_BATCH: out [n, rows] (= or +=) x [n, cols] . W^T, a warp per output row. */
-template <int DT>
+/* matmul for n <= SMALL_BATCH: out [n, rows] (= or +=) x [n, cols] . W^T, NR rows a warp (rows
+ * past the end are computed again from the last row and not written). */
+template <int DT, int NR, int TN>
 __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int n, int accumulate) {
-    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (r >= W.rows) return;
-    float acc[SMALL_BATCH];
-    warp_dots<DT>(acc, W, r, x, n, W.cols);
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
+    if (r0 >= W.rows) return;
+    const DevTensor *Ws[NR];
+    int rs[NR];
+#pragma unroll
+    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    float acc[NR][TN];
+    warp_dots_rows<DT, NR, TN>(acc, Ws, rs, x, n, W.cols);
     if (threadIdx.x % 32 == 0)
-        for (int t = 0; t < n; t++) {
-            float *o = out + (size_t)t * W.rows + r;
-            *o = accumulate ? *o + acc[t] : acc[t];
-        }
+#pragma unroll /* constant indices: acc stays in registers */
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int t = 0; t < TN; t++)
+                if (r0 + k < W.rows && t < n) {
+                    float *o = out + (size_t)t * W.rows + r0 + k;
+                    *o = accumulate ? *o + acc[k][t] : acc[k][t];
+                }
+}
+
+template <int DT, int TN>
+static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
+    int nr = gemv_rows_per_warp(W.rows, d->gemv_rows);
+    if (TN > 1 && nr > 2) nr = 2; /* 4 rows of 8 tokens' sums would leave the registers */
+    int per_block = THREADS / 32 * nr;
+    unsigned blocks = (unsigned)((W.rows + per_block - 1) / per_block);
+    if (nr == 4) matmul_gemv_kernel<DT, 4, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
+    else if (nr == 2) matmul_gemv_kernel<DT, 2, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
+    else matmul_gemv_kernel<DT, 1, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
+}
+template <int DT>
+static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
+    if (n == 1) gemv_launch<DT, 1>(d, out, x, W, n, accumulate); /* the decode step */
+    else gemv_launch<DT, SMALL_BATCH>(d, out, x, W, n, accumulate);
+}
+
+/* The decode step's matmul of a normed input, fused (T = 1): h = rmsnorm(x; norm_w) (ops.c), out (= or +=)
+ * h . W^T. Every block norms x into shared memory itself (kernels.cuh's rmsnorm_row: rmsnorm_kernel's
+ * bits), block 0 also leaves h in memory for the kernels after it; the rows then read the shared copy.
+ * The same values as rmsnorm_kernel then matmul_gemv_kernel, one launch less (notes/cuda.md, section 10). */
+template <int DT, int NR>
+__global__ void matmul_normed_gemv_kernel(float *out, float *h, const float *x, const float *norm_w, float eps, DevTensor W,
+                                          int accumulate) {
+    extern __shared__ float xs[]; /* [W.cols] */
+    __shared__ float red[32];
+    rmsnorm_row(xs, x, norm_w, W.cols, eps, red);
+    __syncthreads();
+    if (blockIdx.x == 0)
+        for (int i = threadIdx.x; i < W.cols; i += blockDim.x) h[i] = xs[i];
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
+    if (r0 >= W.rows) return;
+    const DevTensor *Ws[NR];
+    int rs[NR];
+#pragma unroll
+    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    float acc[NR][1];
+    warp_dots_rows<DT, NR, 1>(acc, Ws, rs, xs, 1, W.cols);
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+            if (r0 + k < W.rows) out[r0 + k] = accumulate ? out[r0 + k] + acc[k][0] : acc[k][0];
+}
+
+template <int DT>
+static void normed_gemv_launch(Dev *d, float *out, float *h, const float *x, const float *norm_w, float eps,
+                               const DevTensor &W, int accumulate) {
+    int nr = gemv_rows_per_warp(W.rows, d->gemv_rows), per_block = THREADS / 32 * nr;
+    unsigned blocks = (unsigned)((W.rows + per_block - 1) / per_block);
+    size_t smem = sizeof(float) * W.cols;
+    if (nr == 4) matmul_normed_gemv_kernel<DT, 4><<<blocks, THREADS, smem>>>(out, h, x, norm_w, eps, W, accumulate);
+    else if (nr == 2) matmul_normed_gemv_kernel<DT, 2><<<blocks, THREADS, smem>>>(out, h, x, norm_w, eps, W, accumulate);
+    else matmul_normed_gemv_kernel<DT, 1><<<blocks, THREADS, smem>>>(out, h, x, norm_w, eps, W, accumulate);
+}
+
+/* h [n, cols] = rmsnorm(x [n, cols]; norm_w), then out [n, rows] (= or +=) h . W^T: fused for n = 1
+ * and a GEMV of at most 2 blocks an SM (unless DSV3_FUSED_NORM=0), else rmsnorm_kernel and matmul_cuda. */
+void matmul_normed_cuda(Dev *d, float *out, float *h, const float *x, const float *norm_w, float eps, const DevTensor &W,
+                        int n, int accumulate) {
+    int nr = gemv_rows_per_warp(W.rows, d->gemv_rows), blocks = (W.rows + THREADS / 32 * nr - 1) / (THREADS / 32 * nr);
+    /* every block norms x again: worth a launch for the layers' q and router GEMVs (a few hundred
+     * blocks), not for lm_head's thousands (measured: notes/cuda.md, section 10); 48 KB of shared
+     * memory without asking */
+    if (n != 1 || d->norm_unfused || blocks > 2 * 132 || W.cols > 12288) {
+        rmsnorm_cuda_dev(h, x, norm_w, n, W.cols, W.cols, W.cols, eps);
+        matmul_cuda(d, out, h, W, n, accumulate);
+        return;
+    }
+    switch (W.dtype) {
+    case DT_F32: normed_gemv_launch<DT_F32>(d, out, h, x, norm_w, eps, W, accumulate); break;
+    case DT_BF16: normed_gemv_launch<DT_BF16>(d, out, h, x, norm_w, eps, W, accumulate); break;
+    case DT_F16: normed_gemv_launch<DT_F16>(d, out, h, x, norm_w, eps, W, accumulate); break;
+    case DT_F8_E4M3: normed_gemv_launch<DT_F8_E4M3>(d, out, h, x, norm_w, eps, W, accumulate); break;
+    default: normed_gemv_launch<DT_F8_E5M2>(d, out, h, x, norm_w, eps, W, accumulate); break;
+    }
 }
 
 /* ---- matmul (ops.c) ---------------------------------------------------------------------------- */
@@ -34,13 +119,12 @@ void blas_check(Dev *d, cublasStatus_t st) {
 /* out [n, rows] = x [n, cols] . W^T, or += with accumulate (the residual add, folded in). */
 void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
     if (n <= SMALL_BATCH) {
-        unsigned blocks = (unsigned)((W.rows + THREADS / 32 - 1) / (THREADS / 32));
         switch (W.dtype) {
-        case DT_F32: matmul_gemv_kernel<DT_F32><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_BF16: matmul_gemv_kernel<DT_BF16><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_F16: matmul_gemv_kernel<DT_F16><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        case DT_F8_E4M3: matmul_gemv_kernel<DT_F8_E4M3><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
-        default: matmul_gemv_kernel<DT_F8_E5M2><<<blocks, THREADS>>>(out, x, W, n, accumulate); break;
+        case DT_F32: gemv_launch<DT_F32>(d, out, x, W, n, accumulate); break;
+        case DT_BF16: gemv_launch<DT_BF16>(d, out, x, W, n, accumulate); break;
+        case DT_F16: gemv_launch<DT_F16>(d, out, x, W, n, accumulate); break;
+        case DT_F8_E4M3: gemv_launch<DT_F8_E4M3>(d, out, x, W, n, accumulate); break;
+        default: gemv_launch<DT_F8_E5M2>(d, out, x, W, n, accumulate); break;
         }
         return;
     }

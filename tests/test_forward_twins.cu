@@ -15,7 +15,7 @@
  *                rope 64, v 128) and odd ones; decode (T = 1) and prefill chunks from position 0
  *                and past it
  *   argmax_kernel  against argmax, exact: random logits of V3's and V2-Lite's vocabulary sizes, ties
- *                (the lower index wins, also across threads and warps), infinities, and NaN as C
+ *                (the lower index wins, also across threads, warps and blocks), infinities, and NaN as C
  *                defines it (argmax's `x[i] > x[best]`: a NaN at index 0 is the answer, any other
  *                NaN is passed over)
  * Random inputs (ops.c's rng_normal, fixed seed), every device buffer and the host output poisoned
@@ -332,11 +332,14 @@ static void test_mla_naive(void) {
     }
 }
 
-/* argmax_kernel (model.cu) on x [n], launched as model_forward_argmax_device does. */
+/* argmax_kernel (model.cu) on x [n], launched as the forward does (argmax_cuda_dev). */
 static void argmax_case(Dev *dv, const char *what, const float *x, int n) {
     const float *dx = twin_up(dv, x, (size_t)n);
     int *dout = (int *)twin_alloc(dv, NULL, sizeof(int)); /* -1 until written */
-    argmax_kernel<<<1, 1024>>>(dout, dx, n);
+    static const char zero[ARGMAX_SCRATCH] = {0};
+    void *scratch = twin_alloc(dv, zero, ARGMAX_SCRATCH);
+    argmax_cuda_dev(dout, dx, n, scratch);
+    argmax_cuda_dev(dout, dx, n, scratch); /* twice: the first call leaves the scratch ready for the next */
     int want = argmax(x, n), got = -1;
     Error e;
     if (twin_get(dv, &got, dout, sizeof(int), &e)) {

@@ -258,7 +258,7 @@ static void t_mla_query(Golden *g) {
     dv->h = twin_up(dv, x, tx->numel);
     dv->q = twin_nan(dv, (size_t)rows * nq);
     dv->q_scratch = twin_nan(dv, (size_t)rows * (ql ? ql : 1));
-    mla_query_cuda(dv, L, &md, rows);
+    mla_query_cuda(dv, L, &md, rows, NULL, 0.0f);
     float *q = nan_host(g, (size_t)rows * nq), *cq = nan_host(g, (size_t)rows * (ql ? ql : 1));
     Error e;
     if (twin_get(dv, q, dv->q, sizeof(float) * rows * nq, &e) ||

@@ -1,0 +1,202 @@
+/* tests/bench_fp8_gemv.cu - how fast the decode GEMV reads an FP8 weight (a benchmark that prints
+ * figures, not a test): one warp per output row, out [rows] = W [rows, cols] . x [cols], T = 1, the
+ * weight E4M3 with one F32 scale per 128 x 128 block, against the copy bandwidth measured in the
+ * same run. The variants differ only in how a 16-byte chunk of 16 codes becomes FP32 products:
+ *
+ *   exact    each code converted alone (cvt e4m3x2 -> f16x2 on one byte, f16 -> f32), times its
+ *            block scale, then the FMA: the weight tensor_rows_f32 gives (the GEMV until session 4)
+ *   pairs    device.cuh's warp_dots: the codes converted two at a time (one cvt e4m3x2 per pair),
+ *            the 16 products summed, then one multiply by the block scale (block-sum order)
+ *   bits     no conversion instruction: code c -> float bits (c & 0x80) << 24 | (c & 0x7f) << 20
+ *            is c * 2^-120 (normals and subnormals alike); times 2^48 (exact) so the products stay
+ *            normal; the chunk's sum times 2^72, then the block scale (NaN codes become finite:
+ *            valid only for a tensor without NaN codes)
+ *   bf16     the same rows stored BF16 (twice the bytes), device.cuh's path, for reference
+ *   r2, r4   pairs / bf16 with 2 or 4 rows a warp (warp_dots_rows: the rows' loads in flight
+ *            together, x read once for them), as ops.cu's matmul_gemv_kernel
+ *
+ *   build: make cuda (build/cuda/bench_fp8_gemv); make cuda-bench runs it first
+ *   run:   build/cuda/bench_fp8_gemv [ROWS COLS]...   (default: V2-Lite's decode shapes, 22016 x 2048 .. 576 x 2048)
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "device.cuh"
+
+enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, N_VARIANTS };
+static const char *variant_name[N_VARIANTS] = {"exact", "pairs", "bits", "bf16", "pairs r2", "pairs r4", "bf16 r2", "bf16 r4"};
+static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4};
+
+/* device.cuh's warp_dots_rows, NR rows a warp (ops.cu's matmul_gemv_kernel at T = 1) */
+template <int DT, int NR>
+__global__ void gemv_rows_kernel(float *out, const float *x, DevTensor W) {
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
+    if (r0 >= W.rows) return;
+    const DevTensor *Ws[NR];
+    int rs[NR];
+#pragma unroll
+    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    float acc[NR][1];
+    warp_dots_rows<DT, NR, 1>(acc, Ws, rs, x, 1, W.cols);
+    if (threadIdx.x % 32 == 0)
+#pragma unroll
+        for (int k = 0; k < NR; k++)
+            if (r0 + k < W.rows) out[r0 + k] = acc[k][0];
+}
+
+template <int V>
+__global__ void gemv_kernel(float *out, const float *x, DevTensor W) {
+    int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (r >= W.rows) return;
+    float acc = 0.0f;
+    if (V == V_PAIRS || V == V_BF16) {
+        float a[SMALL_BATCH];
+        warp_dots<V == V_PAIRS ? DT_F8_E4M3 : DT_BF16>(a, W, r, x, 1, W.cols);
+        if (lane == 0) out[r] = a[0];
+        return;
+    }
+    const uint4 *row = (const uint4 *)((const uint8_t *)W.data + (size_t)r * W.cols);
+#pragma unroll 4
+    for (int c = lane * 16; c < W.cols; c += 32 * 16) {
+        uint4 u = row[c / 16];
+        uint32_t p[4] = {u.x, u.y, u.z, u.w};
+        const float4 *xv = (const float4 *)(x + c);
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float4 a = xv[k];
+            float w0, w1, w2, w3;
+            if (V == V_EXACT) {
+                float sc = scale_at(W, r, c), w4[4];
+                for (int b = 0; b < 4; b++)
+                    w4[b] = __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)(p[k] >> (8 * b)), __NV_E4M3))) * sc;
+                w0 = w4[0]; w1 = w4[1]; w2 = w4[2]; w3 = w4[3];
+            } else {
+                const float up = 281474976710656.0f; /* 2^48 */
+                uint32_t q = p[k];
+                w0 = __int_as_float(((int)(q << 24) >> 4) & 0x87f00000) * up;
+                w1 = __int_as_float(((int)(q << 16) >> 4) & 0x87f00000) * up;
+                w2 = __int_as_float(((int)(q << 8) >> 4) & 0x87f00000) * up;
+                w3 = __int_as_float(((int)q >> 4) & 0x87f00000) * up;
+            }
+            s += w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w;
+        }
+        if (V == V_BITS) s *= 4722366482869645213696.0f; /* 2^72 */
+        acc += V == V_EXACT ? s : s * scale_at(W, r, c);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) out[r] = acc;
+}
+
+template <int V>
+static float time_variant(float *out, const float *x, DevTensor *W, int copies, int reps) {
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    const int NR = variant_rows[V];
+    unsigned blocks = (unsigned)((W[0].rows + 8 * NR - 1) / (8 * NR));
+    for (int i = 0; i < copies + reps; i++) {
+        if (i == copies) cudaEventRecord(a);
+        const DevTensor &w = W[i % copies];
+        if (V == V_PAIRS2) gemv_rows_kernel<DT_F8_E4M3, 2><<<blocks, 256>>>(out, x, w);
+        else if (V == V_PAIRS4) gemv_rows_kernel<DT_F8_E4M3, 4><<<blocks, 256>>>(out, x, w);
+        else if (V == V_BF16_2) gemv_rows_kernel<DT_BF16, 2><<<blocks, 256>>>(out, x, w);
+        else if (V == V_BF16_4) gemv_rows_kernel<DT_BF16, 4><<<blocks, 256>>>(out, x, w);
+        else gemv_kernel<V><<<blocks, 256>>>(out, x, w);
+    }
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms;
+    cudaEventElapsedTime(&ms, a, b);
+    return ms * 1000.0f / reps;
+}
+
+int main(int argc, char **argv) {
+    int shapes[8][2] = {{22016, 2048}, {2048, 10944}, {3072, 2048}, {2048, 2048}, {576, 2048}, {2816, 2048}, {2048, 1408}},
+        n_shapes = 7;
+    if (argc >= 3) {
+        n_shapes = 0;
+        for (int i = 1; i + 1 < argc && n_shapes < 8; i += 2, n_shapes++) {
+            shapes[n_shapes][0] = atoi(argv[i]);
+            shapes[n_shapes][1] = atoi(argv[i + 1]);
+        }
+    }
+    size_t cb = (size_t)1 << 30;
+    void *s1, *s2;
+    cudaCheck(cudaMalloc(&s1, cb));
+    cudaCheck(cudaMalloc(&s2, cb));
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    cudaMemcpy(s2, s1, cb, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(a);
+    for (int i = 0; i < 10; i++) cudaMemcpy(s2, s1, cb, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms;
+    cudaEventElapsedTime(&ms, a, b);
+    double copy_bw = 2.0 * cb * 10 / (ms * 1e-3);
+    cudaFree(s1);
+    cudaFree(s2);
+    printf("copy bandwidth %.0f GB/s\n", copy_bw / 1e9);
+    for (int si = 0; si < n_shapes; si++) {
+        int rows = shapes[si][0], cols = shapes[si][1], copies = 6;
+        size_t n = (size_t)rows * cols;
+        int sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+        uint8_t *codes = (uint8_t *)malloc(n);
+        uint16_t *bf = (uint16_t *)malloc(2 * n);
+        float *scales = (float *)malloc(sizeof(float) * sr * sc), *xh = (float *)malloc(sizeof(float) * cols);
+        uint64_t st = 88172645463325252ull;
+        for (size_t i = 0; i < n; i++) {
+            st ^= st << 13; st ^= st >> 7; st ^= st << 17;
+            uint8_t c = (uint8_t)(st >> 24);
+            if ((c & 0x7f) == 0x7f) c ^= 1; /* no NaN codes */
+            codes[i] = c;
+            bf[i] = (uint16_t)(st >> 40);
+        }
+        for (int i = 0; i < sr * sc; i++) scales[i] = 1e-3f * (1 + i % 7);
+        for (int i = 0; i < cols; i++) xh[i] = 0.5f - (float)((i * 37) % 101) / 101.0f;
+        DevTensor W8[6], W16[6];
+        for (int k = 0; k < copies; k++) {
+            W8[k] = {device_copy(codes, n), DT_F8_E4M3, rows, cols, (const float *)device_copy(scales, sizeof(float) * sr * sc), 128, 128};
+            W16[k] = {device_copy(bf, 2 * n), DT_BF16, rows, cols, NULL, 0, 0};
+        }
+        float *x = (float *)device_copy(xh, sizeof(float) * cols), *out = (float *)device_copy(NULL, sizeof(float) * rows);
+        float *ref = (float *)malloc(sizeof(float) * rows), *got = (float *)malloc(sizeof(float) * rows);
+        float us[N_VARIANTS];
+        us[V_EXACT] = time_variant<V_EXACT>(out, x, W8, copies, 60);
+        host_copy(ref, out, sizeof(float) * rows);
+        us[V_PAIRS] = time_variant<V_PAIRS>(out, x, W8, copies, 60);
+        host_copy(got, out, sizeof(float) * rows);
+        double e_pairs = 0, e_bits = 0, mx = 0;
+        for (int i = 0; i < rows; i++) { mx = fmax(mx, fabs(ref[i])); e_pairs = fmax(e_pairs, fabs(got[i] - ref[i])); }
+        us[V_BITS] = time_variant<V_BITS>(out, x, W8, copies, 60);
+        host_copy(got, out, sizeof(float) * rows);
+        for (int i = 0; i < rows; i++) e_bits = fmax(e_bits, fabs(got[i] - ref[i]));
+        us[V_BF16] = time_variant<V_BF16>(out, x, W16, copies, 60);
+        us[V_PAIRS2] = time_variant<V_PAIRS2>(out, x, W8, copies, 60);
+        host_copy(got, out, sizeof(float) * rows);
+        double e_r2 = 0;
+        for (int i = 0; i < rows; i++) e_r2 = fmax(e_r2, fabs(got[i] - ref[i]));
+        us[V_PAIRS4] = time_variant<V_PAIRS4>(out, x, W8, copies, 60);
+        host_copy(got, out, sizeof(float) * rows);
+        for (int i = 0; i < rows; i++) e_r2 = fmax(e_r2, fabs(got[i] - ref[i]));
+        us[V_BF16_2] = time_variant<V_BF16_2>(out, x, W16, copies, 60);
+        us[V_BF16_4] = time_variant<V_BF16_4>(out, x, W16, copies, 60);
+        printf("W [%d, %d]: FP8 %.1f MB, BF16 %.1f MB; max|y| %.3g, |pairs - exact| %.2g, |bits - exact| %.2g, |r2, r4 - exact| %.2g\n",
+               rows, cols, n / 1e6, 2 * n / 1e6, mx, e_pairs, e_bits, e_r2);
+        for (int v = 0; v < N_VARIANTS; v++) {
+            double bytes = v == V_BF16 || v == V_BF16_2 || v == V_BF16_4 ? 2.0 * n : (double)n + sizeof(float) * sr * sc;
+            printf("  %-6s %8.1f us  %6.0f GB/s  %5.1f%% of copy\n", variant_name[v], us[v], bytes / (us[v] * 1e-6) / 1e9,
+                   100.0 * bytes / (us[v] * 1e-6) / copy_bw);
+        }
+        for (int k = 0; k < copies; k++) {
+            cudaFree((void *)W8[k].data); cudaFree((void *)W8[k].scale); cudaFree((void *)W16[k].data);
+        }
+        cudaFree(x); cudaFree(out);
+        free(codes); free(bf); free(scales); free(xh); free(ref); free(got);
+    }
+    return 0;
+}
