@@ -75,6 +75,7 @@ struct Dev {
     int graph_off;              /* DSV3_CUDA_GRAPH=0: launch the kernels one by one */
     int gemv_rows;              /* DSV3_GEMV_ROWS: rows per warp of the decode GEMVs (0: gemv_rows_per_warp's) */
     int norm_unfused;           /* DSV3_FUSED_NORM=0: rmsnorm_kernel before each GEMV (ops.cu's matmul_normed_cuda) */
+    int xs_off;                 /* DSV3_GEMV_XS=0: the FP8 GEMVs read x from global memory, unstaged */
     size_t widen_n;
     int max_T, ctx, n_layers;
     /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
@@ -157,6 +158,20 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
     }
 }
 
+/* x in shared memory, padded: element c at x_padded(c), 4 floats of gap after every 16. A lane's 16
+ * consecutive values (one FP8 chunk) then start 80 bytes after the previous lane's, so the eight
+ * lanes of a 128-byte shared-memory wavefront hit distinct banks; unpadded (64 bytes apart) they
+ * collide, and from global memory each float4 of x touches 16 cache lines a warp: the FP8 GEMV was
+ * bound by these x reads (notes/cuda.md, section 10). stage_x_padded: the block copies x [cols]. */
+static __device__ __forceinline__ int x_padded(int c) { return c + (c >> 4) * 4; }
+static inline size_t x_padded_bytes(int cols) { return sizeof(float) * ((size_t)cols + (size_t)(cols + 15) / 16 * 4); }
+static __device__ __forceinline__ void stage_x_padded(float *xs, const float *x, int cols) {
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[x_padded(i)] = x[i];
+    __syncthreads();
+}
+/* Whether the T = 1 GEMVs of DT stage x so (FP8, x of at most 48 KB padded, DSV3_GEMV_XS not 0). */
+#define GEMV_XS_MAX_BYTES (48 * 1024)
+
 /* The dot products of NR rows with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: row k is
  * row rs[k] of *Ws[k] (all of one dtype DT and width cols). Lane l takes the CW-column chunks l,
  * l+32, ... of every row: the NR chunks of a column are loaded together and share the x values
@@ -166,8 +181,8 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
  * summed, then times the block scale, once (matmul_e4m3.c's decode kernel sums a 128-block's
  * products before its scale, too; the exact dequant, tensor_rows_f32, rounds code * scale per
  * weight): the same real sum, other roundings. TN: the most tokens (n <= TN), 1 in the decode step
- * so that acc [NR][TN] stays in registers. */
-template <int DT, int NR, int TN = SMALL_BATCH>
+ * so that acc [NR][TN] stays in registers. XS: x is stage_x_padded's shared copy. */
+template <int DT, int NR, int TN = SMALL_BATCH, bool XS = false>
 static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const DevTensor *const *Ws, const int *rs,
                                                       const float *x, int n, int x_stride) {
     const int CW = Chunk<DT>::CW;
@@ -191,7 +206,7 @@ static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const De
 #pragma unroll
         for (int t = 0; t < TN; t++) {
             if (t >= n) break;
-            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + c);
+            const float4 *xv = (const float4 *)(x + (size_t)t * x_stride + (XS ? x_padded(c) : c));
             float4 a[CW / 4];
 #pragma unroll
             for (int q = 0; q < CW / 4; q++) a[q] = xv[q];
@@ -209,7 +224,7 @@ static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const De
 #pragma unroll
         for (int k = 0; k < NR; k++) {
             float w = w_at(*Ws[k], rs[k], c);
-            for (int t = 0; t < n; t++) acc[k][t] += w * x[(size_t)t * x_stride + c];
+            for (int t = 0; t < n; t++) acc[k][t] += w * x[(size_t)t * x_stride + (XS ? x_padded(c) : c)];
         }
 #pragma unroll
     for (int k = 0; k < NR; k++)
@@ -229,6 +244,9 @@ static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W,
 /* Rows per warp for a GEMV of `rows` outputs: more rows a warp (more loads in flight, x read once
  * for them) while the grid still fills the GPU's SMs twice over with warps of 8 per block.
  * DSV3_GEMV_ROWS=1|2|4 fixes it (tests/cuda_bench.sh compares them). */
+static inline bool gemv_xs(const Dev *d, DType dt, int cols) {
+    return (dt == DT_F8_E4M3 || dt == DT_F8_E5M2) && !d->xs_off && x_padded_bytes(cols) <= GEMV_XS_MAX_BYTES;
+}
 static inline int gemv_rows_per_warp(int rows, int forced) {
     if (forced) return forced;
     return rows >= 4 * 8 * 132 * 2 ? 4 : rows >= 2 * 8 * 132 ? 2 : 1;

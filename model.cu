@@ -408,8 +408,9 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
     d->graph_off = graph && !strcmp(graph, "0");
     const char *rows = getenv("DSV3_GEMV_ROWS");
     d->gemv_rows = rows && (!strcmp(rows, "1") || !strcmp(rows, "2") || !strcmp(rows, "4")) ? atoi(rows) : 0;
-    const char *fuse = getenv("DSV3_FUSED_NORM");
+    const char *fuse = getenv("DSV3_FUSED_NORM"), *xs = getenv("DSV3_GEMV_XS");
     d->norm_unfused = fuse && !strcmp(fuse, "0");
+    d->xs_off = xs && !strcmp(xs, "0");
     int rc = up_tensor(d, &d->embed, &m->embed, e) || up_tensor(d, &d->lm_head, &m->lm_head, e) ||
              !(d->final_norm = up_vec(d, m->final_norm, c->hidden_size, e)) ||
              !(d->inv_freq = up_vec(d, m->inv_freq, c->qk_rope_head_dim / 2, e));

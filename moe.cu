@@ -18,7 +18,7 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
  * rows taking their 2P dot products (gate and up of each) for every token at once (what
  * moe_up_kernel does for each selected expert): the same products and silu as the three launches of
  * the general path. */
-template <int DT, int P, int TN>
+template <int DT, int P, int TN, bool XS>
 static __device__ __forceinline__ void swiglu_rows(float *h, const DevFfn &f, int r0, const float *x, int T, int d,
                                                    int h_stride) {
     const DevTensor *Ws[2 * P];
@@ -30,7 +30,7 @@ static __device__ __forceinline__ void swiglu_rows(float *h, const DevFfn &f, in
         Ws[2 * k + 1] = &f.up;
     }
     float acc[2 * P][TN];
-    warp_dots_rows<DT, 2 * P, TN>(acc, Ws, rs, x, T, d);
+    warp_dots_rows<DT, 2 * P, TN, XS>(acc, Ws, rs, x, T, d);
     if (threadIdx.x % 32 == 0)
 #pragma unroll /* constant indices: acc stays in registers */
         for (int k = 0; k < P; k++)
@@ -42,10 +42,12 @@ static __device__ __forceinline__ void swiglu_rows(float *h, const DevFfn &f, in
                 }
 }
 
-template <int DT, int P, int TN>
+template <int DT, int P, int TN, bool XS>
 __global__ void ffn_up_kernel(float *h, const float *x, DevFfn f, int T, int d) {
+    extern __shared__ float xs[]; /* XS: x [d] padded (T = 1) */
+    if (XS) stage_x_padded(xs, x, d);
     int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * P;
-    if (r0 < f.gate.rows) swiglu_rows<DT, P, TN>(h, f, r0, x, T, d, f.gate.rows);
+    if (r0 < f.gate.rows) swiglu_rows<DT, P, TN, XS>(h, f, r0, XS ? xs : x, T, d, f.gate.rows);
 }
 
 /* Rows of gate (and up) a warp for the swiglu kernels: half the dot rows gemv_rows_per_warp gives. */
@@ -58,9 +60,14 @@ template <int DT>
 static void ffn_up_launch(Dev *d, const float *x, int T, const DevFfn &f) {
     int P = swiglu_pairs(d, f.gate.rows), per_block = THREADS / 32 * P;
     unsigned blocks = (unsigned)((f.gate.rows + per_block - 1) / per_block);
-    if (T == 1 && P == 2) ffn_up_kernel<DT, 2, 1><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols);
-    else if (T == 1) ffn_up_kernel<DT, 1, 1><<<blocks, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols);
-    else ffn_up_kernel<DT, 1, SMALL_BATCH><<<blocks * P, THREADS>>>(d->ffn_h, x, f, T, f.gate.cols); /* 2 rows of 8 tokens */
+    int d_in = f.gate.cols;
+    bool xs = T == 1 && gemv_xs(d, (DType)DT, d_in);
+    size_t smem = xs ? x_padded_bytes(d_in) : 0;
+    if (xs && P == 2) ffn_up_kernel<DT, 2, 1, true><<<blocks, THREADS, smem>>>(d->ffn_h, x, f, T, d_in);
+    else if (xs) ffn_up_kernel<DT, 1, 1, true><<<blocks, THREADS, smem>>>(d->ffn_h, x, f, T, d_in);
+    else if (T == 1 && P == 2) ffn_up_kernel<DT, 2, 1, false><<<blocks, THREADS>>>(d->ffn_h, x, f, T, d_in);
+    else if (T == 1) ffn_up_kernel<DT, 1, 1, false><<<blocks, THREADS>>>(d->ffn_h, x, f, T, d_in);
+    else ffn_up_kernel<DT, 1, SMALL_BATCH, false><<<blocks * P, THREADS>>>(d->ffn_h, x, f, T, d_in); /* 2 rows of 8 tokens */
 }
 
 /* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
@@ -85,26 +92,32 @@ void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f,
 
 /* Decode MoE, step 1: for each token t and each of its top_k experts e = idx[t][k], the rows of
  * silu(gate_e x_t) * up_e x_t, P rows a warp: moe_h [T * top_k, inter]. */
-template <int DT, int P>
+template <int DT, int P, bool XS>
 __global__ void moe_up_kernel(float *moe_h, const float *x, const DevFfn *experts, const int *idx, int top_k, int d) {
+    extern __shared__ float xs[]; /* XS: the token's x [d] padded */
     int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * P, tk = blockIdx.y;
+    const float *xt = x + (size_t)(tk / top_k) * d;
+    if (XS) stage_x_padded(xs, xt, d);
     const DevFfn &f = experts[idx[tk]];
-    if (r0 < f.gate.rows) swiglu_rows<DT, P, 1>(moe_h + (size_t)tk * f.gate.rows, f, r0, x + (size_t)(tk / top_k) * d, 1, d, 0);
+    if (r0 < f.gate.rows) swiglu_rows<DT, P, 1, XS>(moe_h + (size_t)tk * f.gate.rows, f, r0, XS ? xs : xt, 1, d, 0);
 }
 
 /* Decode MoE, step 2: y [T * top_k, d], the rows of down_e moe_h[t][k], NR rows a warp per (token and
  * pick): all top_k experts' rows are read at once (one warp per row would walk them one by one). */
-template <int DT, int NR>
+template <int DT, int NR, bool XS>
 __global__ void moe_down_kernel(float *y, const float *moe_h, const DevFfn *experts, const int *idx, int d) {
+    extern __shared__ float xs[]; /* XS: the pick's moe_h row [inter] padded */
     int i0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR, tk = blockIdx.y;
-    if (i0 >= d) return;
     const DevFfn &f = experts[idx[tk]];
+    const float *xt = moe_h + (size_t)tk * f.down.cols;
+    if (XS) stage_x_padded(xs, xt, f.down.cols);
+    if (i0 >= d) return;
     const DevTensor *Ws[NR];
     int rs[NR];
 #pragma unroll
     for (int k = 0; k < NR; k++) { Ws[k] = &f.down; rs[k] = min(i0 + k, d - 1); }
     float acc[NR][1];
-    warp_dots_rows<DT, NR, 1>(acc, Ws, rs, moe_h + (size_t)tk * f.down.cols, 1, f.down.cols);
+    warp_dots_rows<DT, NR, 1, XS>(acc, Ws, rs, XS ? xs : xt, 1, f.down.cols);
     if (threadIdx.x % 32 == 0)
 #pragma unroll
         for (int k = 0; k < NR; k++)
@@ -112,15 +125,21 @@ __global__ void moe_down_kernel(float *y, const float *moe_h, const DevFfn *expe
 }
 
 /* The decode MoE's two expert launches: P and NR chosen over all T * top_k experts' rows. */
-template <int DT>
+template <int DT, bool XS>
 static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L, int K, int inter, int dim) {
     int P = swiglu_pairs(d, inter * T * K), NR = gemv_rows_per_warp(dim * T * K, d->gemv_rows), w = THREADS / 32;
     dim3 up_grid((inter + w * P - 1) / (w * P), T * K), down_grid((dim + w * NR - 1) / (w * NR), T * K);
-    if (P == 2) moe_up_kernel<DT, 2><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
-    else moe_up_kernel<DT, 1><<<up_grid, THREADS>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
-    if (NR == 4) moe_down_kernel<DT, 4><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
-    else if (NR == 2) moe_down_kernel<DT, 2><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
-    else moe_down_kernel<DT, 1><<<down_grid, THREADS>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+    size_t up_smem = XS ? x_padded_bytes(dim) : 0, down_smem = XS ? x_padded_bytes(inter) : 0;
+    if (P == 2) moe_up_kernel<DT, 2, XS><<<up_grid, THREADS, up_smem>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
+    else moe_up_kernel<DT, 1, XS><<<up_grid, THREADS, up_smem>>>(d->moe_h, h, L.experts_dev, d->idx, K, dim);
+    if (NR == 4) moe_down_kernel<DT, 4, XS><<<down_grid, THREADS, down_smem>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+    else if (NR == 2) moe_down_kernel<DT, 2, XS><<<down_grid, THREADS, down_smem>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+    else moe_down_kernel<DT, 1, XS><<<down_grid, THREADS, down_smem>>>(d->moe_y, d->moe_h, L.experts_dev, d->idx, dim);
+}
+template <int DT>
+static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L, int K, int inter, int dim) {
+    if (gemv_xs(d, (DType)DT, dim) && gemv_xs(d, (DType)DT, inter)) moe_experts_launch<DT, true>(d, h, T, L, K, inter, dim);
+    else moe_experts_launch<DT, false>(d, h, T, L, K, inter, dim);
 }
 
 /* Decode MoE, step 3: x[t][i] += sum_k w_k y[t][k][i] + shared[t][i], the experts added in ascending

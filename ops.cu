@@ -13,8 +13,10 @@ __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n) {
 
 /* matmul for n <= SMALL_BATCH: out [n, rows] (= or +=) x [n, cols] . W^T, NR rows a warp (rows
  * past the end are computed again from the last row and not written). */
-template <int DT, int NR, int TN>
+template <int DT, int NR, int TN, bool XS>
 __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int n, int accumulate) {
+    extern __shared__ float xs[]; /* XS: x [cols] padded (T = 1) */
+    if (XS) stage_x_padded(xs, x, W.cols);
     int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
     if (r0 >= W.rows) return;
     const DevTensor *Ws[NR];
@@ -22,7 +24,7 @@ __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int 
 #pragma unroll
     for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
     float acc[NR][TN];
-    warp_dots_rows<DT, NR, TN>(acc, Ws, rs, x, n, W.cols);
+    warp_dots_rows<DT, NR, TN, XS>(acc, Ws, rs, XS ? xs : x, n, W.cols);
     if (threadIdx.x % 32 == 0)
 #pragma unroll /* constant indices: acc stays in registers */
         for (int k = 0; k < NR; k++)
@@ -34,20 +36,22 @@ __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int 
                 }
 }
 
-template <int DT, int TN>
+template <int DT, int TN, bool XS>
 static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
     int nr = gemv_rows_per_warp(W.rows, d->gemv_rows);
     if (TN > 1 && nr > 2) nr = 2; /* 4 rows of 8 tokens' sums would leave the registers */
     int per_block = THREADS / 32 * nr;
     unsigned blocks = (unsigned)((W.rows + per_block - 1) / per_block);
-    if (nr == 4) matmul_gemv_kernel<DT, 4, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
-    else if (nr == 2) matmul_gemv_kernel<DT, 2, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
-    else matmul_gemv_kernel<DT, 1, TN><<<blocks, THREADS>>>(out, x, W, n, accumulate);
+    size_t smem = XS ? x_padded_bytes(W.cols) : 0;
+    if (nr == 4) matmul_gemv_kernel<DT, 4, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
+    else if (nr == 2) matmul_gemv_kernel<DT, 2, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
+    else matmul_gemv_kernel<DT, 1, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
 }
 template <int DT>
 static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
-    if (n == 1) gemv_launch<DT, 1>(d, out, x, W, n, accumulate); /* the decode step */
-    else gemv_launch<DT, SMALL_BATCH>(d, out, x, W, n, accumulate);
+    if (n == 1 && gemv_xs(d, (DType)DT, W.cols)) gemv_launch<DT, 1, true>(d, out, x, W, n, accumulate); /* the decode step */
+    else if (n == 1) gemv_launch<DT, 1, false>(d, out, x, W, n, accumulate);
+    else gemv_launch<DT, SMALL_BATCH, false>(d, out, x, W, n, accumulate);
 }
 
 /* The decode step's matmul of a normed input, fused (T = 1): h = rmsnorm(x; norm_w) (ops.c), out (= or +=)

@@ -14,6 +14,8 @@
  *   bf16     the same rows stored BF16 (twice the bytes), device.cuh's path, for reference
  *   r2, r4   pairs / bf16 with 2 or 4 rows a warp (warp_dots_rows: the rows' loads in flight
  *            together, x read once for them), as ops.cu's matmul_gemv_kernel
+ *   xs       pairs with x staged in shared memory, padded (device.cuh's stage_x_padded), 1, 2, 4
+ *            rows a warp: ops.cu's decode GEMV for FP8
  *
  *   build: make cuda (build/cuda/bench_fp8_gemv); make cuda-bench runs it first
  *   run:   build/cuda/bench_fp8_gemv [ROWS COLS]...   (default: V2-Lite's decode shapes, 22016 x 2048 .. 576 x 2048)
@@ -25,13 +27,16 @@
 
 #include "device.cuh"
 
-enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, N_VARIANTS };
-static const char *variant_name[N_VARIANTS] = {"exact", "pairs", "bits", "bf16", "pairs r2", "pairs r4", "bf16 r2", "bf16 r4"};
-static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4};
+enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, V_XS1, V_XS2, V_XS4, N_VARIANTS };
+static const char *variant_name[N_VARIANTS] = {"exact", "pairs", "bits", "bf16", "pairs r2", "pairs r4", "bf16 r2", "bf16 r4",
+                                               "xs r1", "xs r2", "xs r4"};
+static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4, 1, 2, 4};
 
 /* device.cuh's warp_dots_rows, NR rows a warp (ops.cu's matmul_gemv_kernel at T = 1) */
-template <int DT, int NR>
+template <int DT, int NR, bool XS = false>
 __global__ void gemv_rows_kernel(float *out, const float *x, DevTensor W) {
+    extern __shared__ float xs[];
+    if (XS) stage_x_padded(xs, x, W.cols);
     int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
     if (r0 >= W.rows) return;
     const DevTensor *Ws[NR];
@@ -39,7 +44,7 @@ __global__ void gemv_rows_kernel(float *out, const float *x, DevTensor W) {
 #pragma unroll
     for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
     float acc[NR][1];
-    warp_dots_rows<DT, NR, 1>(acc, Ws, rs, x, 1, W.cols);
+    warp_dots_rows<DT, NR, 1, XS>(acc, Ws, rs, XS ? xs : x, 1, W.cols);
     if (threadIdx.x % 32 == 0)
 #pragma unroll
         for (int k = 0; k < NR; k++)
@@ -104,6 +109,9 @@ static float time_variant(float *out, const float *x, DevTensor *W, int copies, 
         else if (V == V_PAIRS4) gemv_rows_kernel<DT_F8_E4M3, 4><<<blocks, 256>>>(out, x, w);
         else if (V == V_BF16_2) gemv_rows_kernel<DT_BF16, 2><<<blocks, 256>>>(out, x, w);
         else if (V == V_BF16_4) gemv_rows_kernel<DT_BF16, 4><<<blocks, 256>>>(out, x, w);
+        else if (V == V_XS1) gemv_rows_kernel<DT_F8_E4M3, 1, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
+        else if (V == V_XS2) gemv_rows_kernel<DT_F8_E4M3, 2, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
+        else if (V == V_XS4) gemv_rows_kernel<DT_F8_E4M3, 4, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
         else gemv_kernel<V><<<blocks, 256>>>(out, x, w);
     }
     cudaEventRecord(b);
@@ -183,9 +191,16 @@ int main(int argc, char **argv) {
         us[V_PAIRS4] = time_variant<V_PAIRS4>(out, x, W8, copies, 60);
         host_copy(got, out, sizeof(float) * rows);
         for (int i = 0; i < rows; i++) e_r2 = fmax(e_r2, fabs(got[i] - ref[i]));
+        for (int v = V_XS1; v <= V_XS4; v++) {
+            if (x_padded_bytes(cols) > GEMV_XS_MAX_BYTES) { us[v] = NAN; continue; }
+            us[v] = v == V_XS1 ? time_variant<V_XS1>(out, x, W8, copies, 60) : v == V_XS2 ? time_variant<V_XS2>(out, x, W8, copies, 60)
+                                                                                  : time_variant<V_XS4>(out, x, W8, copies, 60);
+            host_copy(got, out, sizeof(float) * rows);
+            for (int i = 0; i < rows; i++) e_r2 = fmax(e_r2, fabs(got[i] - ref[i]));
+        }
         us[V_BF16_2] = time_variant<V_BF16_2>(out, x, W16, copies, 60);
         us[V_BF16_4] = time_variant<V_BF16_4>(out, x, W16, copies, 60);
-        printf("W [%d, %d]: FP8 %.1f MB, BF16 %.1f MB; max|y| %.3g, |pairs - exact| %.2g, |bits - exact| %.2g, |r2, r4 - exact| %.2g\n",
+        printf("W [%d, %d]: FP8 %.1f MB, BF16 %.1f MB; max|y| %.3g, |pairs - exact| %.2g, |bits - exact| %.2g, |r2, r4, xs - exact| %.2g\n",
                rows, cols, n / 1e6, 2 * n / 1e6, mx, e_pairs, e_bits, e_r2);
         for (int v = 0; v < N_VARIANTS; v++) {
             double bytes = v == V_BF16 || v == V_BF16_2 || v == V_BF16_4 ? 2.0 * n : (double)n + sizeof(float) * sr * sc;
