@@ -76,6 +76,13 @@ struct Dev {
     int gemv_rows;              /* DSV3_GEMV_ROWS: rows per warp of the decode GEMVs (0: gemv_rows_per_warp's) */
     int norm_unfused;           /* DSV3_FUSED_NORM=0: rmsnorm_kernel before each GEMV (ops.cu's matmul_normed_cuda) */
     int xs_off;                 /* DSV3_GEMV_XS=0: the FP8 GEMVs read x from global memory, unstaged */
+    /* Two branches of the recorded decode step (model.cu's branch_fork / branch_unfork / branch_join):
+     * the launches that may run on the side branch take d->st (0: the thread's default stream) */
+    cudaStream_t st, side;
+    cudaEvent_t *ev;      /* [2 * DEV_MAX_BRANCHES]: fork and join events, one pair a branch point */
+    cudaEvent_t pending_join; /* the side's work since the last fork, until the main chain waits for it */
+    int n_ev, branching;  /* events used in this recording; 1 while a step is recorded with branches */
+    int branches_off;     /* DSV3_CUDA_BRANCHES=0: the recorded step stays one chain */
     size_t widen_n;
     int max_T, ctx, n_layers;
     /* every cudaMalloc, for state_free_device; and host pointer -> device copy, so a tensor shared
@@ -260,6 +267,15 @@ static inline void rmsnorm_cuda_dev(float *out, const float *x, const float *w, 
 }
 /* ---- the steps, by the file that defines them ----------------------------------------------------- */
 
+/* model.cu: a branch of the recorded decode step. fork: the side stream waits for the main chain so
+ * far, and the launches after it (those that take d->st) go to the side; unfork: they go back to the
+ * main chain, the side's work so far marked; join: the main chain waits for it. Outside a recording
+ * (or DSV3_CUDA_BRANCHES=0) all three do nothing: one chain, the same kernels in the same order. */
+#define DEV_MAX_BRANCHES 256
+void branch_fork(Dev *d);
+void branch_unfork(Dev *d);
+void branch_join(Dev *d);
+
 /* model.cu (embed_rows_kernel launched as model.cu does, <<<T, THREADS>>>, and argmax_cuda_dev;
  * declared here for tests/test_forward_twins.cu). argmax's scratch: ARGMAX_SCRATCH bytes, zeroed once. */
 #define ARGMAX_BLOCKS 128
@@ -281,6 +297,8 @@ void mla_latent_cuda(Dev *d, float *rows, const DevLayer &L, const MlaDims *m, i
 void mla_latent_store_cuda(Dev *d, float *cache, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope);
 void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T,
                                      const DevRope &rope);
+void mla_absorb_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope);
+void mla_attend_latent_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T);
 int mla_decode_prepare(const MlaDims *m);
 void mla_attend_naive_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, int pos);
 /* moe.cu */

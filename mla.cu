@@ -374,12 +374,19 @@ static int mla_split_heads(const MlaDims *m) { return m->n_heads <= 32 ? 4 : 8; 
 
 /* The position pos0 is read on the device (d->step_in[0]), and every grid is fixed by T and the
  * shapes alone, so one decode step can be recorded as a CUDA graph and replayed at any position:
- * step 2's grid has MLA_SPLITS chunks, of which those past the query's rows return at once. */
+ * step 2's grid has MLA_SPLITS chunks, of which those past the query's rows return at once.
+ * Step 1 (the absorb) needs only q, so the forward runs it beside the latent's store (model.cu's
+ * branches); it takes d->st for that. */
 template <int DT>
-static void mla_decode_launch(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
+static void mla_absorb_launch(Dev *d, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
+    int n_h = m->n_heads, d_c = m->kv_lora_rank;
+    mla_absorb_q_kernel<DT><<<dim3((d_c + 127) / 128, n_h), THREADS, 0, d->st>>>(d->q_lat, d->q, L.kv_b, T, n_h, d_c, m->nope,
+                                                                                m->rope, m->v, rope);
+}
+
+template <int DT>
+static void mla_latent_attend_launch(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T) {
     int n_h = m->n_heads, d_c = m->kv_lora_rank, HG = mla_split_heads(m);
-    mla_absorb_q_kernel<DT><<<dim3((d_c + 127) / 128, n_h), THREADS>>>(d->q_lat, d->q, L.kv_b, T, n_h, d_c, m->nope, m->rope,
-                                                                     m->v, rope);
     dim3 grid(MLA_SPLITS, T, (n_h + HG - 1) / HG);
     if (HG == 4)
         mla_split_kernel<4><<<grid, THREADS, mla_split_smem(m)>>>(d->part_o, d->part_ml, d->q_lat, d->q, cache, d->step_in,
@@ -391,17 +398,33 @@ static void mla_decode_launch(Dev *d, const float *cache, const DevLayer &L, con
         d->attn, d->part_o, d->part_ml, d->step_in, L.kv_b, T, n_h, d_c, m->nope, m->v);
 }
 
-/* rope: the query's rope part is rotated here (rope.inv_freq set; the forward) or was already
- * (rope.inv_freq NULL; the twin, whose q comes roped). */
+/* Step 1: q_lat (and q_pe rotated when rope.inv_freq is set: the forward; NULL: the twin, whose q
+ * comes roped). */
+void mla_absorb_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
+    switch (L.kv_b.dtype) {
+    case DT_F32: mla_absorb_launch<DT_F32>(d, L, m, T, rope); break;
+    case DT_BF16: mla_absorb_launch<DT_BF16>(d, L, m, T, rope); break;
+    case DT_F16: mla_absorb_launch<DT_F16>(d, L, m, T, rope); break;
+    case DT_F8_E4M3: mla_absorb_launch<DT_F8_E4M3>(d, L, m, T, rope); break;
+    default: mla_absorb_launch<DT_F8_E5M2>(d, L, m, T, rope); break;
+    }
+}
+
+/* Steps 2 and 3 over the cache (its rows pos0 .. pos0 + T - 1 stored), into d->attn. */
+void mla_attend_latent_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T) {
+    switch (L.kv_b.dtype) {
+    case DT_F32: mla_latent_attend_launch<DT_F32>(d, cache, L, m, T); break;
+    case DT_BF16: mla_latent_attend_launch<DT_BF16>(d, cache, L, m, T); break;
+    case DT_F16: mla_latent_attend_launch<DT_F16>(d, cache, L, m, T); break;
+    case DT_F8_E4M3: mla_latent_attend_launch<DT_F8_E4M3>(d, cache, L, m, T); break;
+    default: mla_latent_attend_launch<DT_F8_E5M2>(d, cache, L, m, T); break;
+    }
+}
+
 void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T,
                                      const DevRope &rope) {
-    switch (L.kv_b.dtype) {
-    case DT_F32: mla_decode_launch<DT_F32>(d, cache, L, m, T, rope); break;
-    case DT_BF16: mla_decode_launch<DT_BF16>(d, cache, L, m, T, rope); break;
-    case DT_F16: mla_decode_launch<DT_F16>(d, cache, L, m, T, rope); break;
-    case DT_F8_E4M3: mla_decode_launch<DT_F8_E4M3>(d, cache, L, m, T, rope); break;
-    default: mla_decode_launch<DT_F8_E5M2>(d, cache, L, m, T, rope); break;
-    }
+    mla_absorb_cuda(d, L, m, T, rope);
+    mla_attend_latent_cuda(d, cache, L, m, T);
 }
 
 /* Can the split kernels take these shapes? (a warp keeps a head's width = d_c + d_R query values in

@@ -145,14 +145,22 @@ static int layer_forward_cuda(Dev *d, const Model *mm, const DevLayer &L, float 
     int dim = c->hidden_size, qk = m->nope + m->rope, half = m->rope / 2;
     mla_query_cuda(d, L, m, T, L.attn_norm, c->rms_norm_eps); /* h = attn_norm(x), then q */
     DevRope rope = {d->inv_freq, mm->rope_attn_factor, c->rope.interleaved, d->step_in};
-    mla_latent_store_cuda(d, cache, L, m, T, rope); /* cache rows pos .. pos + T - 1 */
     int split = form != ATTN_NAIVE && T <= SMALL_BATCH && d->q_lat; /* the split decode rotates q_pe itself */
+    if (split) { /* q_lat = W_UK^T q_nope (and q_pe's rope) needs only q: beside the latent's store */
+        branch_fork(d);
+        mla_absorb_cuda(d, L, m, T, rope);
+        branch_unfork(d);
+    }
+    mla_latent_store_cuda(d, cache, L, m, T, rope); /* cache rows pos .. pos + T - 1 */
     if (!split)
         rope_rotate_kernel<<<dim3(blocks_for((size_t)m->n_heads * half), T), THREADS>>>(
             d->q + m->nope, m->n_heads, qk, m->n_heads * qk, m->rope, 0, d->step_in, d->inv_freq, mm->rope_attn_factor,
             c->rope.interleaved);
     if (form == ATTN_NAIVE) mla_attend_naive_cuda(d, cache, L, m, T, pos);
-    else if (split) mla_attend_absorbed_decode_cuda(d, cache, L, m, T, rope);
+    else if (split) {
+        branch_join(d);
+        mla_attend_latent_cuda(d, cache, L, m, T);
+    }
     else
         mla_attend_absorbed_kernel<<<dim3(m->n_heads, T), THREADS, sizeof(float) * (2 * (size_t)m->kv_lora_rank + 32)>>>(
             d->attn, d->q, cache, L.kv_b_f32, d->scores, T, pos, m->n_heads, m->kv_lora_rank, m->rope, m->nope, m->v,
@@ -262,13 +270,49 @@ void argmax_cuda_dev(int *out, const float *x, int n, void *scratch) {
  * launches below) and replayed: the ~10 launches per layer then cost one launch, and the GPU runs
  * them back to back. Valid at any position: the kernels read it from d->step_in (see
  * layer_forward_cuda), every pointer and grid is fixed for the State's life. */
+void branch_fork(Dev *d) {
+    if (!d->branching || d->n_ev + 2 > 2 * DEV_MAX_BRANCHES) return;
+    cudaEvent_t f = d->ev[d->n_ev++];
+    cudaEventRecord(f, cudaStreamPerThread);
+    cudaStreamWaitEvent(d->side, f, 0);
+    d->st = d->side;
+}
+void branch_unfork(Dev *d) {
+    if (!d->st) return;
+    cudaEvent_t j = d->ev[d->n_ev++];
+    cudaEventRecord(j, d->side);
+    d->st = 0;
+    d->pending_join = j;
+}
+void branch_join(Dev *d) {
+    if (!d->pending_join) return;
+    cudaStreamWaitEvent(cudaStreamPerThread, d->pending_join, 0);
+    d->pending_join = NULL;
+}
+
+/* The side stream and the events of the recorded step's branches, made once: 0, or -1 (then the step
+ * is recorded as one chain). */
+static int branch_prepare(Dev *d) {
+    if (d->side) return 0;
+    if (cudaStreamCreateWithFlags(&d->side, cudaStreamNonBlocking) != cudaSuccess) { d->side = NULL; return -1; }
+    d->ev = (cudaEvent_t *)calloc(2 * DEV_MAX_BRANCHES, sizeof(cudaEvent_t));
+    for (int i = 0; d->ev && i < 2 * DEV_MAX_BRANCHES; i++)
+        if (cudaEventCreateWithFlags(&d->ev[i], cudaEventDisableTiming) != cudaSuccess) return -1;
+    return d->ev ? 0 : -1;
+}
+
 static int record_step_graph(Dev *d, const Model *m, Error *e) {
     cudaStream_t st = cudaStreamPerThread; /* the default stream of this build (nvcc --default-stream per-thread) */
     cudaGraph_t g = NULL;
+    d->branching = !d->branches_off && branch_prepare(d) == 0;
+    d->n_ev = 0;
     cudaError_t err = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal);
-    if (err != cudaSuccess) return cuda_err(e, err, "graph capture");
+    if (err != cudaSuccess) { d->branching = 0; return cuda_err(e, err, "graph capture"); }
     int rc = forward_chunk_cuda(d, m, 1, 0, ATTN_ABSORBED, 1, e);
     if (!rc) argmax_cuda_dev(d->next, d->logits, m->cfg.vocab_size, d->argmax_scratch);
+    branch_join(d); /* nothing left on the side (every fork is joined on its path; this is the guard) */
+    d->branching = 0;
+    d->st = 0;
     err = cudaStreamEndCapture(st, &g);
     if (!rc && err == cudaSuccess) err = cudaGraphInstantiate(&d->step_graph, g, 0);
     if (g) cudaGraphDestroy(g);
@@ -377,6 +421,10 @@ extern "C" void state_free_device(State *s) {
     for (int i = 0; i < d->n_owned; i++) cudaFree(d->owned[i]);
     if (d->blas) cublasDestroy(d->blas);
     if (d->step_graph) cudaGraphExecDestroy(d->step_graph);
+    for (int i = 0; d->ev && i < 2 * DEV_MAX_BRANCHES; i++)
+        if (d->ev[i]) cudaEventDestroy(d->ev[i]);
+    free(d->ev);
+    if (d->side) cudaStreamDestroy(d->side);
     free(d->host_in);
     for (int l = 0; d->layers && l < d->n_layers; l++) free(d->layers[l].experts);
     free(d->mtp_layer.experts);
@@ -411,6 +459,8 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
     const char *fuse = getenv("DSV3_FUSED_NORM"), *xs = getenv("DSV3_GEMV_XS");
     d->norm_unfused = fuse && !strcmp(fuse, "0");
     d->xs_off = xs && !strcmp(xs, "0");
+    const char *branches = getenv("DSV3_CUDA_BRANCHES");
+    d->branches_off = branches && !strcmp(branches, "0");
     int rc = up_tensor(d, &d->embed, &m->embed, e) || up_tensor(d, &d->lm_head, &m->lm_head, e) ||
              !(d->final_norm = up_vec(d, m->final_norm, c->hidden_size, e)) ||
              !(d->inv_freq = up_vec(d, m->inv_freq, c->qk_rope_head_dim / 2, e));

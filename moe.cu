@@ -57,30 +57,34 @@ static int swiglu_pairs(const Dev *d, int rows) {
 }
 
 template <int DT>
-static void ffn_up_launch(Dev *d, const float *x, int T, const DevFfn &f) {
+static void ffn_up_launch(Dev *d, float *h_out, const float *x, int T, const DevFfn &f) {
     int P = swiglu_pairs(d, f.gate.rows), per_block = THREADS / 32 * P;
     unsigned blocks = (unsigned)((f.gate.rows + per_block - 1) / per_block);
     int d_in = f.gate.cols;
     bool xs = T == 1 && gemv_xs(d, (DType)DT, d_in);
     size_t smem = xs ? x_padded_bytes(d_in) : 0;
-    if (xs && P == 2) ffn_up_kernel<DT, 2, 1, true><<<blocks, THREADS, smem>>>(d->ffn_h, x, f, T, d_in);
-    else if (xs) ffn_up_kernel<DT, 1, 1, true><<<blocks, THREADS, smem>>>(d->ffn_h, x, f, T, d_in);
-    else if (T == 1 && P == 2) ffn_up_kernel<DT, 2, 1, false><<<blocks, THREADS>>>(d->ffn_h, x, f, T, d_in);
-    else if (T == 1) ffn_up_kernel<DT, 1, 1, false><<<blocks, THREADS>>>(d->ffn_h, x, f, T, d_in);
-    else ffn_up_kernel<DT, 1, SMALL_BATCH, false><<<blocks * P, THREADS>>>(d->ffn_h, x, f, T, d_in); /* 2 rows of 8 tokens */
+    cudaStream_t st = d->st; /* the shared experts may run on the decode step's side branch */
+    if (xs && P == 2) ffn_up_kernel<DT, 2, 1, true><<<blocks, THREADS, smem, st>>>(h_out, x, f, T, d_in);
+    else if (xs) ffn_up_kernel<DT, 1, 1, true><<<blocks, THREADS, smem, st>>>(h_out, x, f, T, d_in);
+    else if (T == 1 && P == 2) ffn_up_kernel<DT, 2, 1, false><<<blocks, THREADS, 0, st>>>(h_out, x, f, T, d_in);
+    else if (T == 1) ffn_up_kernel<DT, 1, 1, false><<<blocks, THREADS, 0, st>>>(h_out, x, f, T, d_in);
+    else ffn_up_kernel<DT, 1, SMALL_BATCH, false><<<blocks * P, THREADS, 0, st>>>(h_out, x, f, T, d_in); /* 2 rows of 8 tokens */
 }
 
-/* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). */
+/* ffn_swiglu: out [T, d] (= or +=) down(silu(gate(x)) * up(x)). Decode (T <= SMALL_BATCH) takes
+ * d->st (the shared experts run beside the routed ones in the recorded step: their rows d->ffn_h
+ * are the routed path's only in prefill). */
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
     if (T <= SMALL_BATCH && f.gate.dtype == f.up.dtype) { /* decode: one launch for gate, up and silu */
+        float *h_mid = d->ffn_h;
         switch (f.gate.dtype) {
-        case DT_F32: ffn_up_launch<DT_F32>(d, x, T, f); break;
-        case DT_BF16: ffn_up_launch<DT_BF16>(d, x, T, f); break;
-        case DT_F16: ffn_up_launch<DT_F16>(d, x, T, f); break;
-        case DT_F8_E4M3: ffn_up_launch<DT_F8_E4M3>(d, x, T, f); break;
-        default: ffn_up_launch<DT_F8_E5M2>(d, x, T, f); break;
+        case DT_F32: ffn_up_launch<DT_F32>(d, h_mid, x, T, f); break;
+        case DT_BF16: ffn_up_launch<DT_BF16>(d, h_mid, x, T, f); break;
+        case DT_F16: ffn_up_launch<DT_F16>(d, h_mid, x, T, f); break;
+        case DT_F8_E4M3: ffn_up_launch<DT_F8_E4M3>(d, h_mid, x, T, f); break;
+        default: ffn_up_launch<DT_F8_E5M2>(d, h_mid, x, T, f); break;
         }
-        matmul_cuda(d, out, d->ffn_h, f.down, T, accumulate);
+        matmul_cuda(d, out, h_mid, f.down, T, accumulate);
         return;
     }
     size_t n = (size_t)T * f.gate.rows;
@@ -179,8 +183,12 @@ int moe_forward_cuda(Dev *d, float *x, float *h, int T, const DevLayer &L, int d
     int E = g.n_experts, K = g.top_k, inter = L.experts[0].gate.rows;
     if (in_norm) matmul_normed_cuda(d, d->router_logits, h, x, in_norm, eps, L.router, T, 0);
     else matmul_cuda(d, d->router_logits, h, L.router, T, 0);
+    if (L.shared.gate.data) { /* in the recorded step, beside the gate and the routed experts */
+        branch_fork(d);
+        ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
+        branch_unfork(d);
+    }
     moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
-    if (L.shared.gate.data) ffn_swiglu_cuda(d, d->yb, h, T, L.shared, 0);
     if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
         const float *sh = L.shared.gate.data ? d->yb : NULL;
         switch (L.experts[0].gate.dtype) {
@@ -190,6 +198,7 @@ int moe_forward_cuda(Dev *d, float *x, float *h, int T, const DevLayer &L, int d
         case DT_F8_E4M3: moe_experts_launch<DT_F8_E4M3>(d, h, T, L, K, inter, dim); break;
         default: moe_experts_launch<DT_F8_E5M2>(d, h, T, L, K, inter, dim); break;
         }
+        if (L.shared.gate.data) branch_join(d);
         moe_combine_kernel<<<dim3(blocks_for(dim), T), THREADS>>>(x, d->moe_y, sh, d->idx, d->gate_w, K, dim);
         return 0;
     }

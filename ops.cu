@@ -43,9 +43,9 @@ static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, 
     int per_block = THREADS / 32 * nr;
     unsigned blocks = (unsigned)((W.rows + per_block - 1) / per_block);
     size_t smem = XS ? x_padded_bytes(W.cols) : 0;
-    if (nr == 4) matmul_gemv_kernel<DT, 4, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
-    else if (nr == 2) matmul_gemv_kernel<DT, 2, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
-    else matmul_gemv_kernel<DT, 1, TN, XS><<<blocks, THREADS, smem>>>(out, x, W, n, accumulate);
+    if (nr == 4) matmul_gemv_kernel<DT, 4, TN, XS><<<blocks, THREADS, smem, d->st>>>(out, x, W, n, accumulate);
+    else if (nr == 2) matmul_gemv_kernel<DT, 2, TN, XS><<<blocks, THREADS, smem, d->st>>>(out, x, W, n, accumulate);
+    else matmul_gemv_kernel<DT, 1, TN, XS><<<blocks, THREADS, smem, d->st>>>(out, x, W, n, accumulate);
 }
 template <int DT>
 static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
