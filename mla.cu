@@ -147,7 +147,7 @@ static __device__ __forceinline__ void load4(float *w, const DevTensor &W, int r
         w[0] = a.x; w[1] = a.y; w[2] = b.x; w[3] = b.y;
     } else {
         uint32_t u = ((const uint32_t *)W.data)[i / 4];
-        float s = W.scale ? scale_at(W, r, c) : 1.0f;
+        float s = W.scale ? row_scales(W, r).at(c) : 1.0f;
 #pragma unroll
         for (int k = 0; k < 2; k++) {
             __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u >> (16 * k)),
