@@ -250,11 +250,12 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
         }
     acc.l0 = acc.l0 * al0 + sum0;
     acc.l1 = acc.l1 * al1 + sum1;
-    #pragma unroll
-    for (int nt = 0; nt < HALF_C / 8; nt++) {
-        acc.o[nt][0] *= al0; acc.o[nt][1] *= al0;
-        acc.o[nt][2] *= al1; acc.o[nt][3] *= al1;
-    }
+    if (__any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) /* once the maxima settle, skip (x 1 is exact) */
+        #pragma unroll
+        for (int nt = 0; nt < HALF_C / 8; nt++) {
+            acc.o[nt][0] *= al0; acc.o[nt][1] *= al0;
+            acc.o[nt][2] *= al1; acc.o[nt][3] *= al1;
+        }
 
     /* O step: P [16, 16 tokens of k-step j] from s (BF16), B = C [tokens, columns] transposed
      * (matrices: tokens 0-7 / 8-15 x columns 0-7, then x columns 8-15 -> b0, b1 of two n-tiles). */
