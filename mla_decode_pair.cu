@@ -25,8 +25,9 @@
  *    No CTA-wide barrier between the three steps: only the pair's, and one per tile for the ring.
  * F. Token streams. With fewer than 4 head groups (16 or 32 heads) the spare pairs walk other rows:
  *    NS = 4 / NG streams, stream j takes tiles j, j + NS, ... (RS rows each: 16 for 16 heads, 32
- *    otherwise) of every chunk, with its own ring of cp.async slots and its own barrier. Each stream's
- *    (o, lse) over its rows is a partial result of (C), merged by the combine kernel like any other.
+ *    otherwise) of every chunk, with its own ring of cp.async slots and its own barrier. At the end of
+ *    a chunk the streams' (O, m, l) are merged in the CTA as (C) merges chunks, in stream order,
+ *    through the rings' shared memory: one partial record per chunk whatever the streams.
  * G. The balanced schedule (FlashMLA's get_mla_metadata idea). The batch's pages, sequence after
  *    sequence, form one list of P = sum_b ceil(len_b / 64) pages; CTA c of n_cta (about one per SM)
  *    takes pages [c per, (c + 1) per), per = max(2, ceil(P / n_cta)), cutting sequences where the
@@ -36,8 +37,8 @@
  *    b; z_b: how many of pre_1 .. pre_b are multiples of per, where a CTA boundary meets a sequence
  *    boundary), and it has count_b = floor((pre_{b+1} - 1) / per) - floor(pre_b / per) + 1 segments.
  *    Every CTA derives its start from lens (a block scan) without a separate launch; the CTA that
- *    starts sequence b writes (fp_b, count_b) for the combine. A sequence of one segment and one
- *    stream is written straight to o_lat / lse; the combine skips it.
+ *    starts sequence b writes (fp_b, count_b) for the combine. A sequence of one segment is written
+ *    straight to o_lat / lse; the combine skips it.
  * H. FP8 rows are widened once per tile into BF16 shared rows (variant 0's rule: bf16(code * scale)).
  *    64 heads: two widened tiles, tile k + 1 widened while tile k is multiplied, so the widening is
  *    off the critical path; 16 and 32 heads (no room for two per stream): one, with the other
@@ -82,6 +83,9 @@ template <int NG, bool FP8> struct Pair {
     static constexpr size_t off_sched = off_x + (size_t)2 * 8 * NT * 4 * 32 * 4;
     static constexpr size_t total = off_sched + 16 * 4;
     static_assert(total <= SMEM_MAX, "shared memory");
+    /* the streams' merge (F) reuses the rings and widened tiles for O, the exchange buffers for m, l */
+    static_assert((size_t)(NS - 1) * 2 * NG * (HALF_C / 8 * 4) * 32 * 4 <= off_x - off_ring, "merge space");
+    static_assert((size_t)(NS - 1) * 2 * NG * 4 * 32 * 4 <= off_sched - off_x, "merge space");
 };
 
 /* ---- (G) the schedule -------------------------------------------------------------------------- */
@@ -276,8 +280,8 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
 
 /* ---- the kernel ------------------------------------------------------------------------------------ */
 
-/* grid (head blocks, n_cta). o_part [n_part, n_h, 512], lse_part [n_part, n_h] with n_part =
- * (n_cta + B) NS; meta [B, 2] = (fp_b, count_b). */
+/* grid (head blocks, n_cta). o_part [n_part, n_h, 512], lse_part [n_part, n_h]: one record a
+ * segment, n_part = n_cta + B (segments number at most n_cta + B - 1); meta [B, 2] = (fp_b, count_b). */
 template <int NG, bool FP8>
 __global__ void __launch_bounds__(THREADS, 1)
 mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part, int *meta, const float *q_abs,
@@ -363,25 +367,71 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
         }
         cp_async_wait<0>();
 
-        /* o = O / l, lse = (m + log2 l) ln 2; a stream without rows writes o = 0, lse = -inf */
+        /* l over the quad; then o = O / l, lse = (m + log2 l) ln 2 (l > 0: stream 0 has rows) */
         acc.l0 += __shfl_xor_sync(0xffffffffu, acc.l0, 1);
         acc.l0 += __shfl_xor_sync(0xffffffffu, acc.l0, 2);
         acc.l1 += __shfl_xor_sync(0xffffffffu, acc.l1, 1);
         acc.l1 += __shfl_xor_sync(0xffffffffu, acc.l1, 2);
-        const bool direct = K::NS == 1 && count == 1;
-        const size_t rec = (size_t)part * K::NS + stream;
+        if constexpr (K::NS > 1) { /* (F) the streams' (O, m, l) merged in the CTA: one record a segment */
+            constexpr int W = 2 * NG, F = HALF_C / 8 * 4; /* warps a stream, O floats a lane */
+            float *mo = (float *)(smem + K::off_ring), *mml = (float *)(smem + K::off_x);
+            const int wi = warp % W;
+            __syncthreads(); /* every stream is done with its ring and the exchange buffers */
+            if (stream > 0) { /* [stream - 1][warp of the stream][F or 4][lane]: conflict-free */
+                float *d = mo + (size_t)((stream - 1) * W + wi) * F * 32 + lane;
+                #pragma unroll
+                for (int nt = 0; nt < HALF_C / 8; nt++)
+                    #pragma unroll
+                    for (int i = 0; i < 4; i++) d[(nt * 4 + i) * 32] = acc.o[nt][i];
+                float *d2 = mml + (size_t)((stream - 1) * W + wi) * 4 * 32 + lane;
+                d2[0] = acc.m0; d2[32] = acc.m1; d2[64] = acc.l0; d2[96] = acc.l1;
+            }
+            __syncthreads();
+            if (stream == 0) { /* stream 0 has the segment's first tile: its m is finite */
+                float M0 = acc.m0, M1 = acc.m1;
+                for (int j = 1; j < K::NS; j++) {
+                    M0 = fmaxf(M0, mml[(size_t)((j - 1) * W + wi) * 128 + lane]);
+                    M1 = fmaxf(M1, mml[(size_t)((j - 1) * W + wi) * 128 + 32 + lane]);
+                }
+                const float w0 = exp2f(acc.m0 - M0), w1 = exp2f(acc.m1 - M1);
+                acc.l0 *= w0;
+                acc.l1 *= w1;
+                #pragma unroll
+                for (int nt = 0; nt < HALF_C / 8; nt++) {
+                    acc.o[nt][0] *= w0; acc.o[nt][1] *= w0;
+                    acc.o[nt][2] *= w1; acc.o[nt][3] *= w1;
+                }
+                for (int j = 1; j < K::NS; j++) { /* in stream order: deterministic */
+                    const float *ml = mml + (size_t)((j - 1) * W + wi) * 128 + lane;
+                    const float v0 = exp2f(ml[0] - M0), v1 = exp2f(ml[32] - M1); /* 0 for a stream without rows */
+                    acc.l0 += v0 * ml[64];
+                    acc.l1 += v1 * ml[96];
+                    const float *src = mo + (size_t)((j - 1) * W + wi) * F * 32 + lane;
+                    #pragma unroll
+                    for (int nt = 0; nt < HALF_C / 8; nt++) {
+                        acc.o[nt][0] += v0 * src[(nt * 4 + 0) * 32];
+                        acc.o[nt][1] += v0 * src[(nt * 4 + 1) * 32];
+                        acc.o[nt][2] += v1 * src[(nt * 4 + 2) * 32];
+                        acc.o[nt][3] += v1 * src[(nt * 4 + 3) * 32];
+                    }
+                }
+                acc.m0 = M0;
+                acc.m1 = M1;
+            }
+        }
+        const bool direct = count == 1; /* the whole sequence in this segment: no combine */
         #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int h = h0 + grp * 16 + g + 8 * r;
-            if (h >= n_h) continue;
-            const float l = r ? acc.l1 : acc.l0, m = r ? acc.m1 : acc.m0, inv = l > 0.0f ? 1.0f / l : 0.0f;
-            float *dst = (direct ? o_lat + ((size_t)b * n_h + h) * DC : o_part + (rec * n_h + h) * DC) + half * HALF_C + 2 * c;
+            if (stream != 0 || h >= n_h) continue;
+            const float l = r ? acc.l1 : acc.l0, m = r ? acc.m1 : acc.m0, inv = 1.0f / l;
+            float *dst = (direct ? o_lat + ((size_t)b * n_h + h) * DC : o_part + ((size_t)part * n_h + h) * DC) + half * HALF_C + 2 * c;
             #pragma unroll
             for (int nt = 0; nt < HALF_C / 8; nt++)
                 *(float2 *)(dst + nt * 8) = make_float2(acc.o[nt][2 * r] * inv, acc.o[nt][2 * r + 1] * inv);
             if (half == 0 && c == 0) {
-                const float v = l > 0.0f ? (m + log2f(l)) * LN2 : -INFINITY;
-                if (!direct) lse_part[rec * n_h + h] = v;
+                const float v = (m + log2f(l)) * LN2;
+                if (!direct) lse_part[(size_t)part * n_h + h] = v;
                 else if (lse) lse[(size_t)b * n_h + h] = v;
             }
         }
@@ -391,21 +441,22 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
     }
 }
 
-/* grid (n_h, B), 128 threads of 4 columns: merge sequence b's count_b NS partial records (C). */
+/* grid (n_h, B), 128 threads of 4 columns: merge sequence b's count_b records (C). The loops are
+ * unrolled so that several records' loads are in flight (a record is an L2 round trip). */
 __global__ void mla_decode_pair_combine(float *o_lat, float *lse, const float *o_part, const float *lse_part,
-                                        const int *meta, int n_h, int ns) {
-    const int h = blockIdx.x, b = blockIdx.y, p0 = meta[2 * b] * ns, n = meta[2 * b + 1] * ns;
+                                        const int *meta, int n_h) {
+    const int h = blockIdx.x, b = blockIdx.y, p0 = meta[2 * b], n = meta[2 * b + 1];
     if (n == 1) return; /* written by the kernel */
     float M = -INFINITY;
+    #pragma unroll 8
     for (int j = 0; j < n; j++) M = fmaxf(M, lse_part[(size_t)(p0 + j) * n_h + h]);
     float sum = 0.0f;
     float4 acc = make_float4(0, 0, 0, 0);
+    #pragma unroll 8
     for (int j = 0; j < n; j++) {
-        float l = lse_part[(size_t)(p0 + j) * n_h + h];
-        if (l == -INFINITY) continue;
-        float w = expf(l - M);
+        const float w = expf(lse_part[(size_t)(p0 + j) * n_h + h] - M);
+        const float4 v = *(const float4 *)(o_part + ((size_t)(p0 + j) * n_h + h) * DC + 4 * threadIdx.x);
         sum += w;
-        float4 v = *(const float4 *)(o_part + ((size_t)(p0 + j) * n_h + h) * DC + 4 * threadIdx.x);
         acc.x += w * v.x; acc.y += w * v.y; acc.z += w * v.z; acc.w += w * v.w;
     }
     float inv = 1.0f / sum;
@@ -424,9 +475,9 @@ void mla_decode_pair_plan(MlaDecodePlan *p, int B, int n_h, int max_len, int sms
     int n_cta = sms / p->head_blocks;
     n_cta = n_cta < most ? n_cta : (int)most;
     p->n_cta = n_cta < 1 ? 1 : n_cta;
-    p->n_split = ns; /* partial records per segment */
+    p->n_split = ns; /* token streams (merged in the CTA: one record a segment) */
     p->chunk_tiles = 0;
-    size_t n_part = (size_t)(p->n_cta + B) * ns;
+    size_t n_part = (size_t)p->n_cta + B;
     p->work_floats = n_part * n_h * (DC + 1) + 2 * (size_t)B;
 }
 
@@ -441,13 +492,13 @@ static void pair_launch(float *o, float *lse, float *work, const float *q, const
                                        (int)K::total));
         attr = true;
     }
-    size_t n_part = (size_t)(p->n_cta + B) * K::NS;
+    size_t n_part = (size_t)p->n_cta + B;
     float *o_part = work, *lse_part = work + n_part * n_h * DC;
     int *meta = (int *)(lse_part + n_part * n_h);
     mla_decode_pair_kernel<NG, FP8><<<dim3(p->head_blocks, p->n_cta), THREADS, K::total, st>>>(
         o, lse, o_part, lse_part, meta, q, (const uint8_t *)pool, tables, max_pages, lens, B, n_h, scale_log2);
     cudaCheck(cudaGetLastError());
-    mla_decode_pair_combine<<<dim3(n_h, B), DC / 4, 0, st>>>(o, lse, o_part, lse_part, meta, n_h, K::NS);
+    mla_decode_pair_combine<<<dim3(n_h, B), DC / 4, 0, st>>>(o, lse, o_part, lse_part, meta, n_h);
     cudaCheck(cudaGetLastError());
 }
 
