@@ -153,6 +153,8 @@ static __device__ __forceinline__ void pair_load(uint8_t *dst, const uint8_t *po
 template <int NG>
 static __device__ __forceinline__ void pair_widen(__nv_bfloat16 *tile, const uint8_t *raw, int st_tid) {
     using K = Pair<NG, true>;
+    static_assert(K::RS * (DC / 8) % K::ST == 0 && K::RS * (DR / 8) % K::ST == 0, "whole steps");
+    #pragma unroll /* constant offsets, the loads of all steps issued together */
     for (int u = st_tid; u < K::RS * (DC / 8); u += K::ST) {
         int r = u / (DC / 8), j = u % (DC / 8);
         const uint8_t *row = raw + (size_t)r * FP8_ROW;
@@ -167,6 +169,7 @@ static __device__ __forceinline__ void pair_widen(__nv_bfloat16 *tile, const uin
         }
         *(uint4 *)(tile + (size_t)r * ROW_PAD + 8 * j) = make_uint4(out[0], out[1], out[2], out[3]);
     }
+    #pragma unroll
     for (int u = st_tid; u < K::RS * (DR / 8); u += K::ST) {
         int r = u / (DR / 8), j = u % (DR / 8);
         *(uint4 *)(tile + (size_t)r * ROW_PAD + DC + 8 * j) = *(const uint4 *)(raw + (size_t)r * FP8_ROW + DC + 16 + 16 * j);
