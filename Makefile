@@ -327,9 +327,13 @@ clean:
 MLA_DEC_DIR := build/mla_decode
 MLA_DEC_REF := ops matmul matmul_e4m3 fp8 mla_kv mla_paged
 MLA_DEC_CU  := mla_decode mla_decode_pair
+# mla_decode_pair.cu's variant 2 uses wgmma, which only sm_90a (H100/H200) has: that file is built
+# for sm_90a alone, the other with NVCCFLAGS
+MLA_DEC_PAIR_FLAGS := $(filter-out -gencode arch=%,$(NVCCFLAGS)) -gencode arch=compute_90a,code=sm_90a
 mla-decode: $(CUDA_BLAS_OBJ)
 	@mkdir -p $(MLA_DEC_DIR)
-	for f in $(MLA_DEC_CU); do $(NVCC) $(NVCCFLAGS) -Xptxas -v -I. -Xcompiler -fPIC -c $$f.cu -o $(MLA_DEC_DIR)/$$f.o \
+	for f in $(MLA_DEC_CU); do flags="$(NVCCFLAGS)"; [ $$f = mla_decode_pair ] && flags="$(MLA_DEC_PAIR_FLAGS)"; \
+	  $(NVCC) $$flags -Xptxas -v -I. -Xcompiler -fPIC -c $$f.cu -o $(MLA_DEC_DIR)/$$f.o \
 	  > $(MLA_DEC_DIR)/$$f.ptxas 2>&1 || { cat $(MLA_DEC_DIR)/$$f.ptxas; exit 1; }; \
 	  grep -E "spill|registers|warning" $(MLA_DEC_DIR)/$$f.ptxas; done
 	$(NVCC) $(NVCCFLAGS) -shared -o $(MLA_DEC_DIR)/libmla_decode.so $(MLA_DEC_CU:%=$(MLA_DEC_DIR)/%.o)

@@ -351,9 +351,9 @@ static void plan_tiles(MlaDecodePlan *p, int B, int n_h, int max_len) {
 }
 
 void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int variant) {
-    if (variant == 1) mla_decode_pair_plan(p, B, n_h, max_len, device_sms());
+    if (variant == 1 || variant == 2) mla_decode_pair_plan(p, B, n_h, max_len, device_sms());
     else plan_tiles(p, B, n_h, max_len);
-    p->variant = variant == 1 ? 1 : 0;
+    p->variant = variant == 1 || variant == 2 ? variant : 0;
 }
 
 /* MLA_DECODE_VARIANT, or 0 when unset or out of range. */
@@ -385,7 +385,7 @@ int mla_decode_cuda(float *o_lat, float *lse, const float *q_abs, const void *po
                     const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h,
                     float scale, const MlaDecodePlan *plan, float *work, void *stream) {
     if ((f != MLA_KV_BF16 && f != MLA_KV_FP8) || B <= 0 || n_h <= 0) return -1;
-    if (plan->variant == 1) {
+    if (plan->variant == 1 || plan->variant == 2) {
         mla_decode_pair_run(o_lat, lse, q_abs, pool, f == MLA_KV_FP8, block_tables, max_pages, lens, B, n_h, scale,
                             plan, work, stream);
         return 0;

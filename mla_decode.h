@@ -23,9 +23,11 @@ extern "C" {
  *      memory, a uniform split of every sequence into n_split chunks of chunk_tiles tiles;
  *   1  mla_decode_pair.cu: CTAs of 16, 32 or 64 heads in warp pairs with the softmax in registers,
  *      token streams, and a balanced schedule: the batch's pages cut evenly over n_cta CTAs per head
- *      block (one wave), whatever the lengths.
+ *      block (one wave), whatever the lengths;
+ *   2  as 1, but the 64-head CTA (more than 32 heads) computes S = Q C^T with wgmma (Q and the
+ *      tiles in shared memory in wgmma's core-matrix layout); 16 and 32 heads run variant 1.
  * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 0. */
-#define MLA_DEC_VARIANTS 2
+#define MLA_DEC_VARIANTS 3
 
 /* How a batch is cut: heads_per_cta query heads share each loaded tile, head_blocks CTAs cover n_h.
  * Variant 0: every sequence's tiles are cut into n_split chunks of chunk_tiles tiles, one CTA per

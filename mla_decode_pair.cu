@@ -69,15 +69,18 @@
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-/* The shape of a CTA of NG head groups; shared memory [Q | rings | widened tiles | exchange | ints]. */
-template <int NG, bool FP8> struct Pair {
+/* The shape of a CTA of NG head groups; shared memory [Q | rings | widened tiles | exchange | ints].
+ * WG (variant 2, 64 heads only): BF16 tiles and Q in the core-matrix layout (tile_off), S by wgmma. */
+template <int NG, bool FP8, bool WG = false> struct Pair {
+    static_assert(!WG || NG == 4, "variant 2 is the 64-head CTA");
     static constexpr int H = 16 * NG, NS = 4 / NG, RS = NG == 1 ? 16 : 32, NT = RS / 8, ST = 64 * NG;
     static constexpr int RING = FP8 ? 2 : (NG == 4 ? 3 : 2); /* cp.async slots per stream */
     static constexpr int WIDE = FP8 ? (NG == 4 ? 2 : 1) : 0; /* widened BF16 tiles per stream */
     static constexpr int row_bytes = FP8 ? FP8_ROW : WIDTH * 2;
-    static constexpr int slot_row = FP8 ? FP8_ROW : ROW_PAD * 2;
-    static constexpr size_t slot = (size_t)RS * slot_row, wide = (size_t)RS * ROW_PAD * 2;
-    static constexpr size_t off_ring = (size_t)H * ROW_PAD * 2;
+    static constexpr int bf16_row = WG ? WIDTH * 2 : ROW_PAD * 2; /* bytes a BF16 row takes in shared memory */
+    static constexpr int slot_row = FP8 ? FP8_ROW : bf16_row;
+    static constexpr size_t slot = (size_t)RS * slot_row, wide = (size_t)RS * bf16_row;
+    static constexpr size_t off_ring = (size_t)H * bf16_row;
     static constexpr size_t off_wide = off_ring + NS * RING * slot;
     static constexpr size_t off_x = off_wide + NS * WIDE * wide;       /* [parity 2][warp 8][NT 4][lane] */
     static constexpr size_t off_sched = off_x + (size_t)2 * 8 * NT * 4 * 32 * 4;
@@ -87,6 +90,15 @@ template <int NG, bool FP8> struct Pair {
     static_assert((size_t)(NS - 1) * 2 * NG * (HALF_C / 8 * 4) * 32 * 4 <= off_x - off_ring, "merge space");
     static_assert((size_t)(NS - 1) * 2 * NG * 4 * 32 * 4 <= off_sched - off_x, "merge space");
 };
+
+/* Byte offset of element (row r, feature k) of a BF16 tile or of Q in shared memory: rows padded to
+ * ROW_PAD (variant 1), or 8 x 8 core matrices of 128 bytes, the 72 of a row-block adjacent
+ * (LBO 128), row-blocks CM_SBO apart (variant 2: wgmma's no-swizzle K-major layout, and still one
+ * ldmatrix matrix per core matrix, conflict-free). */
+#define CM_SBO (WIDTH / 8 * 128)  /* 9216 */
+template <bool WG> static __device__ __forceinline__ uint32_t tile_off(int r, int k) {
+    return WG ? (uint32_t)((r / 8) * CM_SBO + (k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2) : (uint32_t)((r * ROW_PAD + k) * 2);
+}
 
 /* ---- (G) the schedule -------------------------------------------------------------------------- */
 
@@ -136,27 +148,36 @@ static __device__ PairWork pair_schedule(const int *lens, int B, int cta, int n_
 
 /* Rows tok .. tok + RS - 1 of one sequence (inside one page) into a ring slot, by the stream's ST
  * threads; rows >= len are zeros. */
-template <int NG, bool FP8>
+template <int NG, bool FP8, bool WG = false>
 static __device__ __forceinline__ void pair_load(uint8_t *dst, const uint8_t *pool, const int32_t *table, int tok,
                                                  int len, int st_tid) {
-    using K = Pair<NG, FP8>;
+    using K = Pair<NG, FP8, WG>;
     constexpr int chunks = K::row_bytes / 16;
     const uint8_t *src = pool + ((size_t)table[tok / PAGE] * PAGE + tok % PAGE) * K::row_bytes;
-    for (int i = st_tid; i < K::RS * chunks; i += K::ST) {
-        int r = i / chunks, ch = i % chunks;
-        bool ok = tok + r < len;
-        cp_async16(dst + r * K::slot_row + ch * 16, ok ? src + (size_t)r * K::row_bytes + ch * 16 : pool, ok ? 16 : 0);
+    if constexpr (WG && !FP8) { /* core-matrix layout: 8 neighbouring threads fill one 128-byte core matrix */
+        for (int i = st_tid; i < K::RS * chunks; i += K::ST) {
+            int r = (i / (8 * chunks)) * 8 + i % 8, ch = (i / 8) % chunks;
+            bool ok = tok + r < len;
+            cp_async16(dst + tile_off<true>(r, ch * 8), ok ? src + (size_t)r * K::row_bytes + ch * 16 : pool, ok ? 16 : 0);
+        }
+    } else {
+        for (int i = st_tid; i < K::RS * chunks; i += K::ST) {
+            int r = i / chunks, ch = i % chunks;
+            bool ok = tok + r < len;
+            cp_async16(dst + r * K::slot_row + ch * 16, ok ? src + (size_t)r * K::row_bytes + ch * 16 : pool, ok ? 16 : 0);
+        }
     }
 }
 
 /* Raw FP8 rows -> BF16 rows (H): bf16(e4m3(code) * scale_group), k_pe copied; 8 codes a step. */
-template <int NG>
+template <int NG, bool WG = false>
 static __device__ __forceinline__ void pair_widen(__nv_bfloat16 *tile, const uint8_t *raw, int st_tid) {
-    using K = Pair<NG, true>;
+    using K = Pair<NG, true, WG>;
     static_assert(K::RS * (DC / 8) % K::ST == 0 && K::RS * (DR / 8) % K::ST == 0, "whole steps");
     #pragma unroll /* constant offsets, the loads of all steps issued together */
     for (int u = st_tid; u < K::RS * (DC / 8); u += K::ST) {
-        int r = u / (DC / 8), j = u % (DC / 8);
+        /* WG: 8 neighbouring threads take 8 rows of one chunk (one core matrix, conflict-free stores) */
+        int r = WG ? (u / (8 * (DC / 8))) * 8 + u % 8 : u / (DC / 8), j = WG ? (u / 8) % (DC / 8) : u % (DC / 8);
         const uint8_t *row = raw + (size_t)r * FP8_ROW;
         float scale = *(const float *)(row + DC + 4 * (j / 16));
         uint2 codes = *(const uint2 *)(row + 8 * j);
@@ -167,13 +188,14 @@ static __device__ __forceinline__ void pair_widen(__nv_bfloat16 *tile, const uin
             float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(c2[k], __NV_E4M3)));
             out[k] = pack_bf16(__fmul_rn(f.x, scale), __fmul_rn(f.y, scale));
         }
-        *(uint4 *)(tile + (size_t)r * ROW_PAD + 8 * j) = make_uint4(out[0], out[1], out[2], out[3]);
+        *(uint4 *)((uint8_t *)tile + tile_off<WG>(r, 8 * j)) = make_uint4(out[0], out[1], out[2], out[3]);
     }
     #pragma unroll
     for (int u = st_tid; u < K::RS * (DR / 8); u += K::ST) {
         int r = u / (DR / 8), j = u % (DR / 8);
-        *(uint4 *)(tile + (size_t)r * ROW_PAD + DC + 8 * j) = *(const uint4 *)(raw + (size_t)r * FP8_ROW + DC + 16 + 16 * j);
+        *(uint4 *)((uint8_t *)tile + tile_off<WG>(r, DC + 8 * j)) = *(const uint4 *)(raw + (size_t)r * FP8_ROW + DC + 16 + 16 * j);
     }
+    if (WG) fence_proxy_async(); /* wgmma reads these rows */
 }
 
 /* ---- (E) one tile of one pair ------------------------------------------------------------------ */
@@ -186,18 +208,39 @@ struct PairAcc {
 
 /* Tile rows tok .. tok + RS - 1 (BF16 rows in shared memory) into acc; q: the CTA's Q rows;
  * xb: this parity's exchange buffer [8 warps][NT * 4][32]. */
-template <int NG>
+template <int NG, bool WG = false>
 static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat16 *tile, const __nv_bfloat16 *q,
                                                  float *xb, int tok, int len, float scale_log2) {
     constexpr int NT = Pair<NG, false>::NT, RS = Pair<NG, false>::RS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, c = lane % 4;
-    const int pair = warp / 2, half = warp % 2, grp = pair % NG;
+    /* variant 1: warps 2p, 2p + 1 are pair p; variant 2: warps p, p + 4 (warpgroup = half) */
+    const int pair = WG ? warp % 4 : warp / 2, half = WG ? warp / 4 : warp % 2, grp = pair % NG;
+    const int partner = WG ? warp ^ 4 : warp ^ 1;
 
     /* S step: A = Q rows (matrices: rows 0-7 / 8-15 x k 0-7 / 8-15), B = tile rows = tokens
      * (matrices: tokens 0-7 k 0-7, tokens 0-7 k 8-15, tokens 8-15 k 0-7, tokens 8-15 k 8-15). */
     float s[NT][4];
     #pragma unroll
     for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    if constexpr (WG) {
+        /* variant 2: warpgroup `half` computes S_half [64 heads, 32 rows] over its 288 features in 18
+         * wgmma m64n32k16; warp w % 4 receives heads 16 (w % 4) .., i.e. its group's s[nt][i] */
+        static_assert(NT == 4, "m64n32");
+        float *d = &s[0][0];
+        #pragma unroll
+        for (int i = 0; i < 16; i++) reg_fence(d[i]);
+        wgmma_fence();
+        #pragma unroll
+        for (int ks = 0; ks < HALF_F / 16; ks++) {
+            const uint32_t k_off = (uint32_t)(half * (HALF_F / 8) + 2 * ks) * 128;
+            wgmma_m64n32k16(d, wgmma_desc((const uint8_t *)q + k_off, 128, CM_SBO),
+                            wgmma_desc((const uint8_t *)tile + k_off, 128, CM_SBO), ks > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        #pragma unroll
+        for (int i = 0; i < 16; i++) reg_fence(d[i]);
+    } else {
     const __nv_bfloat16 *qa = q + (size_t)(grp * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW_PAD + half * HALF_F + (lane / 16) * 8;
     const __nv_bfloat16 *kb = tile + (size_t)(lane % 8 + (lane / 16) * 8) * ROW_PAD + half * HALF_F + ((lane / 8) % 2) * 8;
     #pragma unroll
@@ -212,9 +255,10 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
             mma_bf16(s[2 * np + 1], a, bf[2], bf[3]);
         }
     }
+    }
 
     /* exchange: S = S_half0 + S_half1 in both warps */
-    float *mine = xb + (size_t)warp * NT * 4 * 32, *other = xb + (size_t)(warp ^ 1) * NT * 4 * 32;
+    float *mine = xb + (size_t)warp * NT * 4 * 32, *other = xb + (size_t)partner * NT * 4 * 32;
     #pragma unroll
     for (int nt = 0; nt < NT; nt++)
         #pragma unroll
@@ -271,10 +315,12 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
         uint32_t pa[4] = {pack_bf16(s[2 * j][0], s[2 * j][1]), pack_bf16(s[2 * j][2], s[2 * j][3]),
                           pack_bf16(s[2 * j + 1][0], s[2 * j + 1][1]), pack_bf16(s[2 * j + 1][2], s[2 * j + 1][3])};
         const __nv_bfloat16 *vb = tile + (size_t)(j * 16 + lane % 8 + ((lane / 8) % 2) * 8) * ROW_PAD + half * HALF_C + (lane / 16) * 8;
+        const uint8_t *vb_cm = (const uint8_t *)tile + tile_off<true>(j * 16 + lane % 8 + ((lane / 8) % 2) * 8, half * HALF_C + (lane / 16) * 8);
         #pragma unroll
         for (int np = 0; np < HALF_C / 16; np++) {
             uint32_t bf[4];
-            ldmatrix_x4_trans(bf, vb + np * 16);
+            if (WG) ldmatrix_x4_trans(bf, vb_cm + np * 2 * 128); /* 16 columns = two core matrices */
+            else ldmatrix_x4_trans(bf, vb + np * 16);
             mma_bf16(acc.o[2 * np], pa, bf[0], bf[1]);
             mma_bf16(acc.o[2 * np + 1], pa, bf[2], bf[3]);
         }
@@ -285,16 +331,16 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
 
 /* grid (head blocks, n_cta). o_part [n_part, n_h, 512], lse_part [n_part, n_h]: one record a
  * segment, n_part = n_cta + B (segments number at most n_cta + B - 1); meta [B, 2] = (fp_b, count_b). */
-template <int NG, bool FP8>
+template <int NG, bool FP8, bool WG>
 __global__ void __launch_bounds__(THREADS, 1)
 mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part, int *meta, const float *q_abs,
                        const uint8_t *pool, const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h,
                        float scale_log2) {
-    using K = Pair<NG, FP8>;
+    using K = Pair<NG, FP8, WG>;
     extern __shared__ __align__(16) uint8_t smem[];
     __nv_bfloat16 *q_s = (__nv_bfloat16 *)smem;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-    const int pair = warp / 2, half = warp % 2, grp = pair % NG, stream = pair / NG;
+    const int pair = WG ? warp % 4 : warp / 2, half = WG ? warp / 4 : warp % 2, grp = pair % NG, stream = pair / NG;
     const int st_tid = threadIdx.x - stream * K::ST, h0 = blockIdx.x * K::H, cta = blockIdx.y;
     uint8_t *ring = smem + K::off_ring + (size_t)stream * K::RING * K::slot;
     __nv_bfloat16 *wide = (__nv_bfloat16 *)(smem + K::off_wide + (size_t)stream * K::WIDE * K::wide);
@@ -315,14 +361,15 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
         __syncthreads(); /* the previous segment's readers of Q and of the rings are done */
         #pragma unroll
         for (int k = 0; k < (FP8 ? K::RING : K::RING - 1); k++) {
-            if (k < n_k) pair_load<NG, FP8>(ring + k * K::slot, pool, table, first + k * span, len, st_tid);
+            if (k < n_k) pair_load<NG, FP8, WG>(ring + k * K::slot, pool, table, first + k * span, len, st_tid);
             cp_async_commit();
         }
         for (int i = threadIdx.x; i < K::H * (WIDTH / 4); i += THREADS) { /* Q rows, BF16, zeros past n_h */
             int r = i / (WIDTH / 4), col = (i % (WIDTH / 4)) * 4, h = h0 + r;
             float4 v = h < n_h ? *(const float4 *)(q_abs + ((size_t)b * n_h + h) * WIDTH + col) : make_float4(0, 0, 0, 0);
-            *(uint2 *)(q_s + (size_t)r * ROW_PAD + col) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+            *(uint2 *)((uint8_t *)q_s + tile_off<WG>(r, col)) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
         }
+        if (WG) fence_proxy_async(); /* Q is read by wgmma */
         __syncthreads();
 
         PairAcc acc;
@@ -333,38 +380,39 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
         if constexpr (FP8 && K::WIDE == 2) { /* widen tile k + 1 while tile k is multiplied */
             cp_async_wait<K::RING - 1>();
             named_barrier(1 + stream, K::ST);
-            if (n_k > 0) pair_widen<NG>(wide, ring, st_tid);
+            if (n_k > 0) pair_widen<NG, WG>(wide, ring, st_tid);
             for (int k = 0; k < n_k; k++) {
                 cp_async_wait<K::RING - 2>(); /* raw tiles <= k + 1 have landed */
                 named_barrier(1 + stream, K::ST);
                 if (k + K::RING < n_k)
-                    pair_load<NG, FP8>(ring + (k % K::RING) * K::slot, pool, table, first + (k + K::RING) * span, len, st_tid);
+                    pair_load<NG, FP8, WG>(ring + (k % K::RING) * K::slot, pool, table, first + (k + K::RING) * span, len, st_tid);
                 cp_async_commit();
                 if (k + 1 < n_k)
-                    pair_widen<NG>(wide + ((k + 1) % 2) * (K::wide / 2), ring + ((k + 1) % K::RING) * K::slot, st_tid);
-                pair_tile<NG>(acc, wide + (k % 2) * (K::wide / 2), q_s, xb + (k % 2) * 8 * K::NT * 4 * 32,
+                    pair_widen<NG, WG>(wide + ((k + 1) % 2) * (K::wide / 2), ring + ((k + 1) % K::RING) * K::slot, st_tid);
+                pair_tile<NG, WG>(acc, wide + (k % 2) * (K::wide / 2), q_s, xb + (k % 2) * 8 * K::NT * 4 * 32,
                               first + k * span, len, scale_log2);
             }
         } else if constexpr (FP8) { /* one widened tile per stream */
             for (int k = 0; k < n_k; k++) {
                 cp_async_wait<K::RING - 1>(); /* raw tile k has landed */
                 named_barrier(1 + stream, K::ST);
-                pair_widen<NG>(wide, ring + (k % K::RING) * K::slot, st_tid);
+                pair_widen<NG, WG>(wide, ring + (k % K::RING) * K::slot, st_tid);
                 named_barrier(1 + stream, K::ST);
                 if (k + K::RING < n_k)
-                    pair_load<NG, FP8>(ring + (k % K::RING) * K::slot, pool, table, first + (k + K::RING) * span, len, st_tid);
+                    pair_load<NG, FP8, WG>(ring + (k % K::RING) * K::slot, pool, table, first + (k + K::RING) * span, len, st_tid);
                 cp_async_commit();
-                pair_tile<NG>(acc, wide, q_s, xb + (k % 2) * 8 * K::NT * 4 * 32, first + k * span, len, scale_log2);
+                pair_tile<NG, WG>(acc, wide, q_s, xb + (k % 2) * 8 * K::NT * 4 * 32, first + k * span, len, scale_log2);
             }
         } else {
             for (int k = 0; k < n_k; k++) {
                 cp_async_wait<K::RING - 2>(); /* tile k has landed */
+                if (WG) fence_proxy_async();  /* cp.async's rows are read by wgmma */
                 named_barrier(1 + stream, K::ST);
                 if (k + K::RING - 1 < n_k)
-                    pair_load<NG, FP8>(ring + ((k + K::RING - 1) % K::RING) * K::slot, pool, table,
+                    pair_load<NG, FP8, WG>(ring + ((k + K::RING - 1) % K::RING) * K::slot, pool, table,
                                        first + (k + K::RING - 1) * span, len, st_tid);
                 cp_async_commit();
-                pair_tile<NG>(acc, (const __nv_bfloat16 *)(ring + (k % K::RING) * K::slot), q_s,
+                pair_tile<NG, WG>(acc, (const __nv_bfloat16 *)(ring + (k % K::RING) * K::slot), q_s,
                               xb + (k % 2) * 8 * K::NT * 4 * 32, first + k * span, len, scale_log2);
             }
         }
@@ -484,21 +532,21 @@ void mla_decode_pair_plan(MlaDecodePlan *p, int B, int n_h, int max_len, int sms
     p->work_floats = n_part * n_h * (DC + 1) + 2 * (size_t)B;
 }
 
-template <int NG, bool FP8>
+template <int NG, bool FP8, bool WG>
 static void pair_launch(float *o, float *lse, float *work, const float *q, const void *pool, const int32_t *tables,
                         int max_pages, const int *lens, int B, int n_h, float scale_log2, const MlaDecodePlan *p,
                         cudaStream_t st) {
-    using K = Pair<NG, FP8>;
+    using K = Pair<NG, FP8, WG>;
     static bool attr = false;
     if (!attr) {
-        cudaCheck(cudaFuncSetAttribute(mla_decode_pair_kernel<NG, FP8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaCheck(cudaFuncSetAttribute(mla_decode_pair_kernel<NG, FP8, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int)K::total));
         attr = true;
     }
     size_t n_part = (size_t)p->n_cta + B;
     float *o_part = work, *lse_part = work + n_part * n_h * DC;
     int *meta = (int *)(lse_part + n_part * n_h);
-    mla_decode_pair_kernel<NG, FP8><<<dim3(p->head_blocks, p->n_cta), THREADS, K::total, st>>>(
+    mla_decode_pair_kernel<NG, FP8, WG><<<dim3(p->head_blocks, p->n_cta), THREADS, K::total, st>>>(
         o, lse, o_part, lse_part, meta, q, (const uint8_t *)pool, tables, max_pages, lens, B, n_h, scale_log2);
     cudaCheck(cudaGetLastError());
     mla_decode_pair_combine<<<dim3(n_h, B), DC / 4, 0, st>>>(o, lse, o_part, lse_part, meta, n_h);
@@ -510,11 +558,14 @@ void mla_decode_pair_run(float *o_lat, float *lse, const float *q_abs, const voi
                          const MlaDecodePlan *plan, float *work, void *stream) {
     cudaStream_t st = (cudaStream_t)stream;
     float sl = scale * LOG2E;
-#define PAIR_LAUNCH(NG, F8) pair_launch<NG, F8>(o_lat, lse, work, q_abs, pool, block_tables, max_pages, lens, B, n_h, sl, plan, st)
+#define PAIR_LAUNCH(NG, F8, WG) pair_launch<NG, F8, WG>(o_lat, lse, work, q_abs, pool, block_tables, max_pages, lens, B, n_h, sl, plan, st)
     switch (plan->heads_per_cta) {
-    case 16: fp8 ? PAIR_LAUNCH(1, true) : PAIR_LAUNCH(1, false); break;
-    case 32: fp8 ? PAIR_LAUNCH(2, true) : PAIR_LAUNCH(2, false); break;
-    default: fp8 ? PAIR_LAUNCH(4, true) : PAIR_LAUNCH(4, false); break;
+    case 16: fp8 ? PAIR_LAUNCH(1, true, false) : PAIR_LAUNCH(1, false, false); break;
+    case 32: fp8 ? PAIR_LAUNCH(2, true, false) : PAIR_LAUNCH(2, false, false); break;
+    default: /* 64 heads: variant 2 takes S through wgmma */
+        if (plan->variant == 2) fp8 ? PAIR_LAUNCH(4, true, true) : PAIR_LAUNCH(4, false, true);
+        else fp8 ? PAIR_LAUNCH(4, true, false) : PAIR_LAUNCH(4, false, false);
+        break;
     }
 #undef PAIR_LAUNCH
 }

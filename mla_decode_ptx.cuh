@@ -93,4 +93,36 @@ template <int A, int B, int C> static __device__ __forceinline__ void zero_frags
             for (int c = 0; c < C; c++) x[a][b][c] = 0.0f;
 }
 
+/* ---- wgmma (sm_90a's warpgroup MMA; mla_decode_pair.cu's variant 2) ------------------------------ *
+ * D [64 x N] (+)= A [64 x 16] . B [16 x N], both operands in shared memory, read by the tensor
+ * cores through descriptors, issued by the 4 warps of a warpgroup together and asynchronously.
+ * The layout used here is the "no swizzle" canonical one: 8 x 8 core matrices of 128 contiguous
+ * bytes (8 rows of 16 bytes, K contiguous in a row); LBO = bytes between core matrices adjacent in K,
+ * SBO = bytes between core matrices adjacent in M (or N). Descriptor bits: [0,14) address >> 4,
+ * [16,30) LBO >> 4, [32,46) SBO >> 4, [62,64) swizzle mode 0. The accumulator of warp w of the
+ * warpgroup is rows 16 w .. 16 w + 15 in the mma.sync D layout above, n8-block j in d[4j .. 4j + 3].
+ * Shared memory written by ordinary stores or cp.async must be fenced (fence.proxy.async) by the
+ * writers before a barrier that precedes the wgmma reading it. */
+static __device__ __forceinline__ uint64_t wgmma_desc(const void *p, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((smem_addr(p) & 0x3FFFF) >> 4) | ((uint64_t)(lbo >> 4) << 16) | ((uint64_t)(sbo >> 4) << 32);
+}
+static __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+static __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* Tell the compiler that r is (re)defined here: keeps accumulator uses after wgmma_wait. */
+static __device__ __forceinline__ void reg_fence(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+
+/* d [64 x 32] (+)= A . B over k16, accumulate = 0 overwrites; BF16 in, FP32 accumulate. */
+static __device__ __forceinline__ void wgmma_m64n32k16(float *d, uint64_t da, uint64_t db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+
 #endif

@@ -1,6 +1,7 @@
 /* tests/test_mla_decode.cu - mla_decode.cu's kernel against its C twin, mla_paged_decode_latent.
  *
  *   make mla-decode-test    (builds, then runs ./build/mla_decode/test_mla_decode; an sm_90 GPU)
+ *   ./build/mla_decode/test_mla_decode 0,1     (only variants 0 and 1)
  *
  * Random paged batches (ragged lengths around tile and page boundaries, length 1, pages shuffled
  * in the pool, 16, 20 and 128 heads, a batch that needs no split) in BF16 and FP8. q is drawn
@@ -18,7 +19,7 @@
 
 #include "mla_decode.h"
 
-static int failures = 0;
+static int failures = 0, run_variant[MLA_DEC_VARIANTS];
 static Rng rng;
 
 static double rel_err(const float *got, const float *want, size_t n) {
@@ -79,6 +80,7 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
     int max_len = 0;
     for (int b = 0; b < B; b++) max_len = lens[b] > max_len ? lens[b] : max_len;
     for (int v = 0; v < MLA_DEC_VARIANTS; v++) {
+        if (!run_variant[v]) continue;
         mla_paged_decode_latent_cuda_variant(o, want_lse ? l : NULL, q, &c, tables, max_pages, lens, B, n_h, scale, v);
         MlaDecodePlan p;
         mla_decode_plan_variant(&p, B, n_h, max_len, v);
@@ -97,7 +99,12 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
     free(tables); free(perm); free(row); free(q); free(o_ref); free(o); free(l_ref); free(l);
 }
 
-int main(void) {
+/* argv[1]: the variants to run, e.g. "0,1" (default all): a variant that faults takes the process
+ * down with it, so a new one can be run on its own first. */
+int main(int argc, char **argv) {
+    for (int v = 0; v < MLA_DEC_VARIANTS; v++) run_variant[v] = argc < 2;
+    for (const char *a = argc > 1 ? argv[1] : ""; *a; a++)
+        if (*a >= '0' && *a < '0' + MLA_DEC_VARIANTS) run_variant[*a - '0'] = 1;
     rng_seed(&rng, 1616);
     const int ragged[] = {1, 31, 32, 33, 63, 64, 65, 200, 1000, 4097};
     const int v3[] = {1, 64, 129, 2000};
