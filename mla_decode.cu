@@ -356,11 +356,11 @@ void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int 
     p->variant = variant == 1 || variant == 2 ? variant : 0;
 }
 
-/* MLA_DECODE_VARIANT, or 0 when unset or out of range. */
+/* MLA_DECODE_VARIANT, or MLA_DEC_DEFAULT_VARIANT when unset or out of range. */
 static int env_variant(void) {
     const char *v = getenv("MLA_DECODE_VARIANT");
-    int variant = v ? atoi(v) : 0;
-    return variant >= 0 && variant < MLA_DEC_VARIANTS ? variant : 0;
+    int variant = v ? atoi(v) : MLA_DEC_DEFAULT_VARIANT;
+    return variant >= 0 && variant < MLA_DEC_VARIANTS ? variant : MLA_DEC_DEFAULT_VARIANT;
 }
 
 void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len) {

@@ -26,8 +26,10 @@ extern "C" {
  *      block (one wave), whatever the lengths;
  *   2  as 1, but the 64-head CTA (more than 32 heads) computes S = Q C^T with wgmma (Q and the
  *      tiles in shared memory in wgmma's core-matrix layout); 16 and 32 heads run variant 1.
- * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 0. */
+ * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 1 (measured faster
+ * than 0 on every batch >= 64 shape, notes/mla_decode.md section 6; 2 is not yet measured). */
 #define MLA_DEC_VARIANTS 3
+#define MLA_DEC_DEFAULT_VARIANT 1
 
 /* How a batch is cut: heads_per_cta query heads share each loaded tile, head_blocks CTAs cover n_h.
  * Variant 0: every sequence's tiles are cut into n_split chunks of chunk_tiles tiles, one CTA per
@@ -42,7 +44,7 @@ typedef struct {
 } MlaDecodePlan;
 
 /* The plan for B sequences of at most max_len tokens and n_h heads on the current device, with the
- * variant of MLA_DECODE_VARIANT (0 when unset or out of range). */
+ * variant of MLA_DECODE_VARIANT (MLA_DEC_DEFAULT_VARIANT when unset or out of range). */
 void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len);
 /* The same with the variant given (0 .. MLA_DEC_VARIANTS - 1). */
 void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int variant);
