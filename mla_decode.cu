@@ -47,7 +47,9 @@
  *
  * FlashMLA (deepseek-ai/FlashMLA) organises the same computation with wgmma, 64 heads per CTA,
  * warp specialisation and a scheduler that balances ragged lengths; this kernel keeps mma.sync
- * and a uniform split to stay readable (notes/mla_decode.md compares them).
+ * and a uniform split to stay readable (notes/mla_decode.md compares them). It is variant 0;
+ * mla_decode_pair.cu is variant 1 (64 heads a CTA, the softmax in registers, a balanced
+ * schedule); mla_decode_plan picks one (MLA_DECODE_VARIANT).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -58,6 +60,7 @@
 #include <stdlib.h>
 
 #include "mla_decode.h"
+#include "mla_decode_ptx.cuh"
 
 #define DC MLA_DEC_DC
 #define DR MLA_DEC_DR
@@ -71,70 +74,6 @@
 #define SLICE 144              /* features per S-step warp: 576 / 4 */
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
-
-static void cuda_check(cudaError_t err, const char *file, int line) {
-    if (err != cudaSuccess) {
-        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(err));
-        exit(EXIT_FAILURE);
-    }
-}
-#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
-
-/* ---- the instructions ----------------------------------------------------------------------- */
-
-static __device__ __forceinline__ uint32_t smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared, asynchronous; src_bytes 0 writes 16 zero bytes and reads nothing. */
-static __device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-/* d [16 x 8] += a [16 x 16] . b [16 x 8]; BF16 in, FP32 accumulate. Fragments (g = lane / 4,
- * c = lane % 4): a = {A[g][2c..], A[g+8][2c..], A[g][2c+8..], A[g+8][2c+8..]}, b = {B[2c..][g],
- * B[2c+8..][g]}, d = {D[g][2c], D[g][2c+1], D[g+8][2c], D[g+8][2c+1]}; pairs low half first. */
-static __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-                 "{%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Four 8 x 8 BF16 matrices, transposed: lane L gives the address of row L % 8 of matrix L / 8. */
-static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-static __device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-static __device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* x = 0 for an array of MMA fragments held in registers (unrolled: constant indices keep it there). */
-template <int A, int B, int C> static __device__ __forceinline__ void zero_frags(float (&x)[A][B][C]) {
-    #pragma unroll
-    for (int a = 0; a < A; a++)
-        #pragma unroll
-        for (int b = 0; b < B; b++)
-            #pragma unroll
-            for (int c = 0; c < C; c++) x[a][b][c] = 0.0f;
-}
 
 /* ---- shared memory ---------------------------------------------------------------------------- */
 
@@ -394,9 +333,10 @@ static int device_sms(void) {
     return sms;
 }
 
-/* Chunks per sequence: enough CTAs for every SM to hold as many as fit (2 of 16 heads, 1 of 32),
- * and no chunk under 2 tiles (64 rows), where the fixed cost of a CTA and its merge would show. */
-void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len) {
+/* Variant 0's chunks per sequence: enough CTAs for every SM to hold as many as fit (2 of 16 heads,
+ * 1 of 32), and no chunk under 2 tiles (64 rows), where the fixed cost of a CTA and its merge would
+ * show. */
+static void plan_tiles(MlaDecodePlan *p, int B, int n_h, int max_len) {
     p->heads_per_cta = n_h <= 16 ? 16 : 32;
     p->head_blocks = (n_h + p->heads_per_cta - 1) / p->heads_per_cta;
     int per_sm = p->heads_per_cta == 16 ? 2 : 1, ctas = B * p->head_blocks;
@@ -407,6 +347,24 @@ void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len) {
     p->chunk_tiles = (max_tiles + n_split - 1) / n_split;
     p->n_split = (max_tiles + p->chunk_tiles - 1) / p->chunk_tiles;
     p->work_floats = p->n_split > 1 ? (size_t)B * p->n_split * n_h * (DC + 1) : 0;
+    p->n_cta = 0;
+}
+
+void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int variant) {
+    if (variant == 1 || variant == 2) mla_decode_pair_plan(p, B, n_h, max_len, device_sms());
+    else plan_tiles(p, B, n_h, max_len);
+    p->variant = variant == 1 || variant == 2 ? variant : 0;
+}
+
+/* MLA_DECODE_VARIANT, or MLA_DEC_DEFAULT_VARIANT when unset or out of range. */
+static int env_variant(void) {
+    const char *v = getenv("MLA_DECODE_VARIANT");
+    int variant = v ? atoi(v) : MLA_DEC_DEFAULT_VARIANT;
+    return variant >= 0 && variant < MLA_DEC_VARIANTS ? variant : MLA_DEC_DEFAULT_VARIANT;
+}
+
+void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len) {
+    mla_decode_plan_variant(p, B, n_h, max_len, env_variant());
 }
 
 template <int MT, bool FP8>
@@ -427,6 +385,11 @@ int mla_decode_cuda(float *o_lat, float *lse, const float *q_abs, const void *po
                     const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h,
                     float scale, const MlaDecodePlan *plan, float *work, void *stream) {
     if ((f != MLA_KV_BF16 && f != MLA_KV_FP8) || B <= 0 || n_h <= 0) return -1;
+    if (plan->variant == 1 || plan->variant == 2) {
+        mla_decode_pair_run(o_lat, lse, q_abs, pool, f == MLA_KV_FP8, block_tables, max_pages, lens, B, n_h, scale,
+                            plan, work, stream);
+        return 0;
+    }
     cudaStream_t st = (cudaStream_t)stream;
     int split = plan->n_split > 1;
     float *o_dst = split ? work : o_lat;
@@ -450,6 +413,13 @@ int mla_decode_cuda(float *o_lat, float *lse, const float *q_abs, const void *po
 void mla_paged_decode_latent_cuda(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
                                   const int32_t *block_tables, int max_pages, const int *lens, int B,
                                   int n_h, float scale) {
+    mla_paged_decode_latent_cuda_variant(o_lat, lse, q_abs, c, block_tables, max_pages, lens, B, n_h, scale,
+                                         env_variant());
+}
+
+void mla_paged_decode_latent_cuda_variant(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
+                                          const int32_t *block_tables, int max_pages, const int *lens, int B,
+                                          int n_h, float scale, int variant) {
     if (c->d_c != DC || c->d_R != DR) {
         fprintf(stderr, "mla_paged_decode_latent_cuda: the kernel is built for d_c %d, d_R %d (got %d, %d)\n", DC, DR,
                 c->d_c, c->d_R);
@@ -458,7 +428,7 @@ void mla_paged_decode_latent_cuda(float *o_lat, float *lse, const float *q_abs, 
     int max_len = 0;
     for (int i = 0; i < B; i++) max_len = lens[i] > max_len ? lens[i] : max_len;
     MlaDecodePlan plan;
-    mla_decode_plan(&plan, B, n_h, max_len);
+    mla_decode_plan_variant(&plan, B, n_h, max_len, variant);
     size_t pool_bytes = (size_t)c->n_pages * MLA_PAGE * c->row_bytes, n_o = (size_t)B * n_h * DC;
     void *d_pool;
     float *d_q, *d_o, *d_lse, *d_work = NULL;
@@ -476,6 +446,7 @@ void mla_paged_decode_latent_cuda(float *o_lat, float *lse, const float *q_abs, 
     cudaCheck(cudaMemcpy(d_tab, block_tables, sizeof(int32_t) * (size_t)B * max_pages, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(d_lens, lens, sizeof(int) * B, cudaMemcpyHostToDevice));
     cudaCheck(cudaMemset(d_o, 0xff, sizeof(float) * n_o)); /* NaN: every output must be written */
+    cudaCheck(cudaMemset(d_lse, 0xff, sizeof(float) * (size_t)B * n_h));
     if (mla_decode_cuda(d_o, d_lse, d_q, d_pool, c->format, d_tab, max_pages, d_lens, B, n_h, scale, &plan, d_work,
                         NULL)) {
         fprintf(stderr, "mla_paged_decode_latent_cuda: format %d is not on the GPU (bf16, fp8 are)\n", (int)c->format);

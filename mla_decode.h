@@ -18,16 +18,36 @@ extern "C" {
 #define MLA_DEC_DR 64
 #define MLA_DEC_TILE 32
 
-/* How a batch is cut: heads_per_cta query heads share each loaded tile; every sequence's tiles
- * are cut into n_split chunks of chunk_tiles tiles, one CTA per (head block, chunk, sequence).
- * work_floats: the scratch for the partial outputs and their log-sum-exps (0 when n_split is 1). */
+/* Kernel variants, all computing the same thing (notes/mla_decode.md section 6):
+ *   0  mla_decode.cu: CTAs of 16 or 32 heads x tiles of 32 rows, partial scores summed in shared
+ *      memory, a uniform split of every sequence into n_split chunks of chunk_tiles tiles;
+ *   1  mla_decode_pair.cu: CTAs of 16, 32 or 64 heads in warp pairs with the softmax in registers,
+ *      token streams, and a balanced schedule: the batch's pages cut evenly over n_cta CTAs per head
+ *      block (one wave), whatever the lengths;
+ *   2  as 1, but the 64-head CTA (more than 32 heads) computes S = Q C^T with wgmma (Q and the
+ *      tiles in shared memory in wgmma's core-matrix layout); 16 and 32 heads run variant 1.
+ * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 1 (measured faster
+ * than 0 on every batch >= 64 shape, notes/mla_decode.md section 6; 2 is not yet measured). */
+#define MLA_DEC_VARIANTS 3
+#define MLA_DEC_DEFAULT_VARIANT 1
+
+/* How a batch is cut: heads_per_cta query heads share each loaded tile, head_blocks CTAs cover n_h.
+ * Variant 0: every sequence's tiles are cut into n_split chunks of chunk_tiles tiles, one CTA per
+ * (head block, chunk, sequence). Variant 1: n_cta CTAs per head block share the batch's pages;
+ * n_split is the partial records per segment (its token streams), chunk_tiles 0.
+ * work_floats: the scratch for the partial outputs, their log-sum-exps and (variant 1) the
+ * schedule's per-sequence counts (0 when variant 0 needs no split). */
 typedef struct {
     int heads_per_cta, head_blocks, n_split, chunk_tiles;
     size_t work_floats;
+    int variant, n_cta;
 } MlaDecodePlan;
 
-/* The plan for B sequences of at most max_len tokens and n_h heads on the current device. */
+/* The plan for B sequences of at most max_len tokens and n_h heads on the current device, with the
+ * variant of MLA_DECODE_VARIANT (MLA_DEC_DEFAULT_VARIANT when unset or out of range). */
 void mla_decode_plan(MlaDecodePlan *p, int B, int n_h, int max_len);
+/* The same with the variant given (0 .. MLA_DEC_VARIANTS - 1). */
+void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int variant);
 
 /* Device pointers. o_lat [B, n_h, 512] FP32, lse [B, n_h] (natural log; may be NULL);
  * q_abs [B, n_h, 576] FP32 (rounded to BF16 by the kernel); pool: the cache's pages
@@ -39,10 +59,22 @@ int mla_decode_cuda(float *o_lat, float *lse, const float *q_abs, const void *po
                     float scale, const MlaDecodePlan *plan, float *work, void *stream);
 
 /* The drop-in twin of mla_paged_decode_latent on host pointers (copies in, runs, copies out;
- * lse may be NULL). CUDA errors print and exit, as kernels.cu's launchers. */
+ * lse may be NULL), with mla_decode_plan's variant. CUDA errors print and exit, as kernels.cu's
+ * launchers. */
 void mla_paged_decode_latent_cuda(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
                                   const int32_t *block_tables, int max_pages, const int *lens, int B,
                                   int n_h, float scale);
+/* The same with the variant given (the test runs each). */
+void mla_paged_decode_latent_cuda_variant(float *o_lat, float *lse, const float *q_abs, const MlaPagedCache *c,
+                                          const int32_t *block_tables, int max_pages, const int *lens, int B,
+                                          int n_h, float scale, int variant);
+
+/* Variant 1's own plan and launch (mla_decode_pair.cu; mla_decode_cuda calls them). fp8: the FP8
+ * format, else BF16; sms: the device's multiprocessors. */
+void mla_decode_pair_plan(MlaDecodePlan *p, int B, int n_h, int max_len, int sms);
+void mla_decode_pair_run(float *o_lat, float *lse, const float *q_abs, const void *pool, int fp8,
+                         const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h, float scale,
+                         const MlaDecodePlan *plan, float *work, void *stream);
 
 #ifdef __cplusplus
 }

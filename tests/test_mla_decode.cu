@@ -1,12 +1,15 @@
 /* tests/test_mla_decode.cu - mla_decode.cu's kernel against its C twin, mla_paged_decode_latent.
  *
  *   make mla-decode-test    (builds, then runs ./build/mla_decode/test_mla_decode; an sm_90 GPU)
+ *   ./build/mla_decode/test_mla_decode 0,1     (only variants 0 and 1)
  *
  * Random paged batches (ragged lengths around tile and page boundaries, length 1, pages shuffled
  * in the pool, 16, 20 and 128 heads, a batch that needs no split) in BF16 and FP8. q is drawn
  * BF16-exact, so what separates the two is the kernel's own rounding (p in BF16, FP8 values
- * widened to BF16) and its summation order. One line per case: OK/NOT OK, o_lat's
- * max|gpu - cpu| / max|cpu| and lse's max|gpu - cpu|, against the tolerances below.
+ * widened to BF16) and its summation order. Every case runs through every kernel variant
+ * (mla_decode.h; MLA_DECODE_VARIANT does not apply here), one line each: OK/NOT OK, o_lat's
+ * max|gpu - cpu| / max|cpu| and lse's max|gpu - cpu|, against the tolerances below. The last cases
+ * (many short sequences, 32, 48 and 64 heads) are for variant 1's schedule and head groups.
  * Not a cmocka test (the Makefile's tests/test_*.c glob does not see a .cu file).
  */
 #include <math.h>
@@ -16,7 +19,7 @@
 
 #include "mla_decode.h"
 
-static int failures = 0;
+static int failures = 0, run_variant[MLA_DEC_VARIANTS];
 static Rng rng;
 
 static double rel_err(const float *got, const float *want, size_t n) {
@@ -74,36 +77,52 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
     float *l_ref = (float *)malloc(sizeof(float) * nl), *l = (float *)malloc(sizeof(float) * nl);
     float scale = 0.0722f; /* 192^-0.5, V3's softmax scale before YaRN's mscale */
     mla_paged_decode_latent(o_ref, l_ref, q, &c, tables, max_pages, lens, B, n_h, scale, NULL);
-    mla_paged_decode_latent_cuda(o, want_lse ? l : NULL, q, &c, tables, max_pages, lens, B, n_h, scale);
     int max_len = 0;
     for (int b = 0; b < B; b++) max_len = lens[b] > max_len ? lens[b] : max_len;
-    MlaDecodePlan p;
-    mla_decode_plan(&p, B, n_h, max_len);
-    double eo = rel_err(o, o_ref, no), el = want_lse ? abs_err(l, l_ref, nl) : 0;
-    int ok = eo <= TOL_O[f] && el <= TOL_LSE[f];
-    failures += !ok;
-    printf("%s %-4s heads %3d, B %3d, lengths %d..%d, %2d chunks of %3d tiles: o_lat rel err %.2e (tol %.0e)  "
-           "lse abs err %.2e (tol %.0e)%s\n",
-           ok ? "OK    " : "NOT OK", mla_kv_format_name(f), n_h, B, lens[0], max_len, p.n_split, p.chunk_tiles, eo,
-           TOL_O[f], el, TOL_LSE[f], want_lse ? "" : " (lse not asked)");
+    for (int v = 0; v < MLA_DEC_VARIANTS; v++) {
+        if (!run_variant[v]) continue;
+        mla_paged_decode_latent_cuda_variant(o, want_lse ? l : NULL, q, &c, tables, max_pages, lens, B, n_h, scale, v);
+        MlaDecodePlan p;
+        mla_decode_plan_variant(&p, B, n_h, max_len, v);
+        double eo = rel_err(o, o_ref, no), el = want_lse ? abs_err(l, l_ref, nl) : 0;
+        int ok = eo <= TOL_O[f] && el <= TOL_LSE[f];
+        failures += !ok;
+        char cut[64];
+        if (v == 0) snprintf(cut, sizeof cut, "%2d chunks of %3d tiles", p.n_split, p.chunk_tiles);
+        else snprintf(cut, sizeof cut, "%3d CTAs x %d heads   ", p.n_cta, p.heads_per_cta);
+        printf("%s v%d %-4s heads %3d, B %3d, lengths %d..%d, %s: o_lat rel err %.2e (tol %.0e)  "
+               "lse abs err %.2e (tol %.0e)%s\n",
+               ok ? "OK    " : "NOT OK", v, mla_kv_format_name(f), n_h, B, lens[0], max_len, cut, eo, TOL_O[f], el,
+               TOL_LSE[f], want_lse ? "" : " (lse not asked)");
+    }
     mla_paged_free(&c);
     free(tables); free(perm); free(row); free(q); free(o_ref); free(o); free(l_ref); free(l);
 }
 
-int main(void) {
+/* argv[1]: the variants to run, e.g. "0,1" (default all): a variant that faults takes the process
+ * down with it, so a new one can be run on its own first. */
+int main(int argc, char **argv) {
+    for (int v = 0; v < MLA_DEC_VARIANTS; v++) run_variant[v] = argc < 2;
+    for (const char *a = argc > 1 ? argv[1] : ""; *a; a++)
+        if (*a >= '0' && *a < '0' + MLA_DEC_VARIANTS) run_variant[*a - '0'] = 1;
     rng_seed(&rng, 1616);
     const int ragged[] = {1, 31, 32, 33, 63, 64, 65, 200, 1000, 4097};
     const int v3[] = {1, 64, 129, 2000};
     const int pad[] = {5, 300};
     const int short_[] = {1, 40, 64};
-    int many[64];
+    int many[64], tiny[300], pages[6] = {64, 128, 64, 192, 65, 63};
     for (int i = 0; i < 64; i++) many[i] = 1 + (int)(rng_next(&rng) % 3000);
+    for (int i = 0; i < 300; i++) tiny[i] = 1 + (int)(rng_next(&rng) % 200);
     for (int f = MLA_KV_BF16; f <= MLA_KV_FP8; f++) {
         run_case((MlaKvFormat)f, 16, ragged, 10, 1);
         run_case((MlaKvFormat)f, 128, v3, 4, 1);
         run_case((MlaKvFormat)f, 20, pad, 2, 1);
         run_case((MlaKvFormat)f, 16, short_, 3, 0);
         run_case((MlaKvFormat)f, 16, many, 64, 1);
+        run_case((MlaKvFormat)f, 16, tiny, 300, 1);
+        run_case((MlaKvFormat)f, 32, pages, 6, 1);
+        run_case((MlaKvFormat)f, 48, v3, 4, 1);
+        run_case((MlaKvFormat)f, 64, tiny, 40, 1);
     }
     printf(failures ? "%d case(s) NOT OK\n" : "all cases OK\n", failures);
     return failures != 0;
