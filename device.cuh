@@ -70,7 +70,7 @@ struct Dev {
     int *step_in;    /* [1 + max_T]: the position, then the tokens of the call (device copies) */
     int *host_in;    /* the same on the host */
     int *idx, *tok, *next;
-    void *argmax_scratch; /* ARGMAX_SCRATCH bytes, zero between calls (model.cu's argmax_kernel) */
+    void *argmax_scratch; /* ARGMAX_SCRATCH bytes, zero between calls (ops.cu's argmax_kernel) */
     cudaGraphExec_t step_graph; /* one decode step (T = 1 to the argmax), recorded once, replayed */
     int graph_off;              /* DSV3_CUDA_GRAPH=0: launch the kernels one by one */
     int gemv_rows;              /* DSV3_GEMV_ROWS: rows per warp of the decode GEMVs (0: gemv_rows_per_warp's) */
@@ -296,7 +296,7 @@ void branch_fork(Dev *d);
 void branch_unfork(Dev *d);
 void branch_join(Dev *d);
 
-/* model.cu (embed_rows_kernel launched as model.cu does, <<<T, THREADS>>>, and argmax_cuda_dev;
+/* model.cu (embed_rows_kernel launched as model.cu does, <<<T, THREADS>>>) and ops.cu (argmax_cuda_dev;
  * declared here for tests/test_forward_twins.cu). argmax's scratch: ARGMAX_SCRATCH bytes, zeroed once. */
 #define ARGMAX_BLOCKS 128
 #define ARGMAX_SCRATCH (ARGMAX_BLOCKS * (sizeof(float) + sizeof(int)) + sizeof(unsigned))

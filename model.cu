@@ -4,11 +4,16 @@
  * The device forward is one .cu beside each C file it mirrors (device.cuh has what they share), and
  * reads in model.c's order; each step is the device twin of a C function (name + _cuda):
  *   embed gather (tensor_rows_f32)   -> embed_rows_kernel (here)
- *   rmsnorm                           -> rmsnorm_kernel (kernels.cu, strided rows)
- *   mla_query / mla_latent            -> mla_query_cuda / mla_latent_cuda (mla.cu; the latent written
- *                                        straight into the cache row, normed and rotated in place there)
- *   rope_rotate                       -> rope_rotate_kernel (kernels.cu, all T tokens in one launch)
- *   mla_attend_absorbed               -> mla_attend_absorbed_kernel (kernels.cu; kv_b widened to FP32
+ *   rmsnorm                           -> rmsnorm_kernel (kernels.cu, strided rows); in the decode step
+ *                                        folded into the GEMV after it (ops.cu's matmul_normed_cuda)
+ *   mla_query / mla_latent            -> mla_query_cuda / mla_latent_cuda (mla.cu); the forward's
+ *                                        latent: mla_latent_store_cuda (kv_a's GEMV, then the norm,
+ *                                        the rope key's rotation and the cache store in one kernel)
+ *   rope_rotate                       -> rope_rotate_kernel (kernels.cu, all T tokens in one launch);
+ *                                        in decode the query's rope rides on the absorb launch
+ *   mla_attend_absorbed               -> decode (T <= SMALL_BATCH): mla_attend_absorbed_decode_cuda
+ *                                        (mla.cu: absorb, split-KV chunks, merge + W_UV); prefill:
+ *                                        mla_attend_absorbed_kernel (kernels.cu; kv_b widened to FP32
  *                                        once at upload, as the C code widens it per call)
  *   mla_attend_naive                  -> mla_attend_naive_cuda (mla.cu: cuBLAS, the C code's products)
  *   matmul                            -> matmul_cuda (ops.cu): n <= SMALL_BATCH a GEMV kernel of ours
@@ -22,9 +27,13 @@
  *                                        comes back to the host to size the groups)
  *   ffn_swiglu                        -> ffn_swiglu_cuda (moe.cu)
  *   final norm, lm_head, MTP module   -> model_forward_device / mtp_forward_device (here)
+ *   argmax                            -> argmax_cuda_dev (ops.cu, over blocks)
+ * A decode step (T = 1 to its argmax) is recorded once as a CUDA graph and replayed, in two branches
+ * where its work is independent (record_step_graph, branch_fork / branch_join).
  * Activations are FP32, as in C: logits agree with the C forward to ~1e-6 relative (notes/cuda.md).
  * Where the order of a sum differs from C: GEMV dot products are 32 lane partials and a butterfly
- * (C: dot_f32's 8 lanes); cuBLAS picks its own order; the MoE sum is in expert order as in moe.c.
+ * (C: dot_f32's 8 lanes), FP8 ones a 16-code chunk's sum times its block scale (C's decode kernel:
+ * a 128-block's); cuBLAS picks its own order; the MoE sum is in expert order as in moe.c.
  * Batch invariance (ops.h) holds here too: for T <= SMALL_BATCH a token's numbers never depend on
  * the other tokens of the call, so --mtp greedy equals plain greedy on the device bit for bit.
  * Errors (CUDA, cuBLAS, out of memory) come back as -1 with Error, never an exit.
@@ -202,68 +211,6 @@ static int forward_chunk_cuda(Dev *d, const Model *m, int T, int pos, AttnForm f
     else rmsnorm_cuda_dev(d->h, d->x, d->final_norm, T, dim, dim, dim, c->rms_norm_eps);
     if (d->hidden) store_rows_kernel<<<T, THREADS>>>(d->hidden, d->h, dim, d->step_in);
     return 0;
-}
-
-/* argmax (ops.c) of logits [n]: the largest value, the first index on ties; NaN as argmax compares
- * (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). ARGMAX_BLOCKS
- * blocks each take a contiguous slice and leave their (value, index) in scratch; the last block to
- * finish (a ticket counter, zero between calls: that block resets it) reduces the partials. The rule
- * (larger value, else smaller index) is a total order on the candidates, so the answer is the
- * one-block kernel's whatever the order the partials meet in. */
-static __device__ __forceinline__ bool argmax_better(float ov, int oi, float v, int best) {
-    return oi >= 0 && (best < 0 || ov > v || (ov == v && oi < best));
-}
-
-__global__ void argmax_kernel(int *out, const float *x, int n, void *scratch) {
-    float *part_v = (float *)scratch;
-    int *part_i = (int *)(part_v + ARGMAX_BLOCKS);
-    unsigned *ticket = (unsigned *)(part_i + ARGMAX_BLOCKS);
-    __shared__ float bv[32];
-    __shared__ int bi[32];
-    __shared__ int is_last;
-    int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = min(lo + per, n);
-    float v = -INFINITY;
-    int best = -1;
-#pragma unroll 4 /* loads in flight; each thread still compares its elements in index order */
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
-        if (!isnan(x[i]) && (best < 0 || x[i] > v)) { v = x[i]; best = i; } /* argmax passes over NaN */
-    for (int off = 16; off > 0; off /= 2) {
-        float ov = __shfl_xor_sync(FULL_MASK, v, off);
-        int oi = __shfl_xor_sync(FULL_MASK, best, off);
-        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
-    }
-    if (threadIdx.x % 32 == 0) { bv[threadIdx.x / 32] = v; bi[threadIdx.x / 32] = best; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int w = 1; w < (int)blockDim.x / 32; w++)
-            if (argmax_better(bv[w], bi[w], v, best)) { v = bv[w]; best = bi[w]; }
-        part_v[blockIdx.x] = v;
-        part_i[blockIdx.x] = best;
-        __threadfence(); /* the partial is visible before the ticket says so */
-        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-    }
-    __syncthreads();
-    if (!is_last || threadIdx.x >= 32) return;
-    v = -INFINITY;
-    best = -1;
-    for (int b = threadIdx.x; b < (int)gridDim.x; b += 32) {
-        float ov = __ldcg(part_v + b); /* from L2: another SM wrote it */
-        int oi = __ldcg(part_i + b);
-        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
-    }
-    for (int off = 16; off > 0; off /= 2) {
-        float ov = __shfl_xor_sync(FULL_MASK, v, off);
-        int oi = __shfl_xor_sync(FULL_MASK, best, off);
-        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
-    }
-    if (threadIdx.x == 0) {
-        *out = best < 0 || isnan(x[0]) ? 0 : best; /* as argmax: a NaN at index 0 is never beaten; all NaN: 0 */
-        *ticket = 0;
-    }
-}
-
-void argmax_cuda_dev(int *out, const float *x, int n, void *scratch) {
-    argmax_kernel<<<ARGMAX_BLOCKS, THREADS>>>(out, x, n, scratch);
 }
 
 /* One decode step (T = 1) to its logits and argmax, recorded once as a CUDA graph (stream capture of the very

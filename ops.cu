@@ -1,6 +1,7 @@
 /* ops.cu - ops.c's matmul on the GPU: a stored weight widened exactly (tensor_rows_f32), the GEMV
  * of decode (n <= SMALL_BATCH) reading BF16 / FP8 / F32 directly with FP32 accumulation, and for
- * larger n the tile-wise widening to FP32 and cublasSgemm (CUBLAS_DEFAULT_MATH: no TF32). */
+ * larger n the tile-wise widening to FP32 and cublasSgemm (CUBLAS_DEFAULT_MATH: no TF32); the decode
+ * GEMV with its input norm fused (small GEMVs of the decode step); and ops.c's argmax over blocks. */
 #include "device.cuh"
 
 /* tensor_rows_f32 (ops.c): rows [r0, r0+n) of W into out [n, cols] as FP32. A thread per element. */
@@ -148,4 +149,68 @@ void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, 
         blas_check(d, cublasSgemm(d->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, W.cols, &one, d->widen, W.cols, x, W.cols,
                                   &beta, out + r0, W.rows));
     }
+}
+
+/* ---- argmax (ops.c) ----------------------------------------------------------------------------- */
+
+/* argmax (ops.c) of logits [n]: the largest value, the first index on ties; NaN as argmax compares
+ * (x[i] > x[best] never holds for a NaN: a NaN at index 0 wins, any other loses). ARGMAX_BLOCKS
+ * blocks each take a contiguous slice and leave their (value, index) in scratch; the last block to
+ * finish (a ticket counter, zero between calls: that block resets it) reduces the partials. The rule
+ * (larger value, else smaller index) is a total order on the candidates, so the answer is the
+ * one-block kernel's whatever the order the partials meet in. */
+static __device__ __forceinline__ bool argmax_better(float ov, int oi, float v, int best) {
+    return oi >= 0 && (best < 0 || ov > v || (ov == v && oi < best));
+}
+
+__global__ void argmax_kernel(int *out, const float *x, int n, void *scratch) {
+    float *part_v = (float *)scratch;
+    int *part_i = (int *)(part_v + ARGMAX_BLOCKS);
+    unsigned *ticket = (unsigned *)(part_i + ARGMAX_BLOCKS);
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    __shared__ int is_last;
+    int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per, hi = min(lo + per, n);
+    float v = -INFINITY;
+    int best = -1;
+#pragma unroll 4 /* loads in flight; each thread still compares its elements in index order */
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x)
+        if (!isnan(x[i]) && (best < 0 || x[i] > v)) { v = x[i]; best = i; } /* argmax passes over NaN */
+    for (int off = 16; off > 0; off /= 2) {
+        float ov = __shfl_xor_sync(FULL_MASK, v, off);
+        int oi = __shfl_xor_sync(FULL_MASK, best, off);
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
+    }
+    if (threadIdx.x % 32 == 0) { bv[threadIdx.x / 32] = v; bi[threadIdx.x / 32] = best; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)blockDim.x / 32; w++)
+            if (argmax_better(bv[w], bi[w], v, best)) { v = bv[w]; best = bi[w]; }
+        part_v[blockIdx.x] = v;
+        part_i[blockIdx.x] = best;
+        __threadfence(); /* the partial is visible before the ticket says so */
+        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last || threadIdx.x >= 32) return;
+    v = -INFINITY;
+    best = -1;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += 32) {
+        float ov = __ldcg(part_v + b); /* from L2: another SM wrote it */
+        int oi = __ldcg(part_i + b);
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
+    }
+    for (int off = 16; off > 0; off /= 2) {
+        float ov = __shfl_xor_sync(FULL_MASK, v, off);
+        int oi = __shfl_xor_sync(FULL_MASK, best, off);
+        if (argmax_better(ov, oi, v, best)) { v = ov; best = oi; }
+    }
+    if (threadIdx.x == 0) {
+        *out = best < 0 || isnan(x[0]) ? 0 : best; /* as argmax: a NaN at index 0 is never beaten; all NaN: 0 */
+        *ticket = 0;
+    }
+}
+
+void argmax_cuda_dev(int *out, const float *x, int n, void *scratch) {
+    argmax_kernel<<<ARGMAX_BLOCKS, THREADS>>>(out, x, n, scratch);
 }

@@ -332,7 +332,7 @@ static void test_mla_naive(void) {
     }
 }
 
-/* argmax_kernel (model.cu) on x [n], launched as the forward does (argmax_cuda_dev). */
+/* argmax_kernel (ops.cu) on x [n], launched as the forward does (argmax_cuda_dev). */
 static void argmax_case(Dev *dv, const char *what, const float *x, int n) {
     const float *dx = twin_up(dv, x, (size_t)n);
     int *dout = (int *)twin_alloc(dv, NULL, sizeof(int)); /* -1 until written */
