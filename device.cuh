@@ -185,16 +185,16 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
 /* x in shared memory, padded: element c at x_padded(c), 4 floats of gap after every 16. A lane's 16
  * consecutive values (one FP8 chunk) then start 80 bytes after the previous lane's, so the eight
  * lanes of a 128-byte shared-memory wavefront hit distinct banks; unpadded (64 bytes apart) they
- * collide, and from global memory each float4 of x touches 16 cache lines a warp: the FP8 GEMV was
- * bound by these x reads (notes/cuda.md, section 10). stage_x_padded: the block copies x [cols]. */
+ * collide, and from global memory each float4 of x touches 16 cache lines a warp: at one row a
+ * warp the FP8 GEMV is bound by these x reads (1.2-1.4 -> 1.9 TB/s padded; notes/cuda.md, section
+ * 10, also shows it does not pay at 2 or 4 rows a warp). stage_x_padded: the block copies x [cols]. */
 static __device__ __forceinline__ int x_padded(int c) { return c + (c >> 4) * 4; }
 static inline size_t x_padded_bytes(int cols) { return sizeof(float) * ((size_t)cols + (size_t)(cols + 15) / 16 * 4); }
 static __device__ __forceinline__ void stage_x_padded(float *xs, const float *x, int cols) {
     for (int i = threadIdx.x; i < cols; i += blockDim.x) xs[x_padded(i)] = x[i];
     __syncthreads();
 }
-/* Whether the T = 1 GEMVs of DT stage x so (FP8, x of at most 48 KB padded, DSV3_GEMV_XS not 0). */
-#define GEMV_XS_MAX_BYTES (48 * 1024)
+#define GEMV_XS_MAX_BYTES (48 * 1024) /* gemv_xs: padded x up to the shared memory a block gets unasked */
 
 /* The dot products of NR rows with x_t [cols] for t < n (n <= SMALL_BATCH), by one warp: row k is
  * row rs[k] of *Ws[k] (all of one dtype DT and width cols). Lane l takes the CW-column chunks l,
@@ -270,7 +270,8 @@ static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W,
 
 /* Rows per warp for a GEMV of `rows` outputs: more rows a warp (more loads in flight, x read once
  * for them) while the grid still fills the GPU's SMs twice over with warps of 8 per block.
- * DSV3_GEMV_ROWS=1|2|4 fixes it (tests/cuda_bench.sh compares them). */
+ * DSV3_GEMV_ROWS=1|2|4 fixes it (notes/cuda.md, section 10, compares them). */
+/* Whether the T = 1 GEMVs of dt stage x padded: FP8, x of at most 48 KB padded, DSV3_GEMV_XS not 0. */
 static inline bool gemv_xs(const Dev *d, DType dt, int cols) {
     return (dt == DT_F8_E4M3 || dt == DT_F8_E5M2) && !d->xs_off && x_padded_bytes(cols) <= GEMV_XS_MAX_BYTES;
 }
