@@ -291,10 +291,10 @@ build/cuda/test_forward_twins: tests/test_forward_twins.cu tests/rel_err.h tests
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
 build/cuda/test_golden_cuda: tests/test_golden_cuda.cu tests/rel_err.h tests/twin_dev.cuh $(CUDA_HDRS) $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
 	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.h %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
-build/cuda/bench_fp8_gemv: tests/bench_fp8_gemv.cu $(CUDA_HDRS)
+build/cuda/bench_fp8_gemv: tests/bench_fp8_gemv.cu tests/copy_bandwidth.cuh $(CUDA_HDRS)
 	$(NVCC) $(NVCCFLAGS) -I. -o $@ $<
-build/cuda/bench_device: tests/bench_device.cu $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
-	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $<,$^) -lcublas $(PKG_LIBS) -lgomp
+build/cuda/bench_device: tests/bench_device.cu tests/copy_bandwidth.cuh $(CUDA_LIB_OBJS) build/cuda/kernels.o $(CUDA_FWD)
+	$(NVCC) $(NVCC_ALL) -I. $(PKG_CFLAGS) -o $@ $< $(filter-out $< %.cuh,$^) -lcublas $(PKG_LIBS) -lgomp
 
 cuda:
 	@echo "cuda: $(NVCC), OpenBLAS $(if $(CUDA_BLAS_OBJ),not found: the naive CBLAS of tests/cblas_shim,found)"

@@ -260,6 +260,14 @@ static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const De
             if (t < n) acc[k][t] = warp_sum(acc[k][t]); /* n is the same for the whole warp */
 }
 
+/* Rows r0 .. r0 + NR - 1 of W for warp_dots_rows, those past the end as the last row again (the
+ * callers compute them and do not write them). */
+template <int NR>
+static __device__ __forceinline__ void rows_of(const DevTensor **Ws, int *rs, const DevTensor &W, int r0) {
+#pragma unroll
+    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+}
+
 /* One row: warp_dots_rows with NR = 1. */
 template <int DT>
 static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,

@@ -118,8 +118,7 @@ __global__ void moe_down_kernel(float *y, const float *moe_h, const DevFfn *expe
     if (i0 >= d) return;
     const DevTensor *Ws[NR];
     int rs[NR];
-#pragma unroll
-    for (int k = 0; k < NR; k++) { Ws[k] = &f.down; rs[k] = min(i0 + k, d - 1); }
+    rows_of<NR>(Ws, rs, f.down, i0);
     float acc[NR][1];
     warp_dots_rows<DT, NR, 1, XS>(acc, Ws, rs, XS ? xs : xt, 1, f.down.cols);
     if (threadIdx.x % 32 == 0)

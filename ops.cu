@@ -22,8 +22,7 @@ __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int 
     if (r0 >= W.rows) return;
     const DevTensor *Ws[NR];
     int rs[NR];
-#pragma unroll
-    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    rows_of<NR>(Ws, rs, W, r0);
     float acc[NR][TN];
     warp_dots_rows<DT, NR, TN, XS>(acc, Ws, rs, XS ? xs : x, n, W.cols);
     if (threadIdx.x % 32 == 0)
@@ -72,8 +71,7 @@ __global__ void matmul_normed_gemv_kernel(float *out, float *h, const float *x, 
     if (r0 >= W.rows) return;
     const DevTensor *Ws[NR];
     int rs[NR];
-#pragma unroll
-    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    rows_of<NR>(Ws, rs, W, r0);
     float acc[NR][1];
     warp_dots_rows<DT, NR, 1>(acc, Ws, rs, xs, 1, W.cols);
     if (threadIdx.x % 32 == 0)

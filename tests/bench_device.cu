@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "copy_bandwidth.cuh"
+
 extern "C" {
 #include "bench.h"
 #include "device.h"
@@ -39,24 +41,8 @@ int main(int argc, char **argv) {
     die_on(model_load(&m, dir, &e), &e);
     int V = m.cfg.vocab_size;
 
-    /* the copy bandwidth: 1 GiB device to device, 10 copies timed with events */
-    size_t bytes = (size_t)1 << 30;
-    void *src, *dst;
-    if (cudaMalloc(&src, bytes) || cudaMalloc(&dst, bytes)) { fprintf(stderr, "bench_device: no device memory\n"); return 1; }
-    cudaMemset(src, 1, bytes);
-    cudaEvent_t t0, t1;
-    cudaEventCreate(&t0);
-    cudaEventCreate(&t1);
-    cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(t0);
-    for (int i = 0; i < 10; i++) cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(t1);
-    cudaEventSynchronize(t1);
-    float ms;
-    cudaEventElapsedTime(&ms, t0, t1);
-    double bw = 2.0 * bytes * 10 / (ms * 1e-3);
-    cudaFree(src);
-    cudaFree(dst);
+    double bw = copy_bandwidth(); /* 1 GiB device to device, bytes read + written */
+    if (bw <= 0.0) { fprintf(stderr, "bench_device: no device memory\n"); return 1; }
 
     Rng rng;
     rng_seed(&rng, 7);

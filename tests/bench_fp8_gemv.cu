@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "copy_bandwidth.cuh"
 #include "device.cuh"
 
 enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, V_XS1, V_XS2, V_XS4, N_VARIANTS };
@@ -41,8 +42,7 @@ __global__ void gemv_rows_kernel(float *out, const float *x, DevTensor W) {
     if (r0 >= W.rows) return;
     const DevTensor *Ws[NR];
     int rs[NR];
-#pragma unroll
-    for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
+    rows_of<NR>(Ws, rs, W, r0);
     float acc[NR][1];
     warp_dots_rows<DT, NR, 1, XS>(acc, Ws, rs, XS ? xs : x, 1, W.cols);
     if (threadIdx.x % 32 == 0)
@@ -131,23 +131,8 @@ int main(int argc, char **argv) {
             shapes[n_shapes][1] = atoi(argv[i + 1]);
         }
     }
-    size_t cb = (size_t)1 << 30;
-    void *s1, *s2;
-    cudaCheck(cudaMalloc(&s1, cb));
-    cudaCheck(cudaMalloc(&s2, cb));
-    cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
-    cudaMemcpy(s2, s1, cb, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(a);
-    for (int i = 0; i < 10; i++) cudaMemcpy(s2, s1, cb, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float ms;
-    cudaEventElapsedTime(&ms, a, b);
-    double copy_bw = 2.0 * cb * 10 / (ms * 1e-3);
-    cudaFree(s1);
-    cudaFree(s2);
+    double copy_bw = copy_bandwidth();
+    if (copy_bw <= 0.0) { fprintf(stderr, "bench_fp8_gemv: no device memory\n"); return 1; }
     printf("copy bandwidth %.0f GB/s\n", copy_bw / 1e9);
     for (int si = 0; si < n_shapes; si++) {
         int rows = shapes[si][0], cols = shapes[si][1], copies = 6;
