@@ -295,11 +295,18 @@ static int small_with(float *out, const float *x, const Tensor *W, int n, Matmul
             }
             for (size_t i = 0; i < nx; i++) xs[i] = x[i] * 0x1p120f;
         }
-#pragma omp parallel for schedule(static) if (threads)
+        /* The NaN scan runs on a tensor's first call (or on every call when nothing keeps the
+         * result); after a call that found no NaN code the next ones skip it (the codes are read
+         * only). Plain calls do not scan, so they record nothing. */
+        int known = W->nan_codes ? __atomic_load_n(W->nan_codes, __ATOMIC_RELAXED) : TENSOR_NAN_UNKNOWN;
+        int scan = known != TENSOR_NAN_NONE, found = 0;
+#pragma omp parallel for schedule(static) if (threads) reduction(| : found)
         for (int b = 0; b < n_blocks; b++) {
             int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
-            e4m3_rows(out, x, xs, W, n, r0, nr, k);
+            found |= e4m3_rows(out, x, xs, W, n, r0, nr, k, scan);
         }
+        if (W->nan_codes && known == TENSOR_NAN_UNKNOWN && k != MATMUL_PLAIN)
+            __atomic_store_n(W->nan_codes, found ? TENSOR_NAN_SOME : TENSOR_NAN_NONE, __ATOMIC_RELAXED);
         free(xs);
         return 0;
     }

@@ -48,24 +48,35 @@ static void one_case(Rng *g, DType dt, int rows, int cols, int n, int offset, in
         scale[0] = 0x1p-140f;       /* subnormal scale: s * 2^120 is still exact */
         scale[1] = 300.0f;          /* large: products that overflow */
     }
+    int any_nan = 0;
+    if (dt == DT_F8_E4M3)
+        for (size_t i = 0; i < nel; i++) any_nan |= (w[i] | 0x80) == 0xFF;
+    unsigned char known = TENSOR_NAN_UNKNOWN;
     Tensor W = {.data = w, .dtype = dt, .rows = rows, .cols = cols};
     if (dt == DT_F8_E4M3) { W.scale_inv = scale; W.block_r = block; W.block_c = block; }
     assert_int_equal(matmul_small_with(ref, x, &W, n, MATMUL_PLAIN), 0);
     for (int k = MATMUL_PLAIN + 1; k <= MATMUL_BEST; k++) {
         if (!matmul_kernel_supported((MatmulKernel)k)) continue;
-        for (int th = 1; th <= 2; th++) {
-            omp_set_num_threads(th);
-            memset(got, 0xAB, sizeof(float) * (size_t)n * rows);
-            assert_int_equal(matmul_small_with(got, x, &W, n, (MatmulKernel)k), 0);
-            size_t at = 0;
-            if (!same_bits(got, ref, (size_t)n * rows, &at)) {
-                printf("NOT OK %s %s %dx%d n=%d offset %d block %d x * %g threads %d: out[%zu] %a vs plain %a\n",
-                       matmul_kernel_name((MatmulKernel)k), dtype_name(dt), rows, cols, n, offset, block, xmul, th,
-                       at, got[at], ref[at]);
-                fail();
+        /* E4M3 also with its scan result kept (W.nan_codes): pass 1 records it, pass 2 uses it */
+        for (int th = 1; th <= 2; th++)
+            for (int pass = 0; pass < (dt == DT_F8_E4M3 ? 3 : 1); pass++) {
+                omp_set_num_threads(th);
+                unsigned char known_before = pass ? *W.nan_codes : 0;
+                memset(got, 0xAB, sizeof(float) * (size_t)n * rows);
+                assert_int_equal(matmul_small_with(got, x, &W, n, (MatmulKernel)k), 0);
+                size_t at = 0;
+                if (!same_bits(got, ref, (size_t)n * rows, &at)) {
+                    printf("NOT OK %s %s %dx%d n=%d offset %d block %d x * %g threads %d pass %d: out[%zu] %a vs "
+                           "plain %a\n", matmul_kernel_name((MatmulKernel)k), dtype_name(dt), rows, cols, n, offset,
+                           block, xmul, th, pass, at, got[at], ref[at]);
+                    fail();
+                }
+                if (pass == 1) assert_int_equal(*W.nan_codes, any_nan ? TENSOR_NAN_SOME : TENSOR_NAN_NONE);
+                if (pass == 2) assert_int_equal(*W.nan_codes, known_before);
+                if (pass == 0) *(W.nan_codes = &known) = TENSOR_NAN_UNKNOWN;
+                if (pass == 2) W.nan_codes = NULL;
+                (*checked)++;
             }
-            (*checked)++;
-        }
     }
     free(raw); free(x); free(ref); free(got); free(scale);
 }
