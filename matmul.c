@@ -10,7 +10,8 @@
  *     thread (OpenMP's and OpenBLAS's counts both above 1) the threads take whole tiles, each
  *     widening its tile and multiplying it with a 1-thread sgemm: the widening no longer stays on
  *     one core while OpenBLAS's threads wait (a 512-token FP8 prefill of the V2-Lite-shaped model,
- *     2 threads, AMD Zen 3: 9.6 s before, 3.6-4.2 s after; notes/performance.md). The tiles are
+ *     2 threads, AMD Zen 3, the two binaries run in turn: 6.1-6.4 s before, 4.8-5.4 s after;
+ *     notes/performance.md). The tiles are
  *     the same at any thread count and each is one 1-thread sgemm, so the bits are those of
  *     OPENBLAS_NUM_THREADS=1 (OpenBLAS's own threads split a product differently: other bits).
  *
