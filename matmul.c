@@ -65,6 +65,8 @@
 
 /* OpenBLAS's own thread count, where the CBLAS linked is OpenBLAS; weak, so that another CBLAS
  * (tests/cblas_shim) links too, and then the prefill's tiles stay on one thread. */
+int openblas_get_num_threads(void); /* as OpenBLAS's cblas.h declares them (the shim's has neither) */
+void openblas_set_num_threads(int num_threads);
 #pragma weak openblas_get_num_threads
 #pragma weak openblas_set_num_threads
 
