@@ -6,7 +6,14 @@
  *     to a buffer and reads them back (3x the traffic of the BF16 weight) is what to avoid. The
  *     kernels below widen in registers and multiply straight away ("fused widen-and-dot").
  *   prefill (n > SMALL_BATCH): each weight is used n times; FP32 GEMM (OpenBLAS sgemm) is the peak,
- *     and widening a tile of TILE_ROWS rows once per call costs 1/n of it.
+ *     and widening a tile of TILE_ROWS rows once per call costs 1/n of it. With more than one
+ *     thread (OpenMP's and OpenBLAS's counts both above 1) the threads take whole tiles, each
+ *     widening its tile and multiplying it with a 1-thread sgemm: the widening no longer stays on
+ *     one core while OpenBLAS's threads wait (a 512-token FP8 prefill of the V2-Lite-shaped model,
+ *     2 threads, AMD Zen 3, the two binaries run in turn: 6.1-6.4 s before, 4.8-5.4 s after;
+ *     notes/performance.md). The tiles are
+ *     the same at any thread count and each is one 1-thread sgemm, so the bits are those of
+ *     OPENBLAS_NUM_THREADS=1 (OpenBLAS's own threads split a product differently: other bits).
  *
  * What every decode kernel computes (batch invariance, ops.h): for token t and row r
  *     out[t][r] = dot_f32(x_t, w_r),  w_r = row r of W widened exactly to FP32
@@ -46,6 +53,7 @@
 
 #include <cblas.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +62,13 @@
 #define SMALL_ROWS 64   /* decode: output rows per thread work item */
 #define KERNEL_ROWS 4   /* decode: rows per pass of a vector kernel */
 #define PARALLEL_MIN (1 << 15) /* fewer weights than this stay on one thread: starting threads costs more */
+
+/* OpenBLAS's own thread count, where the CBLAS linked is OpenBLAS; weak, so that another CBLAS
+ * (tests/cblas_shim) links too, and then the prefill's tiles stay on one thread. */
+int openblas_get_num_threads(void); /* as OpenBLAS's cblas.h declares them (the shim's has neither) */
+void openblas_set_num_threads(int num_threads);
+#pragma weak openblas_get_num_threads
+#pragma weak openblas_set_num_threads
 
 /* ---------------------------------------------------------------------------------------------
  * The reference dot product, and its AVX2 twin (same order, same bits)
@@ -295,11 +310,18 @@ static int small_with(float *out, const float *x, const Tensor *W, int n, Matmul
             }
             for (size_t i = 0; i < nx; i++) xs[i] = x[i] * 0x1p120f;
         }
-#pragma omp parallel for schedule(static) if (threads)
+        /* The NaN scan runs on a tensor's first call (or on every call when nothing keeps the
+         * result); after a call that found no NaN code the next ones skip it (the codes are read
+         * only). Plain calls do not scan, so they record nothing. */
+        int known = W->nan_codes ? __atomic_load_n(W->nan_codes, __ATOMIC_RELAXED) : TENSOR_NAN_UNKNOWN;
+        int scan = known != TENSOR_NAN_NONE, found = 0;
+#pragma omp parallel for schedule(static) if (threads) reduction(| : found)
         for (int b = 0; b < n_blocks; b++) {
             int r0 = b * SMALL_ROWS, nr = rows - r0 < SMALL_ROWS ? rows - r0 : SMALL_ROWS;
-            e4m3_rows(out, x, xs, W, n, r0, nr, k);
+            found |= e4m3_rows(out, x, xs, W, n, r0, nr, k, scan);
         }
+        if (W->nan_codes && known == TENSOR_NAN_UNKNOWN && k != MATMUL_PLAIN)
+            __atomic_store_n(W->nan_codes, found ? TENSOR_NAN_SOME : TENSOR_NAN_NONE, __ATOMIC_RELAXED);
         free(xs);
         return 0;
     }
@@ -379,19 +401,36 @@ int matmul(float *out, const float *x, const Tensor *W, int n, Error *e) {
                     (const float *)W->data, cols, 0.0f, out, rows);
         return 0;
     }
-    int tile = rows < TILE_ROWS ? rows : TILE_ROWS;
-    float *buf = malloc(sizeof(float) * (size_t)tile * cols);
-    if (!buf)
-        return error_set(e, "matmul: out of memory (%zu bytes for a tile of %d rows of a [%d, %d] weight)",
-                         sizeof(float) * (size_t)tile * cols, tile, rows, cols);
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        int nr = rows - r0 < tile ? rows - r0 : tile;
-        tensor_rows_f32(buf, W, r0, nr);
-        /* out[:, r0:r0+nr] = x . tile^T  (ldc = rows writes into the column slice) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, cols, 1.0f, x, cols, buf, cols,
-                    0.0f, out + r0, rows);
+    int tile = rows < TILE_ROWS ? rows : TILE_ROWS, n_tiles = (rows + tile - 1) / tile;
+    int blas_threads = openblas_get_num_threads && openblas_set_num_threads ? openblas_get_num_threads() : 1;
+    int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads > blas_threads) threads = blas_threads; /* OPENBLAS_NUM_THREADS still sets the prefill's */
+    if (threads > n_tiles) threads = n_tiles;
+    size_t buf_bytes = sizeof(float) * (size_t)tile * cols;
+    if (threads > 1) openblas_set_num_threads(1); /* the threads below each run a 1-thread sgemm */
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *buf = malloc(buf_bytes);
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < n_tiles; i++) {
+            int r0 = i * tile, nr = rows - r0 < tile ? rows - r0 : tile;
+            if (!buf) continue;
+            tensor_rows_f32(buf, W, r0, nr);
+            /* out[:, r0:r0+nr] = x . tile^T  (ldc = rows writes into the column slice) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, nr, cols, 1.0f, x, cols, buf, cols, 0.0f,
+                        out + r0, rows);
+        }
+        free(buf);
     }
-    free(buf);
+    if (threads > 1) openblas_set_num_threads(blas_threads);
+    if (failed)
+        return error_set(e, "matmul: out of memory (%zu bytes for a tile of %d rows of a [%d, %d] weight)", buf_bytes,
+                         tile, rows, cols);
     return 0;
 }
 

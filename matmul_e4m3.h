@@ -14,8 +14,10 @@ int e4m3_x_scalable(const float *x, size_t n);
 
 /* out[t][r] for rows [r0, r0+nr) of W (E4M3 with scale_inv) and tokens t < n, out [n, W->rows],
  * x [n, W->cols]; through kernel k (MATMUL_PLAIN, _AVX2 or _AVX512, which the caller has checked
- * the CPU runs). xs: x * 2^120 when e4m3_x_scalable(x), else NULL. A row group holding a NaN code
- * goes the plain way. */
-void e4m3_rows(float *out, const float *x, const float *xs, const Tensor *W, int n, int r0, int nr, MatmulKernel k);
+ * the CPU runs). xs: x * 2^120 when e4m3_x_scalable(x), else NULL. With scan set, each row group is
+ * scanned for NaN codes, and one holding one goes the plain way; scan = 0 (the caller knows that no
+ * code of W is NaN) skips the scan. Returns 1 when a scan found a NaN code, else 0. */
+int e4m3_rows(float *out, const float *x, const float *xs, const Tensor *W, int n, int r0, int nr, MatmulKernel k,
+              int scan);
 
 #endif

@@ -58,7 +58,12 @@ typedef struct {
     int fp8_gemm;           /* E4M3 with scales only. 0: widen, FP32 GEMM (the default). 1: quantize x
                              * in 1 x block_c tiles (FP32 scales) and run fp8_gemm with FP32
                              * accumulation, DeepSeek's kernel math (`run logits --fp8-gemm`) */
+    unsigned char *nan_codes; /* E4M3 with scales: what the decode kernels' first call found of the
+                               * codes, kept for the next calls (TENSOR_NAN_*; the owner allocates
+                               * one byte at TENSOR_NAN_UNKNOWN). NULL: every call scans. */
 } Tensor;
+/* *nan_codes: not scanned yet; no code is NaN (S.1111.111), so the scan is skipped; some are. */
+enum { TENSOR_NAN_UNKNOWN, TENSOR_NAN_NONE, TENSOR_NAN_SOME };
 
 /* Widen rows [r0, r0+n) of W into out [n, cols] as FP32, applying block scales. */
 void tensor_rows_f32(float *out, const Tensor *W, int r0, int n);

@@ -62,6 +62,9 @@ static int load_matrix(Model *m, Tensor *out, const char *name, int rows, int co
     if (!(out->scale_inv = load_floats(m, sname, 2, sshape, e))) return -1;
     out->block_r = br;
     out->block_c = bc;
+    /* matmul's decode kernels record here, on their first call, whether any code is NaN */
+    if (dt == DT_F8_E4M3 && !(out->nan_codes = own(m, calloc(1, 1))))
+        return error_set(e, "%s: out of memory", name);
     return 0;
 }
 

@@ -13,6 +13,7 @@
 
 #include <math.h>
 
+#include <cblas.h>
 #include <omp.h>
 
 /* Equal bits (NaN payloads included: the vector kernels add in the plain kernel's operand order). */
@@ -48,24 +49,35 @@ static void one_case(Rng *g, DType dt, int rows, int cols, int n, int offset, in
         scale[0] = 0x1p-140f;       /* subnormal scale: s * 2^120 is still exact */
         scale[1] = 300.0f;          /* large: products that overflow */
     }
+    int any_nan = 0;
+    if (dt == DT_F8_E4M3)
+        for (size_t i = 0; i < nel; i++) any_nan |= (w[i] | 0x80) == 0xFF;
+    unsigned char known = TENSOR_NAN_UNKNOWN;
     Tensor W = {.data = w, .dtype = dt, .rows = rows, .cols = cols};
     if (dt == DT_F8_E4M3) { W.scale_inv = scale; W.block_r = block; W.block_c = block; }
     assert_int_equal(matmul_small_with(ref, x, &W, n, MATMUL_PLAIN), 0);
     for (int k = MATMUL_PLAIN + 1; k <= MATMUL_BEST; k++) {
         if (!matmul_kernel_supported((MatmulKernel)k)) continue;
-        for (int th = 1; th <= 2; th++) {
-            omp_set_num_threads(th);
-            memset(got, 0xAB, sizeof(float) * (size_t)n * rows);
-            assert_int_equal(matmul_small_with(got, x, &W, n, (MatmulKernel)k), 0);
-            size_t at = 0;
-            if (!same_bits(got, ref, (size_t)n * rows, &at)) {
-                printf("NOT OK %s %s %dx%d n=%d offset %d block %d x * %g threads %d: out[%zu] %a vs plain %a\n",
-                       matmul_kernel_name((MatmulKernel)k), dtype_name(dt), rows, cols, n, offset, block, xmul, th,
-                       at, got[at], ref[at]);
-                fail();
+        /* E4M3 also with its scan result kept (W.nan_codes): pass 1 records it, pass 2 uses it */
+        for (int th = 1; th <= 2; th++)
+            for (int pass = 0; pass < (dt == DT_F8_E4M3 ? 3 : 1); pass++) {
+                omp_set_num_threads(th);
+                unsigned char known_before = pass ? *W.nan_codes : 0;
+                memset(got, 0xAB, sizeof(float) * (size_t)n * rows);
+                assert_int_equal(matmul_small_with(got, x, &W, n, (MatmulKernel)k), 0);
+                size_t at = 0;
+                if (!same_bits(got, ref, (size_t)n * rows, &at)) {
+                    printf("NOT OK %s %s %dx%d n=%d offset %d block %d x * %g threads %d pass %d: out[%zu] %a vs "
+                           "plain %a\n", matmul_kernel_name((MatmulKernel)k), dtype_name(dt), rows, cols, n, offset,
+                           block, xmul, th, pass, at, got[at], ref[at]);
+                    fail();
+                }
+                if (pass == 1) assert_int_equal(*W.nan_codes, any_nan ? TENSOR_NAN_SOME : TENSOR_NAN_NONE);
+                if (pass == 2) assert_int_equal(*W.nan_codes, known_before);
+                if (pass == 0) *(W.nan_codes = &known) = TENSOR_NAN_UNKNOWN;
+                if (pass == 2) W.nan_codes = NULL;
+                (*checked)++;
             }
-            (*checked)++;
-        }
     }
     free(raw); free(x); free(ref); free(got); free(scale);
 }
@@ -155,11 +167,51 @@ static void test_e4m3_order(void **st) {
            n_checked);
 }
 
+/* The prefill path (n > SMALL_BATCH) with 2 threads: whole tiles per thread, each a 1-thread sgemm,
+ * so the same bits as with one thread, for BF16 and FP8 weights of several tiles and a ragged last. */
+static void test_prefill_threads(void **st) {
+    (void)st;
+    Rng g;
+    rng_seed(&g, 18);
+    int rows = 700, cols = 300, n = 37;
+    uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)rows * cols);
+    uint8_t *wq = malloc((size_t)rows * cols);
+    float *x = malloc(sizeof(float) * (size_t)n * cols), scale[6 * 3];
+    float *one = malloc(sizeof(float) * (size_t)n * rows), *two = malloc(sizeof(float) * (size_t)n * rows);
+    for (int i = 0; i < rows * cols; i++) {
+        wb[i] = f32_to_bf16(rng_normal(&g));
+        wq[i] = (uint8_t)(rng_next(&g) >> 56);
+        if ((wq[i] | 0x80) == 0xFF) wq[i] ^= 1;
+    }
+    for (int i = 0; i < n * cols; i++) x[i] = rng_normal(&g);
+    for (int i = 0; i < 18; i++) scale[i] = ldexpf(1.0f + rng_uniform(&g), -8);
+    Tensor ws[2] = {{.data = wb, .dtype = DT_BF16, .rows = rows, .cols = cols},
+                    {.data = wq, .dtype = DT_F8_E4M3, .rows = rows, .cols = cols, .scale_inv = scale, .block_r = 128,
+                     .block_c = 128}};
+    int blas = openblas_get_num_threads();
+    for (int k = 0; k < 2; k++) {
+        Error e;
+        omp_set_num_threads(1);
+        openblas_set_num_threads(1);
+        assert_int_equal(matmul(one, x, &ws[k], n, &e), 0);
+        omp_set_num_threads(2);
+        openblas_set_num_threads(2);
+        memset(two, 0xAB, sizeof(float) * (size_t)n * rows);
+        assert_int_equal(matmul(two, x, &ws[k], n, &e), 0);
+        size_t at = 0;
+        if (!same_bits(two, one, (size_t)n * rows, &at)) fail_msg("%s: out[%zu] %a at 2 threads, %a at 1", dtype_name(ws[k].dtype), at, two[at], one[at]);
+    }
+    openblas_set_num_threads(blas);
+    printf("OK     prefill of %d tokens, [%d, %d] BF16 and FP8: the same bits at 1 and 2 threads\n", n, rows, cols);
+    free(wb); free(wq); free(x); free(one); free(two);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kernels_bit_identical),
         cmocka_unit_test(test_e4m3_order),
         cmocka_unit_test(test_dot_f32),
+        cmocka_unit_test(test_prefill_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
