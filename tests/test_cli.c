@@ -127,10 +127,10 @@ static void test_errors(void **st) {
     (void)st;
     expect_run("./run", 2, "usage: run");
     expect_run("./run frobnicate", 2, "unknown command \"frobnicate\"");
-    expect_run("./run logits /nonexistent --tokens 1 --out /tmp/x", 1, "/nonexistent/config.json: cannot open");
-    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,x --out /tmp/x", 2, "--tokens");
+    expect_run("./run logits /nonexistent --tokens 1 --out build/refused.safetensors", 1, "/nonexistent/config.json: cannot open");
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,x --out build/refused.safetensors", 2, "--tokens");
     expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,2", 2, "--out is required");
-    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,999 --out /tmp/x", 1, "token id 999 at index 1 is outside the vocabulary [0, 256)");
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,999 --out build/refused.safetensors", 1, "token id 999 at index 1 is outside the vocabulary [0, 256)");
     expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n 100 --ids", 1, "do not fit a 64-token context");
     expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1,2 -n x --ids", 2, "-n: expected a non-negative integer");
     expect_run("./run inspect " FIXTURES "/v3_yarn --bogus", 2, "unknown option \"--bogus\"");
@@ -162,7 +162,7 @@ static void test_kv_option(void **st) {
     char prompt[4096], greedy[1024], cmd[8192], *out;
     float *want;
     int T, V;
-    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,2 --out /tmp/x --kv int4", 2,
+    expect_run("./run logits " FIXTURES "/v3_yarn --tokens 1,2 --out build/refused.safetensors --kv int4", 2,
                "--kv: expected f32, bf16 or fp8, found \"int4\"");
     expect_run("./run generate " FIXTURES "/v3_yarn --tokens 1 --ids --kv", 2, "--kv: expected f32, bf16 or fp8, found \"(nothing)\"");
     expect_run("./run inspect " FIXTURES "/v3_yarn --kv bf16", 2, "inspect: --kv goes with generate, logits, ppl and chat");
