@@ -64,7 +64,7 @@ struct Dev {
     /* activations [max_T, ...] and caches, as State's */
     float *cache, *mtp_cache, *hidden, *x, *h, *q, *q_scratch, *attn, *out, *mtp_in;
     float *moe_y;    /* the decode MoE's expert outputs [SMALL_BATCH * top_k, d] */
-    float *q_lat, *o_lat, *part_o, *part_ml; /* the absorbed decode's [SMALL_BATCH, (MLA_SPLITS,) n_h, d_c (2)] */
+    float *q_lat, *part_o, *part_ml; /* the absorbed decode's [SMALL_BATCH, (MLA_SPLITS,) n_h, d_c (2)] */
     float *ffn_h, *ffn_u, *scores, *logits, *router_logits, *gate_w, *widen, *moe_h, *tw, *xb, *yb;
     float *lat;      /* [max_T, d_c + d_R]: the new latent rows, stored into the cache once complete */
     int *step_in;    /* [1 + max_T]: the position, then the tokens of the call (device copies) */
@@ -114,23 +114,6 @@ static __device__ __forceinline__ float load_f32(DType t, const void *p, size_t 
 /* The block scale of W[r][c]: 1 without scales. */
 static __device__ __forceinline__ float scale_at(const DevTensor &W, int r, int c) {
     return W.scale ? W.scale[(size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) + c / W.block_c] : 1.0f;
-}
-
-/* scale_at for the loops that walk one row: the row's scales found once, a column's block by a
- * shift when block_c is a power of two (128 in DeepSeek's checkpoints; the integer division it
- * replaces cost ~20 instructions a 16-code chunk in the decode GEMV). */
-struct RowScales {
-    const float *row; /* the scales of r's block row, or NULL */
-    int shift, div;   /* c's block: c >> shift, or c / div when div (block_c not a power of two) */
-    __device__ __forceinline__ float at(int c) const { return row ? row[div ? c / div : c >> shift] : 1.0f; }
-};
-static __device__ __forceinline__ RowScales row_scales(const DevTensor &W, int r) {
-    RowScales s;
-    s.row = W.scale ? W.scale + (size_t)(r / W.block_r) * ((W.cols + W.block_c - 1) / W.block_c) : NULL;
-    bool pow2 = W.block_c > 0 && (W.block_c & (W.block_c - 1)) == 0;
-    s.shift = pow2 ? __ffs(W.block_c) - 1 : 0;
-    s.div = pow2 ? 0 : W.block_c;
-    return s;
 }
 
 /* W[r][c] as tensor_rows_f32 gives it: the stored value, times its block's scale (one rounding),
@@ -219,16 +202,13 @@ static __device__ __forceinline__ void warp_dots_rows(float (*acc)[TN], const De
         for (int t = 0; t < TN; t++) acc[k][t] = 0.0f;
     }
     int c_vec = vec ? cols : 0;
-    RowScales rsc[NR]; /* FP8 only */
-#pragma unroll
-    for (int k = 0; k < NR; k++) rsc[k] = FP8 ? row_scales(*Ws[k], rs[k]) : RowScales{NULL, 0, 0};
 #pragma unroll(4 / NR) /* 4 chunks of a lane in flight with one row, NR chunks of each of NR rows with more */
     for (int c = lane * CW; c < c_vec; c += 32 * CW) {
         float w[NR][CW], sc[NR];
 #pragma unroll
         for (int k = 0; k < NR; k++) {
             load_chunk<DT>(w[k], *Ws[k], rs[k], c);
-            sc[k] = FP8 ? rsc[k].at(c) : 1.0f;
+            sc[k] = FP8 ? scale_at(*Ws[k], rs[k], c) : 1.0f;
         }
 #pragma unroll
         for (int t = 0; t < TN; t++) {
@@ -268,6 +248,30 @@ static __device__ __forceinline__ void rows_of(const DevTensor **Ws, int *rs, co
     for (int k = 0; k < NR; k++) { Ws[k] = &W; rs[k] = min(r0 + k, W.rows - 1); }
 }
 
+/* ops.cu's matmul_gemv_kernel (also tests/bench_fp8_gemv.cu's): out [n, rows] (= or +=) x [n, cols]
+ * . W^T, NR rows a warp (rows past the end computed again from the last row, not written). */
+template <int DT, int NR, int TN, bool XS>
+static __device__ __forceinline__ void gemv_rows_body(float *out, const float *x, const DevTensor &W, int n, int accumulate) {
+    extern __shared__ float xs[]; /* XS: x [cols] padded (T = 1) */
+    if (XS) stage_x_padded(xs, x, W.cols);
+    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
+    if (r0 >= W.rows) return;
+    const DevTensor *Ws[NR];
+    int rs[NR];
+    rows_of<NR>(Ws, rs, W, r0);
+    float acc[NR][TN];
+    warp_dots_rows<DT, NR, TN, XS>(acc, Ws, rs, XS ? xs : x, n, W.cols);
+    if (threadIdx.x % 32 == 0)
+#pragma unroll /* constant indices: acc stays in registers */
+        for (int k = 0; k < NR; k++)
+#pragma unroll
+            for (int t = 0; t < TN; t++)
+                if (r0 + k < W.rows && t < n) {
+                    float *o = out + (size_t)t * W.rows + r0 + k;
+                    *o = accumulate ? *o + acc[k][t] : acc[k][t];
+                }
+}
+
 /* One row: warp_dots_rows with NR = 1. */
 template <int DT>
 static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W, int r, const float *x, int n,
@@ -286,6 +290,19 @@ static inline bool gemv_xs(const Dev *d, DType dt, int cols) {
 static inline int gemv_rows_per_warp(int rows, int forced) {
     if (forced) return forced;
     return rows >= 4 * 8 * 132 * 2 ? 4 : rows >= 2 * 8 * 132 ? 2 : 1;
+}
+
+/* f(dt) with dt's type carrying a stored dtype as a constant (decltype(dt)::value), for the launchers
+ * that instantiate a kernel per weight dtype: one switch instead of one in each launcher. */
+template <int D> struct DtypeConst { static constexpr int value = D; };
+template <class F> static inline void with_dtype(DType t, F f) {
+    switch (t) {
+    case DT_F32: f(DtypeConst<DT_F32>()); break;
+    case DT_BF16: f(DtypeConst<DT_BF16>()); break;
+    case DT_F16: f(DtypeConst<DT_F16>()); break;
+    case DT_F8_E4M3: f(DtypeConst<DT_F8_E4M3>()); break;
+    default: f(DtypeConst<DT_F8_E5M2>()); break;
+    }
 }
 
 static inline unsigned blocks_for(size_t n) { return (unsigned)((n + THREADS - 1) / THREADS); }

@@ -147,7 +147,7 @@ static __device__ __forceinline__ void load4(float *w, const DevTensor &W, int r
         w[0] = a.x; w[1] = a.y; w[2] = b.x; w[3] = b.y;
     } else {
         uint32_t u = ((const uint32_t *)W.data)[i / 4];
-        float s = W.scale ? row_scales(W, r).at(c) : 1.0f;
+        float s = W.scale ? scale_at(W, r, c) : 1.0f;
 #pragma unroll
         for (int k = 0; k < 2; k++) {
             __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(u >> (16 * k)),
@@ -401,24 +401,12 @@ static void mla_latent_attend_launch(Dev *d, const float *cache, const DevLayer 
 /* Step 1: q_lat (and q_pe rotated when rope.inv_freq is set: the forward; NULL: the twin, whose q
  * comes roped). */
 void mla_absorb_cuda(Dev *d, const DevLayer &L, const MlaDims *m, int T, const DevRope &rope) {
-    switch (L.kv_b.dtype) {
-    case DT_F32: mla_absorb_launch<DT_F32>(d, L, m, T, rope); break;
-    case DT_BF16: mla_absorb_launch<DT_BF16>(d, L, m, T, rope); break;
-    case DT_F16: mla_absorb_launch<DT_F16>(d, L, m, T, rope); break;
-    case DT_F8_E4M3: mla_absorb_launch<DT_F8_E4M3>(d, L, m, T, rope); break;
-    default: mla_absorb_launch<DT_F8_E5M2>(d, L, m, T, rope); break;
-    }
+    with_dtype(L.kv_b.dtype, [&](auto dt) { mla_absorb_launch<decltype(dt)::value>(d, L, m, T, rope); });
 }
 
 /* Steps 2 and 3 over the cache (its rows pos0 .. pos0 + T - 1 stored), into d->attn. */
 void mla_attend_latent_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T) {
-    switch (L.kv_b.dtype) {
-    case DT_F32: mla_latent_attend_launch<DT_F32>(d, cache, L, m, T); break;
-    case DT_BF16: mla_latent_attend_launch<DT_BF16>(d, cache, L, m, T); break;
-    case DT_F16: mla_latent_attend_launch<DT_F16>(d, cache, L, m, T); break;
-    case DT_F8_E4M3: mla_latent_attend_launch<DT_F8_E4M3>(d, cache, L, m, T); break;
-    default: mla_latent_attend_launch<DT_F8_E5M2>(d, cache, L, m, T); break;
-    }
+    with_dtype(L.kv_b.dtype, [&](auto dt) { mla_latent_attend_launch<decltype(dt)::value>(d, cache, L, m, T); });
 }
 
 void mla_attend_absorbed_decode_cuda(Dev *d, const float *cache, const DevLayer &L, const MlaDims *m, int T,

@@ -353,11 +353,12 @@ extern "C" int mtp_forward_device(const Model *m, State *s, const int *next_toke
 #define DEVICE_MIN_CHUNK 512
 #define WIDEN_FLOATS ((size_t)1 << 25) /* the FP32 tile of a widened weight: 128 MB */
 
-/* The split-KV decode attention's buffers (mla.cu): q_lat, o_lat [SMALL_BATCH, n_h, d_c], the chunks'
- * partial o [SMALL_BATCH, MLA_SPLITS, n_h, d_c] and (m, l) [SMALL_BATCH, MLA_SPLITS, n_h, 2]. */
+/* The split-KV decode attention's buffers (mla.cu): q_lat [SMALL_BATCH, n_h, d_c], the chunks'
+ * partial o [SMALL_BATCH, MLA_SPLITS, n_h, d_c] and (m, l) [SMALL_BATCH, MLA_SPLITS, n_h, 2]
+ * (the merged o_lat lives in the merge + W_UV kernel's shared memory). */
 static int decode_attn_buffers(Dev *d, const MlaDims *m, Error *e) {
     size_t lat = (size_t)SMALL_BATCH * m->n_heads * m->kv_lora_rank, split = (size_t)SMALL_BATCH * MLA_SPLITS * m->n_heads;
-    return !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) || !(d->o_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
+    return !(d->q_lat = (float *)dev_alloc(d, sizeof(float) * lat, e)) ||
            !(d->part_o = (float *)dev_alloc(d, sizeof(float) * split * m->kv_lora_rank, e)) ||
            !(d->part_ml = (float *)dev_alloc(d, sizeof(float) * split * 2, e));
 }
@@ -572,9 +573,9 @@ extern "C" int mla_attend_absorbed_decode_cuda_host(float *out, const float *q, 
         cudaMemcpy(d->q, q, sizeof(float) * n_q, cudaMemcpyHostToDevice);
         cudaMemcpy(dc, cache, sizeof(float) * n_c, cudaMemcpyHostToDevice);
         cudaMemcpy(d->step_in, &pos0, sizeof(int), cudaMemcpyHostToDevice);
-        float *bufs[] = {d->attn, d->q_lat, d->o_lat, d->part_o, d->part_ml};
-        size_t ns[] = {n_out, lat, lat, split * d_c, split * 2};
-        for (int i = 0; i < 5; i++) cudaMemset(bufs[i], 0xFF, sizeof(float) * ns[i]); /* NaN */
+        float *bufs[] = {d->attn, d->q_lat, d->part_o, d->part_ml};
+        size_t ns[] = {n_out, lat, split * d_c, split * 2};
+        for (int i = 0; i < 4; i++) cudaMemset(bufs[i], 0xFF, sizeof(float) * ns[i]); /* NaN */
         DevRope no_rope = {NULL, 1.0f, 0, d->step_in}; /* q comes roped */
         mla_attend_absorbed_decode_cuda(d, dc, layer, m, T, no_rope);
         return twin_finish(d, out, d->attn, n_out, e);

@@ -77,13 +77,7 @@ static void ffn_up_launch(Dev *d, float *h_out, const float *x, int T, const Dev
 void ffn_swiglu_cuda(Dev *d, float *out, const float *x, int T, const DevFfn &f, int accumulate) {
     if (T <= SMALL_BATCH && f.gate.dtype == f.up.dtype) { /* decode: one launch for gate, up and silu */
         float *h_mid = d->ffn_h;
-        switch (f.gate.dtype) {
-        case DT_F32: ffn_up_launch<DT_F32>(d, h_mid, x, T, f); break;
-        case DT_BF16: ffn_up_launch<DT_BF16>(d, h_mid, x, T, f); break;
-        case DT_F16: ffn_up_launch<DT_F16>(d, h_mid, x, T, f); break;
-        case DT_F8_E4M3: ffn_up_launch<DT_F8_E4M3>(d, h_mid, x, T, f); break;
-        default: ffn_up_launch<DT_F8_E5M2>(d, h_mid, x, T, f); break;
-        }
+        with_dtype(f.gate.dtype, [&](auto dt) { ffn_up_launch<decltype(dt)::value>(d, h_mid, x, T, f); });
         matmul_cuda(d, out, h_mid, f.down, T, accumulate);
         return;
     }
@@ -190,13 +184,8 @@ int moe_forward_cuda(Dev *d, float *x, float *h, int T, const DevLayer &L, int d
     moe_gate_kernel<<<T, THREADS>>>(d->idx, d->gate_w, d->router_logits, L.bias, g);
     if (T <= SMALL_BATCH) { /* the selected experts only, all on the device */
         const float *sh = L.shared.gate.data ? d->yb : NULL;
-        switch (L.experts[0].gate.dtype) {
-        case DT_F32: moe_experts_launch<DT_F32>(d, h, T, L, K, inter, dim); break;
-        case DT_BF16: moe_experts_launch<DT_BF16>(d, h, T, L, K, inter, dim); break;
-        case DT_F16: moe_experts_launch<DT_F16>(d, h, T, L, K, inter, dim); break;
-        case DT_F8_E4M3: moe_experts_launch<DT_F8_E4M3>(d, h, T, L, K, inter, dim); break;
-        default: moe_experts_launch<DT_F8_E5M2>(d, h, T, L, K, inter, dim); break;
-        }
+        with_dtype(L.experts[0].gate.dtype,
+                   [&](auto dt) { moe_experts_launch<decltype(dt)::value>(d, h, T, L, K, inter, dim); });
         if (L.shared.gate.data) branch_join(d);
         moe_combine_kernel<<<dim3(blocks_for(dim), T), THREADS>>>(x, d->moe_y, sh, d->idx, d->gate_w, K, dim);
         return 0;

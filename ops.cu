@@ -12,28 +12,10 @@ __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n) {
     out[i] = w_at(W, r0 + r, c);
 }
 
-/* matmul for n <= SMALL_BATCH: out [n, rows] (= or +=) x [n, cols] . W^T, NR rows a warp (rows
- * past the end are computed again from the last row and not written). */
+/* matmul for n <= SMALL_BATCH, NR rows a warp: device.cuh's gemv_rows_body. */
 template <int DT, int NR, int TN, bool XS>
 __global__ void matmul_gemv_kernel(float *out, const float *x, DevTensor W, int n, int accumulate) {
-    extern __shared__ float xs[]; /* XS: x [cols] padded (T = 1) */
-    if (XS) stage_x_padded(xs, x, W.cols);
-    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
-    if (r0 >= W.rows) return;
-    const DevTensor *Ws[NR];
-    int rs[NR];
-    rows_of<NR>(Ws, rs, W, r0);
-    float acc[NR][TN];
-    warp_dots_rows<DT, NR, TN, XS>(acc, Ws, rs, XS ? xs : x, n, W.cols);
-    if (threadIdx.x % 32 == 0)
-#pragma unroll /* constant indices: acc stays in registers */
-        for (int k = 0; k < NR; k++)
-#pragma unroll
-            for (int t = 0; t < TN; t++)
-                if (r0 + k < W.rows && t < n) {
-                    float *o = out + (size_t)t * W.rows + r0 + k;
-                    *o = accumulate ? *o + acc[k][t] : acc[k][t];
-                }
+    gemv_rows_body<DT, NR, TN, XS>(out, x, W, n, accumulate);
 }
 
 template <int DT, int TN, bool XS>
@@ -104,13 +86,8 @@ void matmul_normed_cuda(Dev *d, float *out, float *h, const float *x, const floa
         matmul_cuda(d, out, h, W, n, accumulate);
         return;
     }
-    switch (W.dtype) {
-    case DT_F32: normed_gemv_launch<DT_F32>(d, out, h, x, norm_w, eps, W, accumulate); break;
-    case DT_BF16: normed_gemv_launch<DT_BF16>(d, out, h, x, norm_w, eps, W, accumulate); break;
-    case DT_F16: normed_gemv_launch<DT_F16>(d, out, h, x, norm_w, eps, W, accumulate); break;
-    case DT_F8_E4M3: normed_gemv_launch<DT_F8_E4M3>(d, out, h, x, norm_w, eps, W, accumulate); break;
-    default: normed_gemv_launch<DT_F8_E5M2>(d, out, h, x, norm_w, eps, W, accumulate); break;
-    }
+    with_dtype(W.dtype,
+               [&](auto dt) { normed_gemv_launch<decltype(dt)::value>(d, out, h, x, norm_w, eps, W, accumulate); });
 }
 
 /* ---- matmul (ops.c) ---------------------------------------------------------------------------- */
@@ -122,13 +99,7 @@ void blas_check(Dev *d, cublasStatus_t st) {
 /* out [n, rows] = x [n, cols] . W^T, or += with accumulate (the residual add, folded in). */
 void matmul_cuda(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
     if (n <= SMALL_BATCH) {
-        switch (W.dtype) {
-        case DT_F32: gemv_launch<DT_F32>(d, out, x, W, n, accumulate); break;
-        case DT_BF16: gemv_launch<DT_BF16>(d, out, x, W, n, accumulate); break;
-        case DT_F16: gemv_launch<DT_F16>(d, out, x, W, n, accumulate); break;
-        case DT_F8_E4M3: gemv_launch<DT_F8_E4M3>(d, out, x, W, n, accumulate); break;
-        default: gemv_launch<DT_F8_E5M2>(d, out, x, W, n, accumulate); break;
-        }
+        with_dtype(W.dtype, [&](auto dt) { gemv_launch<decltype(dt)::value>(d, out, x, W, n, accumulate); });
         return;
     }
     /* column-major view: out^T [rows, n] = W [rows, cols] (lda cols, transposed) . x^T [cols, n] */

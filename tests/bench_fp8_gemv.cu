@@ -33,22 +33,10 @@ static const char *variant_name[N_VARIANTS] = {"exact", "pairs", "bits", "bf16",
                                                "xs r1", "xs r2", "xs r4"};
 static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4, 1, 2, 4};
 
-/* device.cuh's warp_dots_rows, NR rows a warp (ops.cu's matmul_gemv_kernel at T = 1) */
+/* ops.cu's matmul_gemv_kernel at T = 1 (device.cuh's gemv_rows_body), NR rows a warp */
 template <int DT, int NR, bool XS = false>
 __global__ void gemv_rows_kernel(float *out, const float *x, DevTensor W) {
-    extern __shared__ float xs[];
-    if (XS) stage_x_padded(xs, x, W.cols);
-    int r0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * NR;
-    if (r0 >= W.rows) return;
-    const DevTensor *Ws[NR];
-    int rs[NR];
-    rows_of<NR>(Ws, rs, W, r0);
-    float acc[NR][1];
-    warp_dots_rows<DT, NR, 1, XS>(acc, Ws, rs, XS ? xs : x, 1, W.cols);
-    if (threadIdx.x % 32 == 0)
-#pragma unroll
-        for (int k = 0; k < NR; k++)
-            if (r0 + k < W.rows) out[r0 + k] = acc[k][0];
+    gemv_rows_body<DT, NR, 1, XS>(out, x, W, 1, 0);
 }
 
 template <int V>
