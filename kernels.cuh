@@ -68,14 +68,28 @@ static __device__ __forceinline__ float block_max(float v, float *red) { return 
 
 /* One row of rmsnorm (rmsnorm_kernel's body, which the device forward's fused kernels share so that
  * their bits are the kernel's): out[i] = w[i] * (x[i] * r), r = 1 / sqrt(mean(x^2) + eps), by the
- * whole block. C: one loop, i = 0 .. d-1. Here: blockDim.x strided partials, then a tree. */
+ * whole block. C: one loop, i = 0 .. d-1. Here: THREADS strided partials (thread j: x[j], x[j +
+ * THREADS], ... in order), a butterfly in each of THREADS / 32 warps, then one over the warps' sums:
+ * block_sum's order for a block of THREADS. rmsnorm_inv gives that order at any blockDim.x (a
+ * multiple of 32): a warp of a smaller block takes several of those warps' parts, a larger block's
+ * threads past THREADS add nothing, so a fused kernel of another block size norms to the same bits. */
+static __device__ __forceinline__ float rmsnorm_inv(const float *x, int d, float eps, float *red) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    __syncthreads(); /* a previous call's readers of red are done */
+    for (int vw = warp; vw < THREADS / 32; vw += blockDim.x / 32) {
+        float ss = 0.0f;
+#pragma unroll 8 /* the loads of 8 iterations in flight at once; the sum keeps its order */
+        for (int i = vw * 32 + lane; i < d; i += THREADS) ss += x[i] * x[i];
+        ss = warp_sum(ss);
+        if (lane == 0) red[vw] = ss;
+    }
+    __syncthreads();
+    float ss = warp_sum(lane < THREADS / 32 ? red[lane] : 0.0f);
+    return 1.0f / sqrtf(ss / (float)d + eps);
+}
 static __device__ __forceinline__ void rmsnorm_row(float *out, const float *x, const float *w, int d, float eps,
                                                    float *red) {
-    float ss = 0.0f;
-#pragma unroll 8 /* the loads of 8 iterations in flight at once; the sum keeps its order */
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
-    ss = block_sum(ss, red);
-    float r = 1.0f / sqrtf(ss / (float)d + eps);
+    float r = rmsnorm_inv(x, d, eps, red);
 #pragma unroll 8
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = w[i] * (x[i] * r);
 }
