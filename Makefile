@@ -257,7 +257,7 @@ CUDA_BLAS_CFLAGS := -Itests/cblas_shim
 CUDA_BLAS_OBJ    := build/cuda/ref/cblas_shim.o
 CUDA_BLAS_LINK   :=
 endif
-CUDA_HDRS := kernels.h kernels.cuh device.cuh $(HDRS)
+CUDA_HDRS := kernels.h kernels.cuh device.cuh gemv_xreg.cuh $(HDRS)
 # the device forward: one .cu beside each C file it mirrors (device.cuh is what they share)
 CUDA_FWD  := build/cuda/model.o build/cuda/mla.o build/cuda/moe.o build/cuda/ops.o
 CUDA_C    := $(filter-out device_none.c,$(LIB_SRC)) $(RUN_SRC)

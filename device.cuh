@@ -76,6 +76,7 @@ struct Dev {
     int gemv_rows;              /* DSV3_GEMV_ROWS: rows per warp of the decode GEMVs (0: gemv_rows_per_warp's) */
     int norm_unfused;           /* DSV3_FUSED_NORM=0: rmsnorm_kernel before each GEMV (ops.cu's matmul_normed_cuda) */
     int xs_off;                 /* DSV3_GEMV_XS=0: the FP8 GEMVs read x from global memory, unstaged */
+    int xreg_off;               /* DSV3_GEMV_XREG=0: the FP8 GEMVs a warp a row (warp_dots_rows), not gemv_xreg.cuh's */
     /* Two branches of the recorded decode step (model.cu's branch_fork / branch_unfork / branch_join):
      * the launches that may run on the side branch take d->st (0: the thread's default stream) */
     cudaStream_t st, side;

@@ -126,13 +126,22 @@ static __device__ __forceinline__ int mla_chunk_rows(int vis) {
 
 /* Four consecutive weights W[r][c..c+3] times their block scale (exact, as w_at), one load where the
  * row allows it (c % 4 == 0, cols % 4 == 0, the four in one scale block). */
+static __device__ __forceinline__ bool load4_vec_ok(const DevTensor &W, int c) {
+    return W.cols % 4 == 0 && c + 3 < W.cols && (!W.scale || W.block_c % 4 == 0);
+}
+template <int DT>
+static __device__ __forceinline__ void load4_vec(float *w, const DevTensor &W, int r, int c);
 template <int DT>
 static __device__ __forceinline__ void load4(float *w, const DevTensor &W, int r, int c) {
-    bool vec = W.cols % 4 == 0 && c + 3 < W.cols && (!W.scale || W.block_c % 4 == 0);
-    if (!vec) {
+    if (!load4_vec_ok(W, c)) {
         for (int k = 0; k < 4; k++) w[k] = c + k < W.cols ? w_at_dt(W, (DType)DT, r, c + k) : 0.0f;
         return;
     }
+    load4_vec<DT>(w, W, r, c);
+}
+/* load4 where load4_vec_ok holds: no branch, so an unrolled loop's loads are in flight together */
+template <int DT>
+static __device__ __forceinline__ void load4_vec(float *w, const DevTensor &W, int r, int c) {
     size_t i = (size_t)r * W.cols + c;
     if (DT == DT_F32) {
         float4 a = ((const float4 *)W.data)[i / 4];
@@ -175,11 +184,12 @@ __global__ void mla_absorb_q_kernel(float *q_lat, float *q, DevTensor kv_b, int 
     float acc[SMALL_BATCH][4];
 #pragma unroll
     for (int t = 0; t < SMALL_BATCH; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    if (c < d_c) {
-#pragma unroll 16 /* V3's J = 16: the slice's loads in flight together */
+    auto rows = [&](auto vec) { /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
+#pragma unroll 16 /* V3's J = 16: the slice's loads in flight together (the branch-free load4_vec) */
         for (int j = j0; j < j1; j++) {
             float w[4];
-            load4<DT>(w, kv_b, h * (nope + v_dim) + j, c); /* W_UK[h] row j: kv_b's rows interleave nope and v per head */
+            if (decltype(vec)::value) load4_vec<DT>(w, kv_b, h * (nope + v_dim) + j, c);
+            else load4<DT>(w, kv_b, h * (nope + v_dim) + j, c);
 #pragma unroll
             for (int t = 0; t < SMALL_BATCH; t++) {
                 if (t >= T) break;
@@ -187,7 +197,9 @@ __global__ void mla_absorb_q_kernel(float *q_lat, float *q, DevTensor kv_b, int 
                 acc[t][0] += a * w[0]; acc[t][1] += a * w[1]; acc[t][2] += a * w[2]; acc[t][3] += a * w[3];
             }
         }
-    }
+    };
+    if (c < d_c && load4_vec_ok(kv_b, c)) rows(DtypeConst<1>());
+    else if (c < d_c) rows(DtypeConst<0>());
 #pragma unroll
     for (int t = 0; t < SMALL_BATCH; t++)
 #pragma unroll
@@ -356,14 +368,26 @@ __global__ void mla_merge_uv_kernel(float *attn, const float *part_o, const floa
     }
     __syncthreads();
     const int per_warp = MLA_UV_ROWS / (THREADS / 32);
-    for (int q = 0; q < per_warp; q++) {
-        int i = blockIdx.y * MLA_UV_ROWS + warp * per_warp + q;
-        if (i >= v_dim) break;
-        float acc[SMALL_BATCH];
-        warp_dots<DT>(acc, kv_b, h * (nope + v_dim) + nope + i, o_lat, T, d_c);
+    int i0 = blockIdx.y * MLA_UV_ROWS + warp * per_warp;
+    if (i0 >= v_dim) return;
+    auto dots = [&](auto nr, auto tn, int k0) { /* rows i0 + k0 .. of W_UV[h], their loads in flight together */
+        const int NR = decltype(nr)::value, TN = decltype(tn)::value;
+        const DevTensor *Ws[NR];
+        int rs[NR];
+#pragma unroll
+        for (int k = 0; k < NR; k++) { Ws[k] = &kv_b; rs[k] = h * (nope + v_dim) + nope + min(i0 + k0 + k, v_dim - 1); }
+        float acc[NR][TN];
+        warp_dots_rows<DT, NR, TN>(acc, Ws, rs, o_lat, T, d_c);
         if (lane == 0)
-            for (int t = 0; t < T; t++) attn[(size_t)t * n_h * v_dim + (size_t)h * v_dim + i] = acc[t];
-    }
+#pragma unroll
+            for (int k = 0; k < NR; k++)
+#pragma unroll
+                for (int t = 0; t < TN; t++)
+                    if (i0 + k0 + k < v_dim && t < T) attn[(size_t)t * n_h * v_dim + (size_t)h * v_dim + i0 + k0 + k] = acc[k][t];
+    };
+    static_assert(per_warp == 4, "the rows a warp below");
+    if (T == 1) dots(DtypeConst<4>(), DtypeConst<1>(), 0); /* the decode step: 4 rows, one token */
+    else { dots(DtypeConst<2>(), DtypeConst<SMALL_BATCH>(), 0); dots(DtypeConst<2>(), DtypeConst<SMALL_BATCH>(), 2); }
 }
 
 static size_t mla_split_smem(const MlaDims *m) { return sizeof(float) * MLA_TILE * mla_cache_width(m); }

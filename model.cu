@@ -407,6 +407,8 @@ extern "C" int state_init_device(State *s, const Model *m, int ctx, int max_T, c
     const char *fuse = getenv("DSV3_FUSED_NORM"), *xs = getenv("DSV3_GEMV_XS");
     d->norm_unfused = fuse && !strcmp(fuse, "0");
     d->xs_off = xs && !strcmp(xs, "0");
+    const char *xreg = getenv("DSV3_GEMV_XREG");
+    d->xreg_off = xreg && !strcmp(xreg, "0");
     const char *branches = getenv("DSV3_CUDA_BRANCHES");
     d->branches_off = branches && !strcmp(branches, "0");
     int rc = up_tensor(d, &d->embed, &m->embed, e) || up_tensor(d, &d->lm_head, &m->lm_head, e) ||

@@ -2,6 +2,7 @@
  * (T <= SMALL_BATCH) the selected experts only, all on the device; in prefill grouped by expert over
  * the tokens as moe.c does. */
 #include "device.cuh"
+#include "gemv_xreg.cuh"
 
 /* h = silu(h) * u, as ffn_swiglu: silu(x) = x / (1 + expf(-x)), then the product. */
 __global__ void silu_mul_kernel(float *h, const float *u, size_t n) {
@@ -58,6 +59,18 @@ static int swiglu_pairs(const Dev *d, int rows) {
 
 template <int DT>
 static void ffn_up_launch(Dev *d, float *h_out, const float *x, int T, const DevFfn &f) {
+    if (T == 1 && !d->xreg_off && xreg_fits(f.gate) && xreg_fits(f.up)) { /* gemv_xreg.cuh: gate and up rows in pairs */
+        XregJob j = {};
+        j.W = f.gate;
+        j.U = f.up;
+        j.x = x;
+        j.x_div = 1;
+        j.out = h_out;
+        j.mode = XREG_SWIGLU;
+        j.rows = f.gate.rows;
+        gemv_xreg_launch<DT>(j, f.gate.cols, 1, d->st);
+        return;
+    }
     int P = swiglu_pairs(d, f.gate.rows), per_block = THREADS / 32 * P;
     unsigned blocks = (unsigned)((f.gate.rows + per_block - 1) / per_block);
     int d_in = f.gate.cols;
@@ -135,25 +148,66 @@ static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L,
 }
 template <int DT>
 static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L, int K, int inter, int dim) {
+    if (!d->xreg_off && xreg_fits(L.experts[0].gate) && xreg_fits(L.experts[0].up) && xreg_fits(L.experts[0].down)) {
+        /* gemv_xreg.cuh, one GEMV a pick: up (gate and up rows in pairs) of the pick's token, then down */
+        XregJob j = {};
+        j.experts = L.experts_dev;
+        j.idx = d->idx;
+        j.x = h;
+        j.x_stride = dim;
+        j.x_div = K;
+        j.out = d->moe_h;
+        j.out_stride = inter;
+        j.mode = XREG_SWIGLU;
+        j.rows = inter;
+        gemv_xreg_launch<DT>(j, dim, T * K, 0);
+        j.x = d->moe_h;
+        j.x_stride = inter;
+        j.x_div = 1;
+        j.out = d->moe_y;
+        j.out_stride = dim;
+        j.mode = XREG_STORE;
+        j.rows = dim;
+        gemv_xreg_launch<DT>(j, inter, T * K, 0);
+        return;
+    }
     if (gemv_xs(d, (DType)DT, dim) && gemv_xs(d, (DType)DT, inter)) moe_experts_launch<DT, true>(d, h, T, L, K, inter, dim);
     else moe_experts_launch<DT, false>(d, h, T, L, K, inter, dim);
 }
 
 /* Decode MoE, step 3: x[t][i] += sum_k w_k y[t][k][i] + shared[t][i], the experts added in ascending
- * expert index as moe.c does (its loop over e), then the shared experts' output. A thread per (t, i). */
+ * expert index as moe.c does (its loop over e), then the shared experts' output. A thread per (t, i);
+ * the block's first thread sorts token t's picks once, and each thread issues its top_k loads of y
+ * together (8 at a time) before it adds them in that order: one memory latency, not top_k. */
 __global__ void moe_combine_kernel(float *x, const float *y, const float *shared, const int *idx, const float *wts,
                                    int top_k, int d) {
+    __shared__ int order[MOE_MAX_TOPK];
     int i = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (threadIdx.x == 0)
+        for (int done = 0, last = -1; done < top_k; done++) { /* next larger expert index */
+            int best = -1;
+            for (int k = 0; k < top_k; k++) {
+                int e = idx[t * top_k + k];
+                if (e > last && (best < 0 || e < idx[t * top_k + best])) best = k;
+            }
+            last = idx[t * top_k + best];
+            order[done] = best;
+        }
+    __syncthreads();
     if (i >= d) return;
     float out = 0.0f;
-    for (int done = 0, last = -1; done < top_k; done++) { /* next larger expert index */
-        int best = -1;
-        for (int k = 0; k < top_k; k++) {
-            int e = idx[t * top_k + k];
-            if (e > last && (best < 0 || e < idx[t * top_k + best])) best = k;
-        }
-        last = idx[t * top_k + best];
-        out += wts[t * top_k + best] * y[(size_t)(t * top_k + best) * d + i];
+    for (int k0 = 0; k0 < top_k; k0 += 8) {
+        float yk[8], wk[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (k0 + k < top_k) {
+                int p = t * top_k + order[k0 + k];
+                yk[k] = y[(size_t)p * d + i];
+                wk[k] = wts[p];
+            }
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (k0 + k < top_k) out += wk[k] * yk[k];
     }
     if (shared) out += shared[(size_t)t * d + i];
     x[(size_t)t * d + i] += out;

@@ -3,6 +3,7 @@
  * larger n the tile-wise widening to FP32 and cublasSgemm (CUBLAS_DEFAULT_MATH: no TF32); the decode
  * GEMV with its input norm fused (small GEMVs of the decode step); and ops.c's argmax over blocks. */
 #include "device.cuh"
+#include "gemv_xreg.cuh"
 
 /* tensor_rows_f32 (ops.c): rows [r0, r0+n) of W into out [n, cols] as FP32. A thread per element. */
 __global__ void tensor_rows_f32_kernel(float *out, DevTensor W, int r0, int n) {
@@ -31,7 +32,8 @@ static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, 
 }
 template <int DT>
 static void gemv_launch(Dev *d, float *out, const float *x, const DevTensor &W, int n, int accumulate) {
-    if (n == 1 && gemv_xs(d, (DType)DT, W.cols)) gemv_launch<DT, 1, true>(d, out, x, W, n, accumulate); /* the decode step */
+    if (n == 1 && !d->xreg_off && xreg_fits(W)) gemv_xreg_matmul(out, x, W, accumulate, d->st); /* FP8, x in registers */
+    else if (n == 1 && gemv_xs(d, (DType)DT, W.cols)) gemv_launch<DT, 1, true>(d, out, x, W, n, accumulate); /* the decode step */
     else if (n == 1) gemv_launch<DT, 1, false>(d, out, x, W, n, accumulate);
     else gemv_launch<DT, SMALL_BATCH, false>(d, out, x, W, n, accumulate);
 }
@@ -81,6 +83,10 @@ void matmul_normed_cuda(Dev *d, float *out, float *h, const float *x, const floa
     /* every block norms x again: worth a launch for the layers' q and router GEMVs (a few hundred
      * blocks), not for lm_head's thousands (measured: notes/cuda.md, section 10); 48 KB of shared
      * memory without asking */
+    if (n == 1 && !d->norm_unfused && !d->xreg_off && xreg_fits(W)) { /* gemv_xreg.cuh, every block norming x */
+        gemv_xreg_matmul(out, x, W, accumulate, d->st, norm_w, eps, h);
+        return;
+    }
     if (n != 1 || d->norm_unfused || blocks > 2 * 132 || W.cols > 12288) {
         rmsnorm_cuda_dev(h, x, norm_w, n, W.cols, W.cols, W.cols, eps);
         matmul_cuda(d, out, h, W, n, accumulate);

@@ -15,7 +15,8 @@
  *   r2, r4   pairs / bf16 with 2 or 4 rows a warp (warp_dots_rows: the rows' loads in flight
  *            together, x read once for them), as ops.cu's matmul_gemv_kernel
  *   xs       pairs with x staged in shared memory, padded (device.cuh's stage_x_padded), 1, 2, 4
- *            rows a warp: ops.cu's decode GEMV for FP8
+ *            rows a warp: ops.cu's decode GEMV for FP8 until session 5
+ *   xreg     gemv_xreg.cuh: a block's warps split the columns, x in registers, 8 rows a batch
  *
  *   build: make cuda (build/cuda/bench_fp8_gemv); make cuda-bench runs it first
  *   run:   build/cuda/bench_fp8_gemv [ROWS COLS]...   (default: V2-Lite's decode shapes, 22016 x 2048 .. 576 x 2048)
@@ -27,11 +28,12 @@
 
 #include "copy_bandwidth.cuh"
 #include "device.cuh"
+#include "gemv_xreg.cuh"
 
-enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, V_XS1, V_XS2, V_XS4, N_VARIANTS };
+enum { V_EXACT, V_PAIRS, V_BITS, V_BF16, V_PAIRS2, V_PAIRS4, V_BF16_2, V_BF16_4, V_XS1, V_XS2, V_XS4, V_XREG, N_VARIANTS };
 static const char *variant_name[N_VARIANTS] = {"exact", "pairs", "bits", "bf16", "pairs r2", "pairs r4", "bf16 r2", "bf16 r4",
-                                               "xs r1", "xs r2", "xs r4"};
-static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4, 1, 2, 4};
+                                               "xs r1", "xs r2", "xs r4", "xreg"};
+static const int variant_rows[N_VARIANTS] = {1, 1, 1, 1, 2, 4, 2, 4, 1, 2, 4, 1};
 
 /* ops.cu's matmul_gemv_kernel at T = 1 (device.cuh's gemv_rows_body), NR rows a warp */
 template <int DT, int NR, bool XS = false>
@@ -99,6 +101,7 @@ static float time_variant(float *out, const float *x, DevTensor *W, int copies, 
         else if (V == V_BF16_4) gemv_rows_kernel<DT_BF16, 4><<<blocks, 256>>>(out, x, w);
         else if (V == V_XS1) gemv_rows_kernel<DT_F8_E4M3, 1, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
         else if (V == V_XS2) gemv_rows_kernel<DT_F8_E4M3, 2, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
+        else if (V == V_XREG) gemv_xreg_matmul(out, x, w, 0, 0);
         else if (V == V_XS4) gemv_rows_kernel<DT_F8_E4M3, 4, true><<<blocks, 256, x_padded_bytes(w.cols)>>>(out, x, w);
         else gemv_kernel<V><<<blocks, 256>>>(out, x, w);
     }
@@ -171,10 +174,14 @@ int main(int argc, char **argv) {
             host_copy(got, out, sizeof(float) * rows);
             for (int i = 0; i < rows; i++) e_r2 = fmax(e_r2, fabs(got[i] - ref[i]));
         }
+        us[V_XREG] = time_variant<V_XREG>(out, x, W8, copies, 60);
+        host_copy(got, out, sizeof(float) * rows);
+        double e_xreg = 0;
+        for (int i = 0; i < rows; i++) e_xreg = fmax(e_xreg, fabs(got[i] - ref[i]));
         us[V_BF16_2] = time_variant<V_BF16_2>(out, x, W16, copies, 60);
         us[V_BF16_4] = time_variant<V_BF16_4>(out, x, W16, copies, 60);
-        printf("W [%d, %d]: FP8 %.1f MB, BF16 %.1f MB; max|y| %.3g, |pairs - exact| %.2g, |bits - exact| %.2g, |r2, r4, xs - exact| %.2g\n",
-               rows, cols, n / 1e6, 2 * n / 1e6, mx, e_pairs, e_bits, e_r2);
+        printf("W [%d, %d]: FP8 %.1f MB, BF16 %.1f MB; max|y| %.3g, |pairs - exact| %.2g, |bits - exact| %.2g, |r2, r4, xs - exact| %.2g, |xreg - exact| %.2g\n",
+               rows, cols, n / 1e6, 2 * n / 1e6, mx, e_pairs, e_bits, e_r2, e_xreg);
         for (int v = 0; v < N_VARIANTS; v++) {
             double bytes = v == V_BF16 || v == V_BF16_2 || v == V_BF16_4 ? 2.0 * n : (double)n + sizeof(float) * sr * sc;
             printf("  %-6s %8.1f us  %6.0f GB/s  %5.1f%% of copy\n", variant_name[v], us[v], bytes / (us[v] * 1e-6) / 1e9,

@@ -2,11 +2,12 @@
  * one by one, as test_kernels.cu checks kernels.cu's:
  *   matmul       F32, BF16 and FP8 E4M3 (128 x 128 block scales) weights; columns a multiple of 8
  *                (the GEMV's vector loads) and not (its scalar loop); n = 1, 3, 8 (GEMV) and 9, 40
- *                (widen + cuBLAS in tiles of a third of the rows)
+ *                (widen + cuBLAS in tiles of a third of the rows); FP8 at n = 1 and >= 1024 columns
+ *                through gemv_xreg.cuh (one to four chunks a warp, a partial last chunk)
  *   mla_attend_absorbed  the split-KV decode kernels (mla.cu), tol 1e-4 (test_attn_decode)
- *   moe_forward  a V3-like gate (sigmoid, bias, groups) and a V2-Lite-like one (softmax, greedy),
- *                BF16 and FP8 experts, shared experts; T = 1, 2, 8 (the decode kernels) and 9, 33
- *                (grouped by expert)
+ *   moe_forward  a V3-like gate (sigmoid, bias, groups), a V2-Lite-like one (softmax, greedy) and a
+ *                wide one (1024 x 1408: gemv_xreg.cuh at T = 1), BF16 and FP8 experts, shared experts;
+ *                T = 1, 2, 8 (the decode kernels) and 9, 33 (grouped by expert)
  *   embed_rows_kernel  the embedding gather against tensor_rows_f32: F32, BF16, F16 and FP8 E4M3
  *                (128 x 128 scales) tables, ids 0 and V - 1 and repeats, rows of stride d and 2d (the
  *                MTP's [e ; h] input: the other half must stay untouched). Exact: the widening is
@@ -96,9 +97,12 @@ static Tensor weight(DType dt, int rows, int cols, void **keep, int *n_keep) {
 
 static void test_matmul(void) {
     const DType dts[] = {DT_F32, DT_BF16, DT_F8_E4M3};
-    const int shapes[][2] = {{300, 256}, {77, 203}, {1000, 2048}}, ns[] = {1, 3, 8, 9, 40};
+    /* FP8 at n = 1 goes through gemv_xreg.cuh: 256 and 2048 columns one chunk a warp (1 and 4 warps),
+     * 1408 a partial last chunk, 10944 two chunks a warp, 24576 three, 32768 four (16 warps) */
+    const int shapes[][2] = {{300, 256}, {77, 203}, {1000, 2048}, {129, 1408}, {130, 10944}, {40, 24576}, {24, 32768}},
+              ns[] = {1, 3, 8, 9, 40};
     for (int di = 0; di < 3; di++)
-        for (int si = 0; si < 3; si++) {
+        for (int si = 0; si < 7; si++) {
             void *keep[4];
             int n_keep = 0, rows = shapes[si][0], cols = shapes[si][1];
             Tensor W = weight(dts[di], rows, cols, keep, &n_keep);
@@ -122,10 +126,13 @@ static void test_moe(void) {
     struct { const char *name; int d, inter, E, K, n_group, topk_group, shared; ScoringFunc sc; TopkMethod m; int norm; float scale; } cases[] = {
         {"V3-like (sigmoid, bias, 4 groups keep 2)", 256, 160, 16, 4, 4, 2, 1, SCORE_SIGMOID, TOPK_NOAUX_TC, 1, 2.5f},
         {"V2-Lite-like (softmax, greedy)", 512, 176, 64, 6, 1, 1, 2, SCORE_SOFTMAX, TOPK_GREEDY, 0, 1.0f},
+        /* wide enough for gemv_xreg.cuh (>= 1024 columns): FP8 experts' up and down and the shared experts at
+         * T = 1 through it, a partial last chunk (1408 = 2.75 chunks of 512) */
+        {"wide (softmax, greedy, 1024 x 1408)", 1024, 1408, 8, 2, 1, 1, 1, SCORE_SOFTMAX, TOPK_GREEDY, 1, 1.0f},
     };
     const DType dts[] = {DT_BF16, DT_F8_E4M3};
     const int Ts[] = {1, 2, 8, 9, 33};
-    for (int ci = 0; ci < 2; ci++)
+    for (int ci = 0; ci < 3; ci++)
         for (int di = 0; di < 2; di++) {
             int d = cases[ci].d, inter = cases[ci].inter, E = cases[ci].E;
             void **keep = (void **)malloc(sizeof(void *) * (size_t)(E + 2) * 6 + 8);
