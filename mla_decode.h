@@ -28,7 +28,8 @@ extern "C" {
  *      tiles in shared memory in wgmma's core-matrix layout); 16 and 32 heads run variant 1.
  *   3  mla_decode_fp8.cu, FP8 caches: as 1, but the codes enter the tensor cores as their exact
  *      values, converted in registers from the raw tile, the scales applied to the per-block partial
- *      scores and to p (no widened tile); BF16 caches run variant 1.
+ *      scores and to p (no widened tile); BF16 caches, and FP8 at more than 32 heads (64-head
+ *      CTAs, where it measured slower), run variant 1.
  * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 1 (measured faster
  * than 0 on every batch >= 64 shape, notes/mla_decode.md section 6; 2 slower than 1 at 128 heads;
  * 3 not yet measured, section 7). */

@@ -46,10 +46,12 @@
  *      consecutive columns of each head, written as two float4 (pair_finish's PERM order).
  *    Scales: s[t][2 half], s[t][2 half + 1] as one 8-byte load for the lane's 2 NT tokens
  *      (8 nt + 2c + {0, 1}, the same tokens in the S accumulator and in the O step's A operand).
- * Per 16 tokens a warp: 32 + 32 32-bit code loads (S, O), 18 ldmatrix of Q and 2 of rope, 128 + 128
- * codes converted a lane (512 instructions), 68 mma (S 32 + 4, O 32).
+ * Per 32-row tile a warp: 64 + 64 32-bit code loads (S, O), 18 ldmatrix of Q and 4 of rope, 256 + 256
+ * codes converted a lane (1024 instructions), 136 mma (S 64 + 8, O 64).
  * The rest (E, F, G: pairs, streams, the schedule, the merge, the combine) is variant 1's, shared
- * through mla_decode_pair.cuh. Rings: 4 slots a stream (3 at 32 heads, for shared memory).
+ * through mla_decode_pair.cuh, except that tiles are 32 rows at 16 heads too (4 streams x 2 slots;
+ * 2 x 3 at 32 heads). 64-head CTAs (more than 32 heads) run variant 1's FP8 path: there every head
+ * group converts the codes again, and variant 3 measured 0.90x of variant 1 at 128 heads (section 7).
  * Differences from the C twin: q and p s rounded to BF16; the codes and scales are exact (variant 1
  * also rounds code * s to BF16); the NaN codes above; the orders of the sums (tensor-core trees,
  * per-block partial scores, feature halves, streams, segments); exp2f.
@@ -61,8 +63,10 @@
 
 /* The shape of a CTA of NG head groups: shared memory [Q | rings | exchange | ints]. */
 template <int NG> struct F8 {
-    static constexpr int H = 16 * NG, NS = 4 / NG, RS = NG == 1 ? 16 : 32, NT = RS / 8, ST = 64 * NG;
-    static constexpr int RING = NG == 2 ? 3 : 4; /* cp.async slots a stream */
+    /* 32-row tiles at every head count (variant 1 has 16 at 16 heads): half the per-tile work a row
+     * (Q's ldmatrix, exchange, barriers) and 4 independent S accumulator chains (section 7) */
+    static constexpr int H = 16 * NG, NS = 4 / NG, RS = 32, NT = RS / 8, ST = 64 * NG;
+    static constexpr int RING = NG == 1 ? 2 : 3; /* cp.async slots a stream (what shared memory holds) */
     static constexpr size_t slot = (size_t)RS * FP8_ROW;
     static constexpr size_t off_ring = (size_t)H * ROW_PAD * 2;
     static constexpr size_t off_x = off_ring + NS * RING * slot; /* [parity 2][warp 8][NT 4][lane] */
@@ -273,6 +277,8 @@ void mla_decode_fp8_run(float *o_lat, float *lse, const float *q_abs, const void
     switch (plan->heads_per_cta) {
     case 16: fp8_launch<1>(o_lat, lse, work, q_abs, pool, block_tables, max_pages, lens, B, n_h, sl, plan, st); break;
     case 32: fp8_launch<2>(o_lat, lse, work, q_abs, pool, block_tables, max_pages, lens, B, n_h, sl, plan, st); break;
-    default: fp8_launch<4>(o_lat, lse, work, q_abs, pool, block_tables, max_pages, lens, B, n_h, sl, plan, st); break;
+    default: /* 64 heads: variant 1's widened tiles (measured faster there) */
+        mla_decode_pair_run(o_lat, lse, q_abs, pool, 1, block_tables, max_pages, lens, B, n_h, scale, plan, work, stream);
+        break;
     }
 }
