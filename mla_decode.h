@@ -30,11 +30,12 @@ extern "C" {
  *      values, converted in registers from the raw tile, the scales applied to the per-block partial
  *      scores and to p (no widened tile); BF16 caches, and FP8 at more than 32 heads (64-head
  *      CTAs, where it measured slower), run variant 1.
- * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 1 (measured faster
- * than 0 on every batch >= 64 shape, notes/mla_decode.md section 6; 2 slower than 1 at 128 heads;
- * 3 not yet measured, section 7). */
+ * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 3, which is
+ * variant 1 except for FP8 caches at <= 32 heads (notes/mla_decode.md: 1 faster than 0 on every
+ * batch >= 64 shape, section 6; 2 slower than 1 at 128 heads; 3 1.28-1.32x 1 on FP8 at 16 heads,
+ * section 7; batch 1 with 3 not measured). */
 #define MLA_DEC_VARIANTS 4
-#define MLA_DEC_DEFAULT_VARIANT 1
+#define MLA_DEC_DEFAULT_VARIANT 3
 
 /* How a batch is cut: heads_per_cta query heads share each loaded tile, head_blocks CTAs cover n_h.
  * Variant 0: every sequence's tiles are cut into n_split chunks of chunk_tiles tiles, one CTA per
