@@ -329,7 +329,7 @@ clean:
 # `make mla-decode-test` runs the test, `make mla-decode-bench` the benchmark (an sm_90 GPU, torch).
 MLA_DEC_DIR := build/mla_decode
 MLA_DEC_REF := ops matmul matmul_e4m3 fp8 mla_kv mla_paged
-MLA_DEC_CU  := mla_decode mla_decode_pair
+MLA_DEC_CU  := mla_decode mla_decode_pair mla_decode_fp8
 # mla_decode_pair.cu's variant 2 uses wgmma, which only sm_90a (H100/H200) has: that file is built
 # for sm_90a alone, the other with NVCCFLAGS
 MLA_DEC_PAIR_FLAGS := $(filter-out -gencode arch=%,$(NVCCFLAGS)) -gencode arch=compute_90a,code=sm_90a

@@ -49,7 +49,8 @@
  * warp specialisation and a scheduler that balances ragged lengths; this kernel keeps mma.sync
  * and a uniform split to stay readable (notes/mla_decode.md compares them). It is variant 0;
  * mla_decode_pair.cu is variant 1 (64 heads a CTA, the softmax in registers, a balanced
- * schedule); mla_decode_plan picks one (MLA_DECODE_VARIANT).
+ * schedule), mla_decode_fp8.cu variant 3 (FP8 codes into the tensor cores, the scales outside);
+ * mla_decode_plan picks one (MLA_DECODE_VARIANT).
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -351,9 +352,10 @@ static void plan_tiles(MlaDecodePlan *p, int B, int n_h, int max_len) {
 }
 
 void mla_decode_plan_variant(MlaDecodePlan *p, int B, int n_h, int max_len, int variant) {
-    if (variant == 1 || variant == 2) mla_decode_pair_plan(p, B, n_h, max_len, device_sms());
+    const int pair = variant >= 1 && variant <= 3; /* variants 1, 2, 3 share variant 1's plan */
+    if (pair) mla_decode_pair_plan(p, B, n_h, max_len, device_sms());
     else plan_tiles(p, B, n_h, max_len);
-    p->variant = variant == 1 || variant == 2 ? variant : 0;
+    p->variant = pair ? variant : 0;
 }
 
 /* MLA_DECODE_VARIANT, or MLA_DEC_DEFAULT_VARIANT when unset or out of range. */
@@ -385,7 +387,11 @@ int mla_decode_cuda(float *o_lat, float *lse, const float *q_abs, const void *po
                     const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h,
                     float scale, const MlaDecodePlan *plan, float *work, void *stream) {
     if ((f != MLA_KV_BF16 && f != MLA_KV_FP8) || B <= 0 || n_h <= 0) return -1;
-    if (plan->variant == 1 || plan->variant == 2) {
+    if (plan->variant == 3 && f == MLA_KV_FP8) {
+        mla_decode_fp8_run(o_lat, lse, q_abs, pool, block_tables, max_pages, lens, B, n_h, scale, plan, work, stream);
+        return 0;
+    }
+    if (plan->variant >= 1 && plan->variant <= 3) { /* variant 3 on BF16: variant 1 */
         mla_decode_pair_run(o_lat, lse, q_abs, pool, f == MLA_KV_FP8, block_tables, max_pages, lens, B, n_h, scale,
                             plan, work, stream);
         return 0;

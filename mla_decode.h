@@ -26,10 +26,16 @@ extern "C" {
  *      block (one wave), whatever the lengths;
  *   2  as 1, but the 64-head CTA (more than 32 heads) computes S = Q C^T with wgmma (Q and the
  *      tiles in shared memory in wgmma's core-matrix layout); 16 and 32 heads run variant 1.
- * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 1 (measured faster
- * than 0 on every batch >= 64 shape, notes/mla_decode.md section 6; 2 is not yet measured). */
-#define MLA_DEC_VARIANTS 3
-#define MLA_DEC_DEFAULT_VARIANT 1
+ *   3  mla_decode_fp8.cu, FP8 caches: as 1, but the codes enter the tensor cores as their exact
+ *      values, converted in registers from the raw tile, the scales applied to the per-block partial
+ *      scores and to p (no widened tile); BF16 caches, and FP8 at more than 32 heads (64-head
+ *      CTAs, where it measured slower), run variant 1.
+ * MLA_DECODE_VARIANT (environment) picks the variant of mla_decode_plan; default 3, which is
+ * variant 1 except for FP8 caches at <= 32 heads (notes/mla_decode.md: 1 faster than 0 on every
+ * batch >= 64 shape, section 6; 2 slower than 1 at 128 heads; 3 1.28-1.32x 1 on FP8 at 16 heads,
+ * section 7; batch 1 with 3 not measured). */
+#define MLA_DEC_VARIANTS 4
+#define MLA_DEC_DEFAULT_VARIANT 3
 
 /* How a batch is cut: heads_per_cta query heads share each loaded tile, head_blocks CTAs cover n_h.
  * Variant 0: every sequence's tiles are cut into n_split chunks of chunk_tiles tiles, one CTA per
@@ -75,6 +81,10 @@ void mla_decode_pair_plan(MlaDecodePlan *p, int B, int n_h, int max_len, int sms
 void mla_decode_pair_run(float *o_lat, float *lse, const float *q_abs, const void *pool, int fp8,
                          const int32_t *block_tables, int max_pages, const int *lens, int B, int n_h, float scale,
                          const MlaDecodePlan *plan, float *work, void *stream);
+/* Variant 3's launch (mla_decode_fp8.cu) for an FP8 pool, with mla_decode_pair_plan's plan. */
+void mla_decode_fp8_run(float *o_lat, float *lse, const float *q_abs, const void *pool, const int32_t *block_tables,
+                        int max_pages, const int *lens, int B, int n_h, float scale, const MlaDecodePlan *plan,
+                        float *work, void *stream);
 
 #ifdef __cplusplus
 }

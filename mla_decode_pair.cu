@@ -50,24 +50,8 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
-#include <math.h>
 
-#include "mla_decode.h"
-#include "mla_decode_ptx.cuh"
-
-#define DC MLA_DEC_DC
-#define DR MLA_DEC_DR
-#define WIDTH (DC + DR)           /* 576 */
-#define PAGE MLA_PAGE             /* 64 rows */
-#define THREADS 256
-#define ROW_PAD (WIDTH + 8)       /* BF16 per shared row: 1168 bytes = 73 x 16, ldmatrix conflict-free */
-#define FP8_ROW 656               /* 512 codes, 4 FP32 scales, 64 BF16 */
-#define HALF_F (WIDTH / 2)        /* 288 features per S-step warp */
-#define HALF_C (DC / 2)           /* 256 columns per O-step warp */
-#define MIN_PAGES 2               /* the fewest pages a CTA is given */
-#define SMEM_MAX 232448           /* 227 KB: sm_90's opt-in shared memory per block */
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
+#include "mla_decode_pair.cuh"
 
 /* The shape of a CTA of NG head groups; shared memory [Q | rings | widened tiles | exchange | ints].
  * WG (variant 2, 64 heads only): BF16 tiles and Q in the core-matrix layout (tile_off), S by wgmma. */
@@ -100,50 +84,6 @@ template <bool WG> static __device__ __forceinline__ uint32_t tile_off(int r, in
     return WG ? (uint32_t)((r / 8) * CM_SBO + (k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2) : (uint32_t)((r * ROW_PAD + k) * 2);
 }
 
-/* ---- (G) the schedule -------------------------------------------------------------------------- */
-
-typedef struct { int per, s0, s1, b, pre, fp; } PairWork;
-
-/* Every thread of the CTA: its pages [s0, s1) of the batch's list, the sequence b holding page s0,
- * pre = pages before b, fp = b's first segment number. s0 >= s1: nothing to do. sh: 11 ints. */
-static __device__ PairWork pair_schedule(const int *lens, int B, int cta, int n_cta, int *sh) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int per_thread = (B + THREADS - 1) / THREADS, lo = threadIdx.x * per_thread;
-    const int hi = min(B, lo + per_thread);
-    int mine = 0;
-    for (int b = lo; b < hi; b++) mine += (lens[b] + PAGE - 1) / PAGE;
-    int incl = mine; /* inclusive scan over the warp, then over the 8 warp totals */
-    for (int o = 1; o < 32; o *= 2) {
-        int v = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += v;
-    }
-    if (lane == 31) sh[warp] = incl;
-    if (threadIdx.x == 0) sh[10] = 0;
-    __syncthreads();
-    int before = 0, total = 0;
-    for (int w = 0; w < THREADS / 32; w++) {
-        before += w < warp ? sh[w] : 0;
-        total += sh[w];
-    }
-    PairWork wk;
-    wk.per = max(MIN_PAGES, (total + n_cta - 1) / n_cta);
-    wk.s0 = cta * wk.per;
-    wk.s1 = min(total, wk.s0 + wk.per);
-    int pre = before + incl - mine, z = 0;
-    for (int b = lo; b < hi; b++) {
-        int np = (lens[b] + PAGE - 1) / PAGE;
-        if (pre <= wk.s0 && wk.s0 < pre + np) { sh[8] = b; sh[9] = pre; }
-        z += b >= 1 && pre <= wk.s0 && pre % wk.per == 0;
-        pre += np;
-    }
-    if (z) atomicAdd(&sh[10], z);
-    __syncthreads();
-    wk.b = sh[8];
-    wk.pre = sh[9];
-    wk.fp = wk.pre / wk.per + wk.b - sh[10];
-    return wk;
-}
-
 /* ---- tiles --------------------------------------------------------------------------------------- */
 
 /* Rows tok .. tok + RS - 1 of one sequence (inside one page) into a ring slot, by the stream's ST
@@ -152,20 +92,16 @@ template <int NG, bool FP8, bool WG = false>
 static __device__ __forceinline__ void pair_load(uint8_t *dst, const uint8_t *pool, const int32_t *table, int tok,
                                                  int len, int st_tid) {
     using K = Pair<NG, FP8, WG>;
-    constexpr int chunks = K::row_bytes / 16;
-    const uint8_t *src = pool + ((size_t)table[tok / PAGE] * PAGE + tok % PAGE) * K::row_bytes;
     if constexpr (WG && !FP8) { /* core-matrix layout: 8 neighbouring threads fill one 128-byte core matrix */
+        constexpr int chunks = K::row_bytes / 16;
+        const uint8_t *src = pool + ((size_t)table[tok / PAGE] * PAGE + tok % PAGE) * K::row_bytes;
         for (int i = st_tid; i < K::RS * chunks; i += K::ST) {
             int r = (i / (8 * chunks)) * 8 + i % 8, ch = (i / 8) % chunks;
             bool ok = tok + r < len;
             cp_async16(dst + tile_off<true>(r, ch * 8), ok ? src + (size_t)r * K::row_bytes + ch * 16 : pool, ok ? 16 : 0);
         }
     } else {
-        for (int i = st_tid; i < K::RS * chunks; i += K::ST) {
-            int r = i / chunks, ch = i % chunks;
-            bool ok = tok + r < len;
-            cp_async16(dst + r * K::slot_row + ch * 16, ok ? src + (size_t)r * K::row_bytes + ch * 16 : pool, ok ? 16 : 0);
-        }
+        pair_load_rows<K::RS, K::ST, K::row_bytes, K::slot_row>(dst, pool, table, tok, len, st_tid);
     }
 }
 
@@ -200,19 +136,13 @@ static __device__ __forceinline__ void pair_widen(__nv_bfloat16 *tile, const uin
 
 /* ---- (E) one tile of one pair ------------------------------------------------------------------ */
 
-/* The running state of a warp: O [16 heads, its 256 columns], m and l of heads g and g + 8. */
-struct PairAcc {
-    float o[HALF_C / 8][4];
-    float m0, m1, l0, l1;
-};
-
 /* Tile rows tok .. tok + RS - 1 (BF16 rows in shared memory) into acc; q: the CTA's Q rows;
  * xb: this parity's exchange buffer [8 warps][NT * 4][32]. */
 template <int NG, bool WG = false>
 static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat16 *tile, const __nv_bfloat16 *q,
                                                  float *xb, int tok, int len, float scale_log2) {
     constexpr int NT = Pair<NG, false>::NT, RS = Pair<NG, false>::RS;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, c = lane % 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     /* variant 1: warps 2p, 2p + 1 are pair p; variant 2: warps p, p + 4 (warpgroup = half) */
     const int pair = WG ? warp % 4 : warp / 2, half = WG ? warp / 4 : warp % 2, grp = pair % NG;
     const int partner = WG ? warp ^ 4 : warp ^ 1;
@@ -257,56 +187,7 @@ static __device__ __forceinline__ void pair_tile(PairAcc &acc, const __nv_bfloat
     }
     }
 
-    /* exchange: S = S_half0 + S_half1 in both warps */
-    float *mine = xb + (size_t)warp * NT * 4 * 32, *other = xb + (size_t)partner * NT * 4 * 32;
-    #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-        #pragma unroll
-        for (int i = 0; i < 4; i++) mine[(nt * 4 + i) * 32 + lane] = s[nt][i];
-    named_barrier(8 + pair, 64);
-    #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-        #pragma unroll
-        for (int i = 0; i < 4; i++) s[nt][i] += other[(nt * 4 + i) * 32 + lane];
-
-    /* softmax: s[nt][0..1] are head g, tokens tok + 8 nt + 2c + {0, 1}; s[nt][2..3] head g + 8 */
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-    #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-        #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            bool ok = tok + nt * 8 + 2 * c + e < len;
-            s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
-            s[nt][2 + e] = ok ? s[nt][2 + e] * scale_log2 : -INFINITY;
-            mx0 = fmaxf(mx0, s[nt][e]);
-            mx1 = fmaxf(mx1, s[nt][2 + e]);
-        }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float mn0 = fmaxf(acc.m0, mx0), mn1 = fmaxf(acc.m1, mx1); /* finite: row tok is < len */
-    const float al0 = exp2f(acc.m0 - mn0), al1 = exp2f(acc.m1 - mn1);
-    acc.m0 = mn0;
-    acc.m1 = mn1;
-    float sum0 = 0.0f, sum1 = 0.0f;
-    #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-        #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            s[nt][e] = exp2f(s[nt][e] - mn0);
-            s[nt][2 + e] = exp2f(s[nt][2 + e] - mn1);
-            sum0 += s[nt][e];
-            sum1 += s[nt][2 + e];
-        }
-    acc.l0 = acc.l0 * al0 + sum0;
-    acc.l1 = acc.l1 * al1 + sum1;
-    if (__any_sync(0xffffffffu, al0 != 1.0f || al1 != 1.0f)) /* once the maxima settle, skip (x 1 is exact) */
-        #pragma unroll
-        for (int nt = 0; nt < HALF_C / 8; nt++) {
-            acc.o[nt][0] *= al0; acc.o[nt][1] *= al0;
-            acc.o[nt][2] *= al1; acc.o[nt][3] *= al1;
-        }
+    pair_softmax<NT>(acc, s, xb, warp, partner, pair, tok, len, scale_log2);
 
     /* O step: P [16, 16 tokens of k-step j] from s (BF16), B = C [tokens, columns] transposed
      * (matrices: tokens 0-7 / 8-15 x columns 0-7, then x columns 8-15 -> b0, b1 of two n-tiles). */
@@ -339,7 +220,7 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
     using K = Pair<NG, FP8, WG>;
     extern __shared__ __align__(16) uint8_t smem[];
     __nv_bfloat16 *q_s = (__nv_bfloat16 *)smem;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+    const int warp = threadIdx.x / 32;
     const int pair = WG ? warp % 4 : warp / 2, half = WG ? warp / 4 : warp % 2, grp = pair % NG, stream = pair / NG;
     const int st_tid = threadIdx.x - stream * K::ST, h0 = blockIdx.x * K::H, cta = blockIdx.y;
     uint8_t *ring = smem + K::off_ring + (size_t)stream * K::RING * K::slot;
@@ -350,13 +231,9 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
     if (wk.s0 >= wk.s1) return;
     int b = wk.b, pre = wk.pre, fp = wk.fp;
     for (int pg = wk.s0; pg < wk.s1; b++) {
-        const int len = lens[b], pre_next = pre + (len + PAGE - 1) / PAGE, pg1 = min(wk.s1, pre_next);
-        const int f_b = pre / wk.per, count = (pre_next - 1) / wk.per - f_b + 1, part = fp + cta - f_b;
-        if (pg == pre && blockIdx.x == 0 && threadIdx.x == 0) { meta[2 * b] = fp; meta[2 * b + 1] = count; }
-        const int tok0 = (pg - pre) * PAGE, tok1 = min(len, (pg1 - pre) * PAGE);
-        const int32_t *table = block_tables + (size_t)b * max_pages;
-        const int first = tok0 + stream * K::RS, span = K::NS * K::RS;
-        const int n_k = first < tok1 ? (tok1 - first + span - 1) / span : 0;
+        const PairSeg sg = pair_segment<K::RS, K::NS>(wk, b, pre, fp, pg, cta, stream, lens, block_tables, max_pages, meta);
+        const int len = sg.len, first = sg.first, n_k = sg.n_k, span = K::NS * K::RS;
+        const int32_t *table = sg.table;
 
         __syncthreads(); /* the previous segment's readers of Q and of the rings are done */
         #pragma unroll
@@ -373,10 +250,7 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
         __syncthreads();
 
         PairAcc acc;
-        #pragma unroll
-        for (int nt = 0; nt < HALF_C / 8; nt++) acc.o[nt][0] = acc.o[nt][1] = acc.o[nt][2] = acc.o[nt][3] = 0.0f;
-        acc.m0 = acc.m1 = -INFINITY;
-        acc.l0 = acc.l1 = 0.0f;
+        pair_acc_init(acc);
         if constexpr (FP8 && K::WIDE == 2) { /* widen tile k + 1 while tile k is multiplied */
             cp_async_wait<K::RING - 1>();
             named_barrier(1 + stream, K::ST);
@@ -418,102 +292,12 @@ mla_decode_pair_kernel(float *o_lat, float *lse, float *o_part, float *lse_part,
         }
         cp_async_wait<0>();
 
-        /* l over the quad; then o = O / l, lse = (m + log2 l) ln 2 (l > 0: stream 0 has rows) */
-        acc.l0 += __shfl_xor_sync(0xffffffffu, acc.l0, 1);
-        acc.l0 += __shfl_xor_sync(0xffffffffu, acc.l0, 2);
-        acc.l1 += __shfl_xor_sync(0xffffffffu, acc.l1, 1);
-        acc.l1 += __shfl_xor_sync(0xffffffffu, acc.l1, 2);
-        if constexpr (K::NS > 1) { /* (F) the streams' (O, m, l) merged in the CTA: one record a segment */
-            constexpr int W = 2 * NG, F = HALF_C / 8 * 4; /* warps a stream, O floats a lane */
-            float *mo = (float *)(smem + K::off_ring), *mml = (float *)(smem + K::off_x);
-            const int wi = warp % W;
-            __syncthreads(); /* every stream is done with its ring and the exchange buffers */
-            if (stream > 0) { /* [stream - 1][warp of the stream][F or 4][lane]: conflict-free */
-                float *d = mo + (size_t)((stream - 1) * W + wi) * F * 32 + lane;
-                #pragma unroll
-                for (int nt = 0; nt < HALF_C / 8; nt++)
-                    #pragma unroll
-                    for (int i = 0; i < 4; i++) d[(nt * 4 + i) * 32] = acc.o[nt][i];
-                float *d2 = mml + (size_t)((stream - 1) * W + wi) * 4 * 32 + lane;
-                d2[0] = acc.m0; d2[32] = acc.m1; d2[64] = acc.l0; d2[96] = acc.l1;
-            }
-            __syncthreads();
-            if (stream == 0) { /* stream 0 has the segment's first tile: its m is finite */
-                float M0 = acc.m0, M1 = acc.m1;
-                for (int j = 1; j < K::NS; j++) {
-                    M0 = fmaxf(M0, mml[(size_t)((j - 1) * W + wi) * 128 + lane]);
-                    M1 = fmaxf(M1, mml[(size_t)((j - 1) * W + wi) * 128 + 32 + lane]);
-                }
-                const float w0 = exp2f(acc.m0 - M0), w1 = exp2f(acc.m1 - M1);
-                acc.l0 *= w0;
-                acc.l1 *= w1;
-                #pragma unroll
-                for (int nt = 0; nt < HALF_C / 8; nt++) {
-                    acc.o[nt][0] *= w0; acc.o[nt][1] *= w0;
-                    acc.o[nt][2] *= w1; acc.o[nt][3] *= w1;
-                }
-                for (int j = 1; j < K::NS; j++) { /* in stream order: deterministic */
-                    const float *ml = mml + (size_t)((j - 1) * W + wi) * 128 + lane;
-                    const float v0 = exp2f(ml[0] - M0), v1 = exp2f(ml[32] - M1); /* 0 for a stream without rows */
-                    acc.l0 += v0 * ml[64];
-                    acc.l1 += v1 * ml[96];
-                    const float *src = mo + (size_t)((j - 1) * W + wi) * F * 32 + lane;
-                    #pragma unroll
-                    for (int nt = 0; nt < HALF_C / 8; nt++) {
-                        acc.o[nt][0] += v0 * src[(nt * 4 + 0) * 32];
-                        acc.o[nt][1] += v0 * src[(nt * 4 + 1) * 32];
-                        acc.o[nt][2] += v1 * src[(nt * 4 + 2) * 32];
-                        acc.o[nt][3] += v1 * src[(nt * 4 + 3) * 32];
-                    }
-                }
-                acc.m0 = M0;
-                acc.m1 = M1;
-            }
-        }
-        const bool direct = count == 1; /* the whole sequence in this segment: no combine */
-        #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int h = h0 + grp * 16 + g + 8 * r;
-            if (stream != 0 || h >= n_h) continue;
-            const float l = r ? acc.l1 : acc.l0, m = r ? acc.m1 : acc.m0, inv = 1.0f / l;
-            float *dst = (direct ? o_lat + ((size_t)b * n_h + h) * DC : o_part + ((size_t)part * n_h + h) * DC) + half * HALF_C + 2 * c;
-            #pragma unroll
-            for (int nt = 0; nt < HALF_C / 8; nt++)
-                *(float2 *)(dst + nt * 8) = make_float2(acc.o[nt][2 * r] * inv, acc.o[nt][2 * r + 1] * inv);
-            if (half == 0 && c == 0) {
-                const float v = (m + log2f(l)) * LN2;
-                if (!direct) lse_part[(size_t)part * n_h + h] = v;
-                else if (lse) lse[(size_t)b * n_h + h] = v;
-            }
-        }
-        pg = pg1;
-        pre = pre_next;
-        fp += count;
+        pair_finish<NG, K::NS, false>(acc, (float *)(smem + K::off_ring), (float *)(smem + K::off_x), warp, stream, grp,
+                                      half, h0, n_h, b, sg.part, sg.count, o_lat, lse, o_part, lse_part);
+        pg = sg.pg1;
+        pre = sg.pre_next;
+        fp += sg.count;
     }
-}
-
-/* grid (n_h, B), 128 threads of 4 columns: merge sequence b's count_b records (C). The loops are
- * unrolled so that several records' loads are in flight (a record is an L2 round trip). */
-__global__ void mla_decode_pair_combine(float *o_lat, float *lse, const float *o_part, const float *lse_part,
-                                        const int *meta, int n_h) {
-    const int h = blockIdx.x, b = blockIdx.y, p0 = meta[2 * b], n = meta[2 * b + 1];
-    if (n == 1) return; /* written by the kernel */
-    float M = -INFINITY;
-    #pragma unroll 8
-    for (int j = 0; j < n; j++) M = fmaxf(M, lse_part[(size_t)(p0 + j) * n_h + h]);
-    float sum = 0.0f;
-    float4 acc = make_float4(0, 0, 0, 0);
-    #pragma unroll 8
-    for (int j = 0; j < n; j++) {
-        const float w = expf(lse_part[(size_t)(p0 + j) * n_h + h] - M);
-        const float4 v = *(const float4 *)(o_part + ((size_t)(p0 + j) * n_h + h) * DC + 4 * threadIdx.x);
-        sum += w;
-        acc.x += w * v.x; acc.y += w * v.y; acc.z += w * v.z; acc.w += w * v.w;
-    }
-    float inv = 1.0f / sum;
-    *(float4 *)(o_lat + ((size_t)b * n_h + h) * DC + 4 * threadIdx.x) =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (lse && threadIdx.x == 0) lse[(size_t)b * n_h + h] = M + logf(sum);
 }
 
 /* ---- launchers ------------------------------------------------------------------------------------- */

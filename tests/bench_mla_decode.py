@@ -12,8 +12,8 @@ plus written) and the BF16 tensor-core rate (an 8192^3 torch.matmul on random da
     the two ceilings;
   - PyTorch on the same problem with a contiguous BF16 cache: matmul-softmax-matmul, and
     scaled_dot_product_attention (its FP8 rows dequantize first; their time counts).
-Each kernel variant of mla_decode.h gets its own line (column v; BENCH_VARIANTS=0,1,2 by default;
-variant 2 only at more than 32 heads, where it differs from 1),
+Each kernel variant of mla_decode.h gets its own line (column v; BENCH_VARIANTS=0,1,2,3 by default;
+variant 2 only at more than 32 heads and variant 3 only on FP8 caches, where they differ from 1),
 PyTorch is timed once per shape. BENCH_B (default 1,64,128), BENCH_L (4096,16384), BENCH_H (16,128)
 and BENCH_FMT (bf16,fp8) narrow the shapes; BENCH_SDPA=0 skips SDPA (20-100 ms a call here).
 The table goes to stdout and $OUT/mla_decode_bench.txt when OUT is set.
@@ -40,7 +40,7 @@ lib.mla_decode_cuda.restype = ctypes.c_int
 dev = torch.device("cuda")
 FMT = {"bf16": 1, "fp8": 2}
 ROW = {"bf16": 1152, "fp8": 656}
-VARIANTS = [int(x) for x in os.environ.get("BENCH_VARIANTS", "0,1,2").split(",")]
+VARIANTS = [int(x) for x in os.environ.get("BENCH_VARIANTS", "0,1,2,3").split(",")]
 
 
 def timeit(fn, reps=20, warm=3):
@@ -108,6 +108,8 @@ def run_shape(B, L, h, fmt, bw, peak, out):
     o_first = None
     for variant in VARIANTS:
         if variant == 2 and h <= 32:  # variant 2 differs from 1 only above 32 heads
+            continue
+        if variant == 3 and fmt == "bf16":  # variant 3 differs from 1 only on FP8 caches
             continue
         plan = Plan()
         lib.mla_decode_plan_variant(ctypes.byref(plan), B, h, L, variant)

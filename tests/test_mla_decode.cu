@@ -9,7 +9,9 @@
  * widened to BF16) and its summation order. Every case runs through every kernel variant
  * (mla_decode.h; MLA_DECODE_VARIANT does not apply here), one line each: OK/NOT OK, o_lat's
  * max|gpu - cpu| / max|cpu| and lse's max|gpu - cpu|, against the tolerances below. The last cases
- * (many short sequences, 32, 48 and 64 heads) are for variant 1's schedule and head groups.
+ * (many short sequences, 32, 48 and 64 heads) are for variant 1's schedule and head groups; the
+ * two after them hold rows whose FP8 codes are mostly subnormal (subnormal_row), for variant 3's
+ * conversion of the codes.
  * Not a cmocka test (the Makefile's tests/test_*.c glob does not see a .cu file).
  */
 #include <math.h>
@@ -44,7 +46,32 @@ static double abs_err(const float *got, const float *want, size_t n) {
  * the largest term; FP8: also each value's BF16 rounding of code * scale. */
 static const double TOL_O[] = {0, 1e-2, 1e-2}, TOL_LSE[] = {0, 1e-4, 1e-2};
 
-static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_lse) {
+/* The subnormal case: in every 128-feature block of c_kv, feature 0 is large (4 .. 8, either sign:
+ * the block's scale amax / 448) and the other 127 are about 2^-7 of the scale's unit, so that most of
+ * their E4M3 codes are subnormal (|code| < 2^-6). o_lat is then checked a second time on those 127
+ * columns alone (relative to their own largest reference value), where a flushed subnormal shows. */
+static void subnormal_row(float *row, int W) {
+    for (int i = 0; i < W; i++) row[i] = rng_normal(&rng);
+    for (int b = 0; b < MLA_DEC_DC / 128; b++) {
+        float big = 4.0f + 4.0f * (float)(rng_next(&rng) % 1024) / 1024.0f, unit = big / 448.0f;
+        row[128 * b] = rng_next(&rng) % 2 ? big : -big;
+        for (int i = 1; i < 128; i++) row[128 * b + i] *= 1.5f * unit / 128.0f;
+    }
+}
+static double rel_err_small_columns(const float *got, const float *want, size_t rows) {
+    double maxdiff = 0, maxref = 0;
+    for (size_t r = 0; r < rows; r++)
+        for (int col = 0; col < MLA_DEC_DC; col++) {
+            if (col % 128 == 0) continue;
+            size_t i = r * MLA_DEC_DC + col;
+            double d = fabs((double)got[i] - want[i]);
+            if (isnan(d) || d > maxdiff) maxdiff = isnan(d) ? INFINITY : d;
+            maxref = fmax(maxref, fabs((double)want[i]));
+        }
+    return maxref > 0 ? maxdiff / maxref : maxdiff;
+}
+
+static void run_case_rows(MlaKvFormat f, int n_h, const int *lens, int B, int want_lse, int subnormal) {
     const int W = MLA_DEC_DC + MLA_DEC_DR;
     int max_pages = 0;
     for (int b = 0; b < B; b++) {
@@ -67,7 +94,8 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
     float *row = (float *)malloc(sizeof(float) * W);
     for (int b = 0; b < B; b++)
         for (int s = 0; s < lens[b]; s++) {
-            for (int i = 0; i < W; i++) row[i] = rng_normal(&rng);
+            if (subnormal) subnormal_row(row, W);
+            else for (int i = 0; i < W; i++) row[i] = rng_normal(&rng);
             mla_paged_write(&c, tables + b * max_pages, s, row);
         }
     size_t nq = (size_t)B * n_h * W, no = (size_t)B * n_h * MLA_DEC_DC, nl = (size_t)B * n_h;
@@ -85,18 +113,25 @@ static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_ls
         MlaDecodePlan p;
         mla_decode_plan_variant(&p, B, n_h, max_len, v);
         double eo = rel_err(o, o_ref, no), el = want_lse ? abs_err(l, l_ref, nl) : 0;
-        int ok = eo <= TOL_O[f] && el <= TOL_LSE[f];
+        double es = subnormal ? rel_err_small_columns(o, o_ref, (size_t)B * n_h) : 0;
+        int ok = eo <= TOL_O[f] && el <= TOL_LSE[f] && es <= TOL_O[f];
         failures += !ok;
         char cut[64];
         if (v == 0) snprintf(cut, sizeof cut, "%2d chunks of %3d tiles", p.n_split, p.chunk_tiles);
         else snprintf(cut, sizeof cut, "%3d CTAs x %d heads   ", p.n_cta, p.heads_per_cta);
+        char small[80] = "";
+        if (subnormal) snprintf(small, sizeof small, "  small columns rel err %.2e (tol %.0e)", es, TOL_O[f]);
         printf("%s v%d %-4s heads %3d, B %3d, lengths %d..%d, %s: o_lat rel err %.2e (tol %.0e)  "
-               "lse abs err %.2e (tol %.0e)%s\n",
+               "lse abs err %.2e (tol %.0e)%s%s\n",
                ok ? "OK    " : "NOT OK", v, mla_kv_format_name(f), n_h, B, lens[0], max_len, cut, eo, TOL_O[f], el,
-               TOL_LSE[f], want_lse ? "" : " (lse not asked)");
+               TOL_LSE[f], want_lse ? "" : " (lse not asked)", small);
     }
     mla_paged_free(&c);
     free(tables); free(perm); free(row); free(q); free(o_ref); free(o); free(l_ref); free(l);
+}
+
+static void run_case(MlaKvFormat f, int n_h, const int *lens, int B, int want_lse) {
+    run_case_rows(f, n_h, lens, B, want_lse, 0);
 }
 
 /* argv[1]: the variants to run, e.g. "0,1" (default all): a variant that faults takes the process
@@ -123,6 +158,8 @@ int main(int argc, char **argv) {
         run_case((MlaKvFormat)f, 32, pages, 6, 1);
         run_case((MlaKvFormat)f, 48, v3, 4, 1);
         run_case((MlaKvFormat)f, 64, tiny, 40, 1);
+        run_case_rows((MlaKvFormat)f, 16, ragged, 10, 1, 1); /* subnormal E4M3 codes (FP8) */
+        run_case_rows((MlaKvFormat)f, 64, v3, 4, 1, 1);
     }
     printf(failures ? "%d case(s) NOT OK\n" : "all cases OK\n", failures);
     return failures != 0;
