@@ -131,30 +131,28 @@ static __device__ __forceinline__ float w_at(const DevTensor &W, int r, int c) {
  * caller applies it once to their sum), converted two at a time (cvt e4m3x2 -> f16x2, exact). */
 template <int DT> struct Chunk { enum { CW = (DT == DT_F8_E4M3 || DT == DT_F8_E5M2) ? 16 : 8 }; };
 
+/* The values of one 16-byte load as floats, exact: 4 F32, 8 BF16 (a shift) or F16, or 16 FP8 codes
+ * (cvt e4m3x2 -> f16x2 per pair, then f16 -> f32; the decode GEMV was bound by one conversion a
+ * code). load_chunk's and gemv_xreg.cuh's. */
 template <int DT>
-static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, int r, int c) {
-    size_t i = (size_t)r * W.cols + c;
-    if (DT == DT_F32) {
-        float4 a = ((const float4 *)W.data)[i / 4], b = ((const float4 *)W.data)[i / 4 + 1];
-        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else if (DT == DT_BF16 || DT == DT_F16) {
-        uint4 u = ((const uint4 *)W.data)[i / 8];
-        uint32_t p[4] = {u.x, u.y, u.z, u.w};
+static __device__ __forceinline__ void chunk_values(float *w, uint4 u) {
+    uint32_t p[4] = {u.x, u.y, u.z, u.w};
+    if constexpr (DT == DT_F32) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = __uint_as_float(p[k]);
+    } else if constexpr (DT == DT_BF16 || DT == DT_F16) {
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             if (DT == DT_BF16) {
                 w[2 * k] = __uint_as_float(p[k] << 16);
                 w[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
             } else {
-                __half2 h2 = *(__half2 *)&p[k];
-                float2 f = __half22float2(h2);
+                float2 f = __half22float2(*(__half2 *)&p[k]);
                 w[2 * k] = f.x;
                 w[2 * k + 1] = f.y;
             }
         }
-    } else { /* FP8: the codes' values; one conversion per pair (the decode GEMV was bound by them) */
-        uint4 u = ((const uint4 *)W.data)[i / 16];
-        uint32_t p[4] = {u.x, u.y, u.z, u.w};
+    } else {
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(p[k / 2] >> (16 * (k % 2))),
@@ -163,6 +161,17 @@ static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, 
             w[2 * k] = f.x;
             w[2 * k + 1] = f.y;
         }
+    }
+}
+
+template <int DT>
+static __device__ __forceinline__ void load_chunk(float *w, const DevTensor &W, int r, int c) {
+    size_t i = (size_t)r * W.cols + c;
+    if (DT == DT_F32) { /* CW 8: two loads */
+        chunk_values<DT>(w, ((const uint4 *)W.data)[i / 4]);
+        chunk_values<DT>(w + 4, ((const uint4 *)W.data)[i / 4 + 1]);
+    } else {
+        chunk_values<DT>(w, ((const uint4 *)W.data)[i / Chunk<DT>::CW]);
     }
 }
 
@@ -281,13 +290,13 @@ static __device__ __forceinline__ void warp_dots(float *acc, const DevTensor &W,
     warp_dots_rows<DT, 1, SMALL_BATCH>((float(*)[SMALL_BATCH])acc, Ws, &r, x, n, x_stride);
 }
 
-/* Rows per warp for a GEMV of `rows` outputs: more rows a warp (more loads in flight, x read once
- * for them) while the grid still fills the GPU's SMs twice over with warps of 8 per block.
- * DSV3_GEMV_ROWS=1|2|4 fixes it (notes/cuda.md, section 10, compares them). */
 /* Whether the T = 1 GEMVs of dt stage x padded: FP8, x of at most 48 KB padded, DSV3_GEMV_XS not 0. */
 static inline bool gemv_xs(const Dev *d, DType dt, int cols) {
     return (dt == DT_F8_E4M3 || dt == DT_F8_E5M2) && !d->xs_off && x_padded_bytes(cols) <= GEMV_XS_MAX_BYTES;
 }
+/* Rows per warp for a GEMV of `rows` outputs: more rows a warp (more loads in flight, x read once
+ * for them) while the grid still fills the GPU's SMs twice over with warps of 8 per block.
+ * DSV3_GEMV_ROWS=1|2|4 fixes it (notes/cuda.md, section 10, compares them). */
 static inline int gemv_rows_per_warp(int rows, int forced) {
     if (forced) return forced;
     return rows >= 4 * 8 * 132 * 2 ? 4 : rows >= 2 * 8 * 132 ? 2 : 1;

@@ -55,38 +55,6 @@ struct XregJob {
     float *h;
 };
 
-/* The CW values of a 16-byte chunk as floats, exact (device.cuh's load_chunk: FP8 by cvt e4m3x2 ->
- * f16x2 per pair, then f16 -> f32; BF16 by a shift). */
-template <int DT>
-static __device__ __forceinline__ void chunk_values(float *w, uint4 u) {
-    uint32_t p[4] = {u.x, u.y, u.z, u.w};
-    if constexpr (DT == DT_F32) {
-#pragma unroll
-        for (int k = 0; k < 4; k++) w[k] = __uint_as_float(p[k]);
-    } else if constexpr (DT == DT_BF16 || DT == DT_F16) {
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            if (DT == DT_BF16) {
-                w[2 * k] = __uint_as_float(p[k] << 16);
-                w[2 * k + 1] = __uint_as_float(p[k] & 0xffff0000u);
-            } else {
-                float2 f = __half22float2(*(__half2 *)&p[k]);
-                w[2 * k] = f.x;
-                w[2 * k + 1] = f.y;
-            }
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(p[k / 2] >> (16 * (k % 2))),
-                                                       DT == DT_F8_E5M2 ? __NV_E5M2 : __NV_E4M3);
-            float2 f = __half22float2(*(__half2 *)&h);
-            w[2 * k] = f.x;
-            w[2 * k + 1] = f.y;
-        }
-    }
-}
-
 /* v [B] per lane -> each row's sum over the 32 lanes. Step off = 16, 8, ...: a lane keeps half of
  * its values (the upper half where lane & off) and adds its partner's copy of the same half, so B
  * values become one after log2(B) steps (B - 1 shuffles), then the plain butterfly over the offsets
@@ -264,20 +232,28 @@ static void gemv_xreg_launch(XregJob j, int cols, int picks, cudaStream_t st) {
 #undef XREG_GO
 }
 
+/* A job of one GEMV a launch: W's rows (U's too, for XREG_SWIGLU) against x [cols], out [rows]; the
+ * MoE and norm fields, zero here, are set after by the callers that use them. */
+static inline XregJob xreg_job(const DevTensor &W, const DevTensor &U, const float *x, float *out, int mode, int rows) {
+    XregJob j = {};
+    j.W = W;
+    j.U = U;
+    j.x = x;
+    j.x_div = 1;
+    j.out = out;
+    j.mode = mode;
+    j.rows = rows;
+    return j;
+}
+
 /* The plain launch: out [rows] (= or +=) W . x; with norm_w, W . rmsnorm(x; norm_w, eps), h = that
  * rmsnorm. */
 static inline void gemv_xreg_matmul(float *out, const float *x, const DevTensor &W, int accumulate, cudaStream_t st,
                                     const float *norm_w = NULL, float eps = 0.0f, float *h = NULL) {
-    XregJob j = {};
+    XregJob j = xreg_job(W, W, x, out, accumulate ? XREG_ADD : XREG_STORE, W.rows);
     j.norm_w = norm_w;
     j.eps = eps;
     j.h = h;
-    j.W = j.U = W;
-    j.x = x;
-    j.x_div = 1;
-    j.out = out;
-    j.mode = accumulate ? XREG_ADD : XREG_STORE;
-    j.rows = W.rows;
     with_dtype(W.dtype, [&](auto dt) { gemv_xreg_launch<decltype(dt)::value>(j, W.cols, 1, st); });
 }
 

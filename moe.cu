@@ -60,15 +60,7 @@ static int swiglu_pairs(const Dev *d, int rows) {
 template <int DT>
 static void ffn_up_launch(Dev *d, float *h_out, const float *x, int T, const DevFfn &f) {
     if (T == 1 && !d->xreg_off && xreg_fits(f.gate) && xreg_fits(f.up)) { /* gemv_xreg.cuh: gate and up rows in pairs */
-        XregJob j = {};
-        j.W = f.gate;
-        j.U = f.up;
-        j.x = x;
-        j.x_div = 1;
-        j.out = h_out;
-        j.mode = XREG_SWIGLU;
-        j.rows = f.gate.rows;
-        gemv_xreg_launch<DT>(j, f.gate.cols, 1, d->st);
+        gemv_xreg_launch<DT>(xreg_job(f.gate, f.up, x, h_out, XREG_SWIGLU, f.gate.rows), f.gate.cols, 1, d->st);
         return;
     }
     int P = swiglu_pairs(d, f.gate.rows), per_block = THREADS / 32 * P;
@@ -150,25 +142,20 @@ template <int DT>
 static void moe_experts_launch(Dev *d, const float *h, int T, const DevLayer &L, int K, int inter, int dim) {
     if (!d->xreg_off && xreg_fits(L.experts[0].gate) && xreg_fits(L.experts[0].up) && xreg_fits(L.experts[0].down)) {
         /* gemv_xreg.cuh, one GEMV a pick: up (gate and up rows in pairs) of the pick's token, then down */
-        XregJob j = {};
-        j.experts = L.experts_dev;
-        j.idx = d->idx;
-        j.x = h;
-        j.x_stride = dim;
-        j.x_div = K;
-        j.out = d->moe_h;
-        j.out_stride = inter;
-        j.mode = XREG_SWIGLU;
-        j.rows = inter;
-        gemv_xreg_launch<DT>(j, dim, T * K, 0);
-        j.x = d->moe_h;
-        j.x_stride = inter;
-        j.x_div = 1;
-        j.out = d->moe_y;
-        j.out_stride = dim;
-        j.mode = XREG_STORE;
-        j.rows = dim;
-        gemv_xreg_launch<DT>(j, inter, T * K, 0);
+        const DevFfn &f0 = L.experts[0]; /* the shapes; each pick's tensors come from experts_dev */
+        XregJob up = xreg_job(f0.gate, f0.up, h, d->moe_h, XREG_SWIGLU, inter);
+        up.experts = L.experts_dev;
+        up.idx = d->idx;
+        up.x_stride = dim;
+        up.x_div = K; /* pick p is token p / K's */
+        up.out_stride = inter;
+        gemv_xreg_launch<DT>(up, dim, T * K, 0);
+        XregJob down = xreg_job(f0.down, f0.down, d->moe_h, d->moe_y, XREG_STORE, dim);
+        down.experts = L.experts_dev;
+        down.idx = d->idx;
+        down.x_stride = inter;
+        down.out_stride = dim;
+        gemv_xreg_launch<DT>(down, inter, T * K, 0);
         return;
     }
     if (gemv_xs(d, (DType)DT, dim) && gemv_xs(d, (DType)DT, inter)) moe_experts_launch<DT, true>(d, h, T, L, K, inter, dim);

@@ -79,14 +79,14 @@ static void normed_gemv_launch(Dev *d, float *out, float *h, const float *x, con
  * and a GEMV of at most 2 blocks an SM (unless DSV3_FUSED_NORM=0), else rmsnorm_kernel and matmul_cuda. */
 void matmul_normed_cuda(Dev *d, float *out, float *h, const float *x, const float *norm_w, float eps, const DevTensor &W,
                         int n, int accumulate) {
-    int nr = gemv_rows_per_warp(W.rows, d->gemv_rows), blocks = (W.rows + THREADS / 32 * nr - 1) / (THREADS / 32 * nr);
-    /* every block norms x again: worth a launch for the layers' q and router GEMVs (a few hundred
-     * blocks), not for lm_head's thousands (measured: notes/cuda.md, section 10); 48 KB of shared
-     * memory without asking */
     if (n == 1 && !d->norm_unfused && !d->xreg_off && xreg_fits(W)) { /* gemv_xreg.cuh, every block norming x */
         gemv_xreg_matmul(out, x, W, accumulate, d->st, norm_w, eps, h);
         return;
     }
+    int nr = gemv_rows_per_warp(W.rows, d->gemv_rows), blocks = (W.rows + THREADS / 32 * nr - 1) / (THREADS / 32 * nr);
+    /* every block norms x again: worth a launch for the layers' q and router GEMVs (a few hundred
+     * blocks), not for lm_head's thousands (measured: notes/cuda.md, section 10); 48 KB of shared
+     * memory without asking */
     if (n != 1 || d->norm_unfused || blocks > 2 * 132 || W.cols > 12288) {
         rmsnorm_cuda_dev(h, x, norm_w, n, W.cols, W.cols, W.cols, eps);
         matmul_cuda(d, out, h, W, n, accumulate);

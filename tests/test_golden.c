@@ -639,35 +639,36 @@ static void expect(const char *args, int status, const char *needle) {
 }
 
 /* Command lines run golden must refuse: the exit status (2 usage, 1 runtime) and what it says. */
+#define REFUSED_OUT " --out build/refused.safetensors" /* the refused lines' output path, in build/ (not /tmp: another session's file there changed the error seen) */
 static const struct {
     const char *args;
     int status;
     const char *needle;
 } bad_args[] = {
     {"", 2, "give one of --config"},
-    {"--config " YARN " --model " FIXTURES "/v3_yarn --out build/refused.safetensors", 2, "give one of"},
+    {"--config " YARN " --model " FIXTURES "/v3_yarn" REFUSED_OUT, 2, "give one of"},
     {"--config " YARN, 2, "--out G.safetensors is required"},
     {"--config " YARN " --out", 2, "--out needs a value"},
-    {"--config " YARN " --bogus --out build/refused.safetensors", 2, "unknown option \"--bogus\""},
-    {"--config " YARN " --seed -1 --out build/refused.safetensors", 2, "--seed: expected a decimal integer"},
-    {"--config " YARN " --seed 0x10 --out build/refused.safetensors", 2, "--seed: expected a decimal integer"},
-    {"--config " YARN " --seed 99999999999999999999999 --out build/refused.safetensors", 2, "in 0..2^64-1"},
-    {"--config " YARN " --functions rmsnorm, --out build/refused.safetensors", 1, "expected comma-separated names"},
-    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape hidden=32 --out build/refused.safetensors", 1, "the checkpoint sets the model's sizes"},
-    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape batch=2 --out build/refused.safetensors", 1, "batch is 1"},
-    {"--config " YARN " --tokens 0 --out build/refused.safetensors", 2, "--tokens: expected a count"},
-    {"--config /nonexistent.json --out build/refused.safetensors", 1, "/nonexistent.json: cannot open"},
-    {"--config " YARN " --functions rmsnorm,nope --out build/refused.safetensors", 1, "unknown function \"nope\""},
-    {"--config " YARN " --shape foo=3 --out build/refused.safetensors", 1, "name one of: batch tokens cache"},
-    {"--config " YARN " --shape rope=7 --out build/refused.safetensors", 1, "rope must be even"},
-    {"--config " YARN " --shape cache=2 --out build/refused.safetensors", 1, "cache >= tokens"},
-    {"--config " YARN " --shape heads=x --out build/refused.safetensors", 1, "expected a non-negative integer"},
-    {"--config " YARN " --shape experts=0 --functions moe --out build/refused.safetensors", 1, "moe needs routed experts"},
-    {"--model " FIXTURES "/v3_yarn --tokens 5,x --out build/refused.safetensors", 2, "comma-separated ids"},
-    {"--model " FIXTURES "/v3_yarn --tokens 5,999 --out build/refused.safetensors", 1, "id 999 is outside the vocabulary [0, 256)"},
-    {"--model /nonexistent --tokens 5 --out build/refused.safetensors", 1, "/nonexistent/config.json: cannot open"},
+    {"--config " YARN " --bogus" REFUSED_OUT, 2, "unknown option \"--bogus\""},
+    {"--config " YARN " --seed -1" REFUSED_OUT, 2, "--seed: expected a decimal integer"},
+    {"--config " YARN " --seed 0x10" REFUSED_OUT, 2, "--seed: expected a decimal integer"},
+    {"--config " YARN " --seed 99999999999999999999999" REFUSED_OUT, 2, "in 0..2^64-1"},
+    {"--config " YARN " --functions rmsnorm," REFUSED_OUT, 1, "expected comma-separated names"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape hidden=32" REFUSED_OUT, 1, "the checkpoint sets the model's sizes"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5 --shape batch=2" REFUSED_OUT, 1, "batch is 1"},
+    {"--config " YARN " --tokens 0" REFUSED_OUT, 2, "--tokens: expected a count"},
+    {"--config /nonexistent.json" REFUSED_OUT, 1, "/nonexistent.json: cannot open"},
+    {"--config " YARN " --functions rmsnorm,nope" REFUSED_OUT, 1, "unknown function \"nope\""},
+    {"--config " YARN " --shape foo=3" REFUSED_OUT, 1, "name one of: batch tokens cache"},
+    {"--config " YARN " --shape rope=7" REFUSED_OUT, 1, "rope must be even"},
+    {"--config " YARN " --shape cache=2" REFUSED_OUT, 1, "cache >= tokens"},
+    {"--config " YARN " --shape heads=x" REFUSED_OUT, 1, "expected a non-negative integer"},
+    {"--config " YARN " --shape experts=0 --functions moe" REFUSED_OUT, 1, "moe needs routed experts"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5,x" REFUSED_OUT, 2, "comma-separated ids"},
+    {"--model " FIXTURES "/v3_yarn --tokens 5,999" REFUSED_OUT, 1, "id 999 is outside the vocabulary [0, 256)"},
+    {"--model /nonexistent --tokens 5" REFUSED_OUT, 1, "/nonexistent/config.json: cannot open"},
     {"--verify " FIXTURES "/v3_yarn/expected.safetensors", 1, "not a golden file"},
-    {"--verify build/refused-in.safetensors --out build/refused.safetensors", 2, "--verify takes only"},
+    {"--verify build/refused-in.safetensors" REFUSED_OUT, 2, "--verify takes only"},
 };
 
 static void test_errors(void **st) {
